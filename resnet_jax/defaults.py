@@ -133,6 +133,7 @@ def base_config() -> config_dict.ConfigDict:
   config.checkpoint_every_epochs = 1
   config.keep_best_checkpoint = True
   config.write_plots = True
+  config.param_histograms_every_epochs = 0  # >0: TensorBoard histograms of every parameter array
 
   # What the report sets the run beside (REFERENCE.md and the seed papers); 0 = none known.
   config.reference = config_dict.ConfigDict(dict(

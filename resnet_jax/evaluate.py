@@ -1,0 +1,123 @@
+r"""Scores a trained model on the test set and writes the run's report for it.
+
+  python -m resnet_jax.evaluate --config configs/best.py --workdir runs/best [--checkpoint=best]
+  python -m resnet_jax.evaluate --config configs/best.py --workdir runs/torch \
+      --torch_state_dict=model.pt
+
+The first scores the workdir's latest (or best) checkpoint; the second a PyTorch `state_dict` of
+the same network (through `torch_import`; torch is imported only then). The report
+(results.json, confusion.png, report.md, and curves.png where the checkpoint has a history) goes
+to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+
+from resnet_jax import distributed
+from resnet_jax import errors
+from resnet_jax import main as main_lib
+from resnet_jax import models
+from resnet_jax import report
+from resnet_jax import torch_import
+from resnet_jax import train
+
+
+CHECKPOINT = flags.DEFINE_enum('checkpoint', 'latest', train.CHECKPOINTS,
+                               'Which checkpoint of the workdir to use.')
+_TORCH_STATE_DICT = flags.DEFINE_string(
+    'torch_state_dict', None, 'Score this PyTorch state_dict (torch.save file) instead.')
+OUTPUT_DIR = flags.DEFINE_string(
+    'output_dir', None,
+    'Where the outputs go; default <workdir>/evaluate_<which> (evaluate), <workdir>/inspect.')
+
+
+def load_torch_state_dict(path: str) -> dict:
+  """A state_dict saved with torch.save (a bare state_dict or {'state_dict': ...})."""
+  if not os.path.isfile(path):
+    raise errors.UserError(f'--torch_state_dict={path} is not a file')
+  import torch  # pylint: disable=g-import-not-at-top  # Only this path needs PyTorch.
+  try:
+    loaded = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.UserError(f'--torch_state_dict={path} cannot be read by torch.load '
+                           f'({main_lib.one_line(e)}); save it with '
+                           'torch.save(model.state_dict(), path)') from e
+  if isinstance(loaded, dict) and isinstance(loaded.get('state_dict'), dict):
+    loaded = loaded['state_dict']
+  if not isinstance(loaded, dict):
+    raise errors.UserError(f'--torch_state_dict={path} holds a {type(loaded).__name__}, not a '
+                           'state_dict; save it with torch.save(model.state_dict(), path)')
+  return loaded
+
+
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
+                 checkpoint: str = 'latest', torch_state_dict: str | None = None,
+                 output_dir: str | None = None) -> dict:
+  """Scores a checkpoint of workdir (or a PyTorch state_dict) on the test set; writes the report.
+
+  Args:
+    config: the config the model was trained with.
+    workdir: the run's folder.
+    checkpoint: 'latest' or 'best' (ignored with torch_state_dict).
+    torch_state_dict: path of a PyTorch state_dict to score instead.
+    output_dir: where the report goes; default <workdir>/evaluate_<checkpoint|torch>.
+
+  Returns:
+    The results written to results.json.
+
+  Raises:
+    UserError: no such checkpoint, an incompatible checkpoint or state_dict, missing data.
+  """
+  start = time.time()
+  run = train.setup_run(config, workdir)
+  replicated = NamedSharding(run.mesh, P())
+  history = []
+  if torch_state_dict:
+    variables = torch_import.variables_from_torch(
+        load_torch_state_dict(torch_state_dict), config.model, config.data.image_size)
+    variables = jax.device_put(variables, replicated)
+    source = 'torch'
+  else:
+    state, meta = train.restore_run_checkpoint(run, checkpoint)
+    directory = os.path.join(workdir, 'checkpoints', checkpoint)
+    variables = state.eval_variables()
+    history = meta['history']
+    source = checkpoint
+  test_set = train.make_eval_set(run.splits.test_images, run.splits.test_labels,
+                                 config.eval_batch_size, run.mesh)
+  test, predictions = train.evaluate(train.compile_evaluate(run.ctx, run.mesh), variables,
+                                     test_set)
+  results = train.run_results(run, models.count_params(variables['params']), test) | {
+      'evaluated': torch_state_dict if torch_state_dict else directory,
+      'wall_seconds': time.time() - start,
+  }
+  if jax.process_index() == 0:
+    report.write_report(
+        output_dir or os.path.join(workdir, f'evaluate_{source}'), results, history,
+        train.confusion_matrix(run.splits.test_labels, predictions, config.model.num_classes),
+        write_plots=config.write_plots)
+  return results
+
+
+def run_evaluation(config, workdir: str) -> None:
+  distributed.initialize_from_env()
+  results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
+                         torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
+  print(f"test accuracy {100 * results['final_test_accuracy']:.2f}% "
+        f"({results['test_examples']} images, {results['evaluated']})", flush=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  errors.exit_on_user_error(run_evaluation, main_lib.CONFIG.value, main_lib.WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=main_lib.parse_flags)

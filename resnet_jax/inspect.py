@@ -1,0 +1,188 @@
+r"""Looks inside a trained run: summary, Grad-CAM maps, parameter histograms, confusion matrix.
+
+  python -m resnet_jax.inspect --workdir runs/best [--gradcam_layers=layer1,layer3_0]
+      [--num_images=8] [--checkpoint=latest|best] [--output_dir=DIR] [--config=configs/best.py]
+
+Restores the run's checkpoint (the config it was trained with is read from <workdir>/config.json
+unless --config is given) and writes into <workdir>/inspect (or --output_dir):
+- summary.txt: the model summary table (also printed);
+- gradcam.png: Grad-CAM maps (seed 004, figure 13) of the chosen layers on sample test images,
+  one of each class in turn; a layer is a top-level module (`conv1`, `se`, `layer3_1`) or
+  `layerL`, the last block of residual layer L; by default the last block of every layer;
+- tensorboard/: a histogram of every parameter array (seed 004, figure 12) at the checkpoint's
+  step (the trainer writes them every epoch with `gradcam.write_param_histograms`);
+- confusion.png: the test-set confusion matrix, drawn by `report.plot_confusion`.
+"""
+
+import functools
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_dict
+import numpy as np
+
+from resnet_jax import augment
+from resnet_jax import defaults
+from resnet_jax import distributed
+from resnet_jax import errors
+from resnet_jax import evaluate  # Its --checkpoint and --output_dir flags.
+from resnet_jax import gradcam
+from resnet_jax import main as main_lib
+from resnet_jax import models
+from resnet_jax import report
+from resnet_jax import train
+from resnet_jax import writers
+from resnet_jax.errors import UserError
+
+GRADCAM_FILE = 'gradcam.png'
+SUMMARY_FILE = 'summary.txt'
+
+_GRADCAM_LAYERS = flags.DEFINE_list(
+    'gradcam_layers', [], 'Layers to map: conv1, se, layer3_1, or layerL for the last block of '
+    'residual layer L; default: the last block of every residual layer.')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 8, 'Test images in the Grad-CAM grid.')
+
+
+def _as_saved_type(current, value):
+  """A value read from JSON in the type of the config field it goes to (lists -> tuples)."""
+  if isinstance(current, tuple) and isinstance(value, list):
+    return tuple(_as_saved_type((), item) if isinstance(item, list) else item for item in value)
+  return value
+
+
+def _update_from_saved(section: config_dict.ConfigDict, saved: dict, where: str) -> None:
+  for key, value in saved.items():
+    if key not in section:
+      raise UserError(f'{where}.{key} in config.json is no config key of this version; pass '
+                      '--config=<the config file the run was trained with>')
+    if isinstance(section[key], config_dict.ConfigDict):
+      _update_from_saved(section[key], value, f'{where}.{key}')
+    else:
+      section[key] = _as_saved_type(section[key], value)
+
+
+def config_from_workdir(workdir: str) -> config_dict.ConfigDict:
+  """The config a run was trained with, from the config.json the trainer wrote in workdir."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise UserError(f'no {path}: check --workdir, or pass --config=<the config file the run was '
+                    'trained with>')
+  with open(path, encoding='utf-8') as f:
+    saved = json.load(f)
+  config = defaults.base_config()
+  _update_from_saved(config, saved, 'config')
+  return config
+
+
+def sample_indices(labels: np.ndarray, num_images: int) -> np.ndarray:
+  """Indices of num_images examples: the first of each class, then the second of each, ..."""
+  labels = np.asarray(labels)
+  rank_in_class = np.zeros(len(labels), np.int64)
+  for label in np.unique(labels):
+    members = labels == label
+    rank_in_class[members] = np.arange(members.sum())
+  return np.lexsort((labels, rank_in_class))[:num_images]
+
+
+def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
+                gradcam_layers: Sequence[str] = (), num_images: int = 8,
+                checkpoint: str = 'latest', output_dir: Optional[str] = None) -> dict:
+  """Writes the summary, Grad-CAM grid, parameter histograms and confusion matrix of a run.
+
+  Args:
+    config: the config the run was trained with (`config_from_workdir`).
+    workdir: the run's folder.
+    gradcam_layers: layers to map (see the module docstring); empty: every residual layer's last.
+    num_images: test images in the Grad-CAM grid.
+    checkpoint: 'latest' or 'best'.
+    output_dir: where the files go; default <workdir>/inspect.
+
+  Returns:
+    {'output_dir', 'step', 'layers', 'test_accuracy', 'summary'}.
+
+  Raises:
+    UserError: no checkpoint, a checkpoint of another config, unknown layers, missing data.
+  """
+  if num_images < 1:
+    raise UserError(f'--num_images={num_images} must be at least 1')
+  run = train.setup_run(config, workdir)
+  state, _ = train.restore_run_checkpoint(run, checkpoint)
+  variables = state.eval_variables()
+  splits, image_size = run.splits, config.data.image_size
+  model = run.ctx.model
+  layers = gradcam.resolve_layers(
+      gradcam_layers, gradcam.feature_layers(model, variables, (image_size, image_size, 3)))
+  output_dir = output_dir or os.path.join(workdir, 'inspect')
+  os.makedirs(output_dir, exist_ok=True)
+
+  summary = models.summary_table(config.model, image_size)
+  with open(os.path.join(output_dir, SUMMARY_FILE), 'w', encoding='utf-8') as f:
+    f.write(summary + '\n')
+
+  writer = writers.create_writer(output_dir, is_main=True)
+  gradcam.write_param_histograms(writer, int(state.step), variables['params'])
+  writer.close()
+
+  test_set = train.make_eval_set(splits.test_images, splits.test_labels, config.eval_batch_size,
+                                 run.mesh)
+  test, predictions = train.evaluate(train.compile_evaluate(run.ctx, run.mesh), variables,
+                                     test_set)
+  confusion = train.confusion_matrix(splits.test_labels, predictions, config.model.num_classes)
+  report.plot_confusion(confusion, splits.class_names,
+                        os.path.join(output_dir, report.CONFUSION_FILE))
+
+  chosen = sample_indices(splits.test_labels, num_images)
+  images_u8 = splits.test_images[chosen]
+  images = augment.eval_preprocess(jnp.asarray(images_u8), run.ctx.mean, run.ctx.std,
+                                   jnp.float32)
+  grad_cam = jax.jit(functools.partial(gradcam.grad_cam, model), static_argnames='layer')
+  maps = {}
+  for layer in layers:
+    layer_maps, logits = grad_cam(variables, images, layer=layer)
+    maps[layer] = np.asarray(layer_maps)
+  gradcam.save_gradcam_grid(os.path.join(output_dir, GRADCAM_FILE), images_u8, maps,
+                            np.argmax(np.asarray(logits), axis=-1), splits.test_labels[chosen],
+                            splits.class_names)
+  return {'output_dir': output_dir, 'step': int(state.step), 'layers': layers,
+          'test_accuracy': test['accuracy'], 'summary': summary}
+
+
+def _run(config, workdir: str) -> None:
+  distributed.initialize_from_env()
+  if config is None:
+    config = config_from_workdir(workdir)
+  inspected = inspect_run(config, workdir, gradcam_layers=_GRADCAM_LAYERS.value,
+                          num_images=_NUM_IMAGES.value, checkpoint=evaluate.CHECKPOINT.value,
+                          output_dir=evaluate.OUTPUT_DIR.value)
+  print(inspected['summary'], flush=True)
+  print(f"step {inspected['step']}: test accuracy {100 * inspected['test_accuracy']:.2f}%; "
+        f"Grad-CAM of {', '.join(inspected['layers'])}; files in {inspected['output_dir']}",
+        flush=True)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing (--config optional here); a mistake is one line on stderr and exit 2."""
+  try:
+    remaining = flags.FLAGS(argv)
+    if not main_lib.WORKDIR.value:
+      raise UserError('--workdir is required, e.g. --workdir=runs/best')
+  except (flags.Error, UserError) as e:
+    print(f'error: {main_lib.one_line(e)}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  return remaining
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  errors.exit_on_user_error(_run, main_lib.CONFIG.value, main_lib.WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

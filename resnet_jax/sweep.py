@@ -1,0 +1,493 @@
+r"""Sweeps: one training run per point of a grid or a random search over config keys.
+
+  python -m resnet_jax.sweep --config configs/sweeps/s003_table4.py --workdir runs/s003_table4
+
+A sweep config (configs/sweeps/*.py) returns `sweep_config(base, grid=..., random=...)`: `base` is
+a full run config, `grid` maps dotted config keys to the values to try (every combination runs),
+`random` maps keys to distributions sampled `num_samples` times. A value for a whole section (e.g.
+`model`: `models.preset(name)`, or `schedule`: a dict of the keys to change) replaces those keys
+together and is labelled by its `name`. Any key can be overridden on the command line, the base's
+as `--config.base.num_epochs=30`, the grid's as `--config.grid.optim.learning_rate='(0.1,0.01)'`.
+
+Each point trains in <workdir>/<point>/ through `train.train_and_evaluate`. Running the command
+again skips finished points (results.json present) and resumes a partial one from its
+checkpoint; points over the parameter budget are reported, not run; a point whose training fails
+with a user error (e.g. a diverging learning rate) is reported and the sweep goes on. Independent
+processes can share the points: `--process_index=i --process_count=n` runs every n-th point
+(under `jax.distributed` every run spans all processes, so every process runs every point).
+Every process writes the table for all points it finds: <workdir>/sweep.csv and sweep.md, the
+validation curves of every run (curves.png) and accuracy against each swept key
+(accuracy_vs_<key>.png).
+"""
+
+import copy
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import os
+import re
+from typing import Any, Mapping, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from matplotlib import figure
+from ml_collections import config_dict
+import numpy as np
+
+from resnet_jax import distributed
+from resnet_jax import errors
+from resnet_jax import main as main_lib
+from resnet_jax import models
+from resnet_jax import report
+from resnet_jax import train
+from resnet_jax import writers
+from resnet_jax.errors import UserError
+
+DISTRIBUTIONS = ('uniform', 'log_uniform', 'int', 'choice')
+ERROR_FILE = 'sweep_error.txt'
+# Statuses in the table.
+DONE = 'done'
+SKIPPED_DONE = 'skipped (done)'
+OVER_BUDGET = 'skipped (over budget)'
+PENDING = 'pending'
+PREEMPTED = 'preempted'
+ACCURACIES = ('final_val_accuracy', 'best_val_accuracy', 'final_test_accuracy',
+              'best_test_accuracy')
+# Lines get a legend (one a combination of the other swept values) up to this many.
+MAX_SERIES = 12
+
+
+def _nest(flat: Optional[Mapping[str, Any]], where: str) -> config_dict.ConfigDict:
+  """{'optim.learning_rate': v} -> ConfigDict(optim=ConfigDict(learning_rate=tuple(v)))."""
+  nested = config_dict.ConfigDict()
+  for key, value in (flat or {}).items():
+    *parents, leaf = key.split('.')
+    section = nested
+    for name in parents:
+      if name not in section:
+        section[name] = config_dict.ConfigDict()
+      section = section[name]
+      if not isinstance(section, config_dict.ConfigDict):
+        raise UserError(f'{where}: {key!r} is inside another swept key; sweep one or the other')
+    if leaf in section:
+      raise UserError(f'{where}: {key!r} is both a key and a section; sweep one or the other')
+    section[leaf] = tuple(value)
+  return nested
+
+
+def sweep_config(base: config_dict.ConfigDict, grid: Optional[Mapping[str, Sequence]] = None,
+                 random: Optional[Mapping[str, Sequence]] = None, num_samples: int = 0,
+                 seed: int = 0) -> config_dict.ConfigDict:
+  """The config of a sweep (what a configs/sweeps/*.py file returns).
+
+  Args:
+    base: the run config every point starts from (e.g. `defaults.base_config()`).
+    grid: dotted config key -> values to try; every combination of them is a point.
+    random: dotted config key -> distribution: ('uniform', low, high), ('log_uniform', low,
+      high), ('int', low, high) (both ends included) or ('choice', value, value, ...).
+    num_samples: points drawn from `random` (each combined with every grid point).
+    seed: seed of the random draws.
+  """
+  config = config_dict.ConfigDict()
+  config.base = base
+  config.grid = _nest(grid, 'config.grid')
+  config.random = config_dict.ConfigDict(dict(
+      num_samples=num_samples, seed=seed, params=_nest(random, 'config.random.params')))
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One run of a sweep: its folder name, swept values (key -> value, label) and config."""
+  name: str
+  values: dict
+  labels: dict
+  config: config_dict.ConfigDict
+
+
+def _flatten(nested: config_dict.ConfigDict, where: str, prefix: str = '') -> dict:
+  """Leaves of a nested ConfigDict as {'a.b': leaf}; every leaf must be a non-empty sequence."""
+  flat = {}
+  for name, value in nested.items():
+    key = f'{prefix}{name}'
+    if isinstance(value, config_dict.ConfigDict):
+      flat.update(_flatten(value, where, f'{key}.'))
+    elif isinstance(value, (tuple, list)) and value:
+      flat[key] = tuple(value)
+    else:
+      raise UserError(f'{where}.{key}={value!r} must be a non-empty tuple, e.g. (0.1, 0.01)')
+  return flat
+
+
+def _sample(spec: tuple, key: str, rng: np.random.Generator):
+  """One draw from a distribution spec of config.random.params."""
+  where = f'config.random.params.{key}'
+  kind, args = spec[0], spec[1:]
+  if kind not in DISTRIBUTIONS:
+    raise UserError(f"{where}: unknown distribution {kind!r}; use one of "
+                    f"{', '.join(DISTRIBUTIONS)}, e.g. ('log_uniform', 1e-3, 1e-1)")
+  if kind == 'choice':
+    if not args:
+      raise UserError(f"{where}: ('choice', ...) needs at least one value")
+    return args[rng.integers(len(args))]
+  if len(args) != 2 or not args[0] <= args[1]:
+    raise UserError(f"{where}: ({kind!r}, low, high) needs low <= high, got {spec!r}")
+  low, high = args
+  if kind == 'int':
+    return int(rng.integers(low, high + 1))
+  if kind == 'log_uniform':
+    if low <= 0:
+      raise UserError(f"{where}: 'log_uniform' needs low > 0, got {spec!r}")
+    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+  return float(rng.uniform(low, high))
+
+
+def _label(value) -> str:
+  """How a swept value reads in a folder name and a table."""
+  if isinstance(value, (Mapping, config_dict.ConfigDict)):
+    if 'name' in value:
+      return str(value['name'])
+    return '+'.join(f'{k}-{_label(v)}' for k, v in value.items())
+  if isinstance(value, (tuple, list)):
+    return 'x'.join(_label(v) for v in value)
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  return str(value)
+
+
+def short_keys(keys: Sequence[str]) -> dict:
+  """key -> its last component, or the whole dotted key where two last components collide."""
+  last = [key.rsplit('.', 1)[-1] for key in keys]
+  return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
+
+
+def _apply(config: config_dict.ConfigDict, key: str, value, where: str) -> None:
+  """Sets a dotted key of a locked config; a section takes a mapping of its keys."""
+  *parents, leaf = key.split('.')
+  try:
+    section = config
+    for name in parents:
+      section = section[name]
+    if isinstance(section[leaf], config_dict.ConfigDict):
+      if not isinstance(value, (Mapping, config_dict.ConfigDict)):
+        raise TypeError(f'{key} is a section: give a dict of its keys')
+      for name, item in value.items():
+        section[leaf][name] = item
+    else:
+      section[leaf] = value
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    raise UserError(f'{where}: cannot set config.{key} to {_label(value)!r} ({reason}); use a '
+                    'key and value of resnet_jax/defaults.py') from e
+
+
+def sweep_points(sweep_cfg: config_dict.ConfigDict) -> list[Point]:
+  """Every point of the sweep, in order: the grid product, each with every random draw."""
+  grid = _flatten(sweep_cfg.grid, 'config.grid')
+  random_specs = _flatten(sweep_cfg.random.params, 'config.random.params')
+  num_samples = sweep_cfg.random.num_samples
+  if random_specs and num_samples < 1:
+    raise UserError('config.random.num_samples must be >= 1 where config.random.params is set')
+  if not grid and not random_specs:
+    raise UserError('the sweep has no points: set config.grid and/or config.random.params')
+  rng = np.random.default_rng(sweep_cfg.random.seed)
+  draws = [{key: _sample(spec, key, rng) for key, spec in random_specs.items()}
+           for _ in range(num_samples if random_specs else 0)] or [{}]
+  shorts = short_keys([*grid, *random_specs])
+  points = []
+  for grid_values in itertools.product(*grid.values()):
+    for sample, drawn in enumerate(draws):
+      values = dict(zip(grid, grid_values)) | drawn
+      config = copy.deepcopy(sweep_cfg.base)
+      for key, value in values.items():
+        where = 'config.grid' if key in grid else 'config.random.params'
+        _apply(config, key, value, f'{where}.{key}')
+      labels = {key: _label(value) for key, value in values.items()}
+      parts = [f'sample={sample}'] if random_specs else []
+      parts += [f'{shorts[key]}={label}' for key, label in labels.items()]
+      name = re.sub(r'[^A-Za-z0-9_.=,+-]', '_', ','.join(parts))
+      points.append(Point(name=name, values=values, labels=labels, config=config))
+  names = [point.name for point in points]
+  if len(set(names)) != len(names):
+    duplicate = next(name for name in names if names.count(name) > 1)
+    raise UserError(f'two points of the sweep are both named {duplicate!r}: give the section '
+                    "values of config.grid distinct 'name' fields")
+  return points
+
+
+def parameter_counts(points: Sequence[Point]) -> dict[str, tuple[int, bool]]:
+  """point name -> (parameters, within config.model.param_budget), each distinct model once.
+
+  Raises:
+    UserError: a point's model cannot be built (bad layout, unknown name).
+  """
+  by_model, counts = {}, {}
+  for point in points:
+    model_cfg, image_size = point.config.model, point.config.data.image_size
+    model_key = (model_cfg.to_json(sort_keys=True), image_size)
+    if model_key not in by_model:
+      models.validate(model_cfg)
+      try:
+        by_model[model_key] = models.check_budget(model_cfg, image_size), True
+      except UserError:
+        by_model[model_key] = models.model_size(model_cfg, image_size), False
+    counts[point.name] = by_model[model_key]
+  return counts
+
+
+def _read_json(path: str) -> Optional[dict]:
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  """Writes a file whole (processes sharing a sweep may write its tables at the same time)."""
+  partial = f'{path}.{os.getpid()}.tmp'
+  with open(partial, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(partial, path)
+
+
+def run_point(point: Point, workdir: str) -> str:
+  """Trains one point in workdir/<name> unless it has finished; returns its status."""
+  point_dir = os.path.join(workdir, point.name)
+  if os.path.isfile(os.path.join(point_dir, report.RESULTS_FILE)):
+    return SKIPPED_DONE
+  error_path = os.path.join(point_dir, ERROR_FILE)
+  try:
+    results = train.train_and_evaluate(point.config, point_dir)
+  except UserError as e:
+    if jax.process_index() == 0:
+      os.makedirs(point_dir, exist_ok=True)
+      _write_atomic(error_path, f'{e}\n')
+    return f'failed: {e}'
+  if results.get('preempted'):
+    return PREEMPTED
+  if jax.process_index() == 0 and os.path.exists(error_path):
+    os.remove(error_path)
+  return DONE
+
+
+def _status(point: Point, workdir: str, within_budget: bool) -> str:
+  """The status of a point this process did not run, from what its folder holds."""
+  point_dir = os.path.join(workdir, point.name)
+  if not within_budget:
+    return OVER_BUDGET
+  if os.path.isfile(os.path.join(point_dir, report.RESULTS_FILE)):
+    return DONE
+  error_path = os.path.join(point_dir, ERROR_FILE)
+  if os.path.isfile(error_path):
+    with open(error_path, encoding='utf-8') as f:
+      return f'failed: {f.read().strip()}'
+  return PENDING
+
+
+def summary_rows(points: Sequence[Point], workdir: str, statuses: Mapping[str, str],
+                 counts: Mapping[str, tuple[int, bool]]) -> list[dict]:
+  """One row a point: swept labels, parameters, accuracies, wall time and status."""
+  rows = []
+  for point in points:
+    parameters, within_budget = counts[point.name]
+    status = statuses.get(point.name) or _status(point, workdir, within_budget)
+    results = _read_json(os.path.join(workdir, point.name, report.RESULTS_FILE)) or {}
+    rows.append({'point': point.name, **point.labels, 'parameters': parameters,
+                 **{name: results.get(name) for name in ACCURACIES},
+                 'wall_seconds': results.get('wall_seconds'), 'status': status})
+  return rows
+
+
+def _csv(rows: Sequence[dict]) -> str:
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator='\n')
+  writer.writeheader()
+  writer.writerows(rows)
+  return buffer.getvalue()
+
+
+def _cell(name: str, value) -> str:
+  if value is None:
+    return '-'
+  if name in ACCURACIES:
+    return f'{100 * value:.2f}%'
+  if name == 'parameters':
+    return f'{value:,}'
+  if name == 'wall_seconds':
+    return f'{value:.0f}'
+  return str(value).replace('|', '\\|')
+
+
+def _markdown(rows: Sequence[dict], keys: Sequence[str]) -> str:
+  """The table of sweep.md, swept keys by their full dotted names."""
+  columns = [name for name in rows[0] if name != 'point']
+  headers = [*keys, 'parameters', 'final val', 'best val', 'final test', 'best test',
+             'wall (s)', 'status']
+  lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+  lines += ['| ' + ' | '.join(_cell(name, row[name]) for name in columns) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def validation_curve(run_dir: str) -> tuple[list[int], list[float]]:
+  """(epochs, validation accuracy) from a run's metrics.jsonl; the last record of an epoch wins."""
+  path = os.path.join(run_dir, 'metrics.jsonl')
+  if not os.path.isfile(path):
+    return [], []
+  by_epoch = {int(r['epoch']): r['val_accuracy'] for r in writers.read_jsonl(path)
+              if 'epoch' in r and 'val_accuracy' in r}
+  epochs = sorted(by_epoch)
+  return epochs, [by_epoch[epoch] for epoch in epochs]
+
+
+def plot_curves(points: Sequence[Point], workdir: str, path: str) -> int:
+  """Validation accuracy against epoch of every run on one figure; returns the runs drawn."""
+  fig = figure.Figure(figsize=(9, 5.5), layout='constrained')
+  ax = fig.subplots()
+  drawn = 0
+  for point in points:
+    epochs, accuracy = validation_curve(os.path.join(workdir, point.name))
+    if epochs:
+      ax.plot(epochs, 100 * np.asarray(accuracy), marker='.', label=point.name)
+      drawn += 1
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('validation accuracy (%)')
+  ax.grid(alpha=0.3)
+  if drawn and drawn <= 2 * MAX_SERIES:
+    ax.legend(fontsize=7, loc='lower right')
+  fig.savefig(path, dpi=110)
+  return drawn
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def plot_accuracy_vs(points: Sequence[Point], rows: Sequence[dict], key: str, path: str,
+                     grid_keys: Sequence[str]) -> None:
+  """Best validation accuracy against one swept key; a line for each combination of the others."""
+  numeric = all(_is_number(point.values[key]) for point in points)
+  categories = list(dict.fromkeys(point.labels[key] for point in points))
+  fig = figure.Figure(figsize=(7, 4.5), layout='constrained')
+  ax = fig.subplots()
+  others = [other for other in grid_keys if other != key]
+  series = {}
+  for point, row in zip(points, rows):
+    if row['best_val_accuracy'] is None:
+      continue
+    x = point.values[key] if numeric else categories.index(point.labels[key])
+    group = ', '.join(f'{short}={point.labels[other]}'
+                      for other, short in short_keys(others).items())
+    series.setdefault(group, []).append((x, 100 * row['best_val_accuracy']))
+  as_lines = key in grid_keys and len(series) <= MAX_SERIES
+  for group, xy in series.items():
+    xs, ys = zip(*sorted(xy))
+    ax.plot(xs, ys, marker='o', linestyle='-' if as_lines else 'none', label=group or None)
+  if numeric:
+    values = [point.values[key] for point in points]
+    if min(values) > 0 and max(values) / min(values) >= 20:
+      ax.set_xscale('log')
+  else:
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha='right')
+  ax.set_xlabel(key)
+  ax.set_ylabel('best validation accuracy (%)')
+  ax.grid(alpha=0.3)
+  if as_lines and any(series):
+    ax.legend(fontsize=7)
+  fig.savefig(path, dpi=110)
+
+
+def write_summary(points: Sequence[Point], workdir: str, statuses: Mapping[str, str],
+                  counts: Mapping[str, tuple[int, bool]], grid_keys: Sequence[str]) -> list[dict]:
+  """Writes sweep.csv, sweep.md, curves.png and accuracy_vs_<key>.png; returns the rows."""
+  rows = summary_rows(points, workdir, statuses, counts)
+  keys = list(points[0].values)
+  _write_atomic(os.path.join(workdir, 'sweep.csv'), _csv(rows))
+  shorts = short_keys(keys)
+  plots = [f'accuracy_vs_{shorts[key]}.png' for key in keys]
+  done = sum(row['status'] in (DONE, SKIPPED_DONE) for row in rows)
+  text = (f'# Sweep: {len(points)} points, {done} trained\n\nAccuracy columns: validation and '
+          'test accuracy at the last epoch (final) and at the best validation epoch (best).\n\n'
+          + _markdown(rows, keys) + '\n![validation curves](curves.png)\n\n'
+          + ''.join(f'![accuracy against {key}]({plot})\n\n' for key, plot in zip(keys, plots)))
+  _write_atomic(os.path.join(workdir, 'sweep.md'), text)
+  plot_curves(points, workdir, os.path.join(workdir, 'curves.png'))
+  for key, plot in zip(keys, plots):
+    plot_accuracy_vs(points, rows, key, os.path.join(workdir, plot), grid_keys)
+  return rows
+
+
+def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: int = 0,
+              process_count: int = 1) -> list[dict]:
+  """Runs this process's share of the sweep's points, then writes the sweep's tables and plots.
+
+  Args:
+    sweep_cfg: from `sweep_config` (a configs/sweeps/*.py file).
+    workdir: the sweep's folder; point p trains in workdir/<p.name>.
+    process_index: this process runs points process_index, process_index + process_count, ...
+    process_count: independent processes sharing the points.
+
+  Returns:
+    The table's rows (dicts: 'point', the swept keys' labels, 'parameters', accuracies,
+    'wall_seconds', 'status').
+
+  Raises:
+    UserError: a bad sweep config (unknown key, bad value, a model that cannot be built).
+  """
+  if not 0 <= process_index < process_count:
+    raise UserError(f'--process_index={process_index} must be in [0, --process_count='
+                    f'{process_count})')
+  if process_count > 1 and jax.process_count() > 1:
+    raise UserError('--process_count>1 splits points between independent processes; under '
+                    'jax.distributed every run spans all processes: drop --process_count')
+  points = sweep_points(sweep_cfg)
+  counts = parameter_counts(points)
+  grid_keys = list(_flatten(sweep_cfg.grid, 'config.grid'))
+  os.makedirs(workdir, exist_ok=True)
+  statuses = {}
+  share = points[process_index::process_count]
+  for number, point in enumerate(share, start=1):
+    parameters, within_budget = counts[point.name]
+    if not within_budget:
+      statuses[point.name] = OVER_BUDGET
+    else:
+      logging.info('sweep point %d/%d: %s (%s parameters)', number, len(share), point.name,
+                   f'{parameters:,}')
+      statuses[point.name] = run_point(point, workdir)
+    print(f'[{number}/{len(share)}] {point.name}: {statuses[point.name]}', flush=True)
+    if statuses[point.name] == PREEMPTED:
+      break
+  if jax.process_index() != 0:
+    return summary_rows(points, workdir, statuses, counts)
+  return write_summary(points, workdir, statuses, counts, grid_keys)
+
+
+def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> None:
+  distributed.initialize_from_env()
+  rows = run_sweep(sweep_cfg, workdir, process_index, process_count)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'sweep.md'), encoding='utf-8') as f:
+      print(f.read(), flush=True)
+  if any(row['status'] == PREEMPTED for row in rows):
+    print('SIGTERM: the sweep stopped; run the same command again to go on', flush=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  errors.exit_on_user_error(_run, main_lib.CONFIG.value, main_lib.WORKDIR.value,
+                            flags.FLAGS.process_index, flags.FLAGS.process_count)
+
+
+if __name__ == '__main__':
+  # Defined here, not on import: sweep configs import this module (for `sweep_config`) while
+  # it runs as __main__, and a second definition of a flag is an error.
+  flags.DEFINE_integer('process_index', 0,
+                       'This process runs points process_index, + process_count, ...')
+  flags.DEFINE_integer('process_count', 1,
+                       'Independent processes sharing the points (e.g. a job array).')
+  app.run(main, flags_parser=main_lib.parse_flags)

@@ -1,0 +1,811 @@
+"""Training and evaluation: the train state, the compiled steps and the epoch loop.
+
+Data parallel over every device: one `jax.jit` over a 1-D mesh (axis 'data'), the batch sharded on
+its leading axis, the state replicated, so XLA computes BatchNorm statistics over the global batch
+and N devices train like one. Several steps run in one compiled call (`lax.scan`) with the metrics
+summed on the device and fetched once per call.
+
+Two ways to feed a call, running the same `train_step`:
+- resident (the fast path): the whole uint8 training set is replicated on every device and a call
+  receives only the batch indices (the host's `input_pipeline.epoch_permutation`);
+- streamed: `input_pipeline.host_batches` produces each process's share of every batch.
+"""
+
+import dataclasses
+import functools
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+import flax
+from flax import struct
+import jax
+from jax import lax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from resnet_jax import augment
+from resnet_jax import gradcam
+from resnet_jax import input_pipeline
+from resnet_jax import losses
+from resnet_jax import models
+from resnet_jax import optim
+from resnet_jax import report
+from resnet_jax import writers  # Before clu.metrics: makes clu importable without TensorFlow.
+from resnet_jax.errors import UserError
+from clu import metrics  # pylint: disable=g-bad-import-order
+
+# A training set larger than this stays on the host under data.placement='auto'.
+MAX_RESIDENT_BYTES = 4 << 30
+# Steps fused in one compiled call when config.steps_per_call is 0 (on a CPU: 1).
+AUTO_STEPS_PER_CALL = 32
+
+
+@struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+
+
+@struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a run needs to continue bitwise where it stopped.
+
+  Attributes:
+    step: optimizer steps taken (global, across epochs).
+    params: the model parameters (the fast weights under Lookahead).
+    batch_stats: BatchNorm running statistics.
+    opt_state: the optax state (Lookahead's slow weights live here).
+    ema_params: exponential moving average of params, or None without config.ema_decay.
+    rng: raw key data; step s draws its randomness from fold_in(rng, s).
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any
+  rng: jax.Array
+
+  def eval_variables(self) -> dict:
+    params = self.params if self.ema_params is None else self.ema_params
+    return {'params': params, 'batch_stats': self.batch_stats}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """The static (trace-time) inputs of the compiled steps."""
+  model: Any
+  tx: optax.GradientTransformation
+  config: ml_collections.ConfigDict
+  mean: tuple
+  std: tuple
+
+  @property
+  def dtype(self):
+    return models.DTYPES[self.config.model.dtype]
+
+
+# ---------------------------------------------------------------------------------------------
+# State and steps.
+
+
+def create_train_state(ctx: StepContext, image_size: int) -> TrainState:
+  """A fresh state: initialised model, optimizer state, EMA copy and step key from config.seed."""
+  init_key, train_key = jax.random.split(jax.random.key(ctx.config.seed))
+  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  variables = ctx.model.init({'params': init_key, 'dropout': init_key}, images, train=False)
+  params = variables['params']
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get('batch_stats', {}),
+      opt_state=ctx.tx.init(params),
+      ema_params=params if ctx.config.ema_decay > 0 else None,
+      rng=jax.random.key_data(train_key))
+
+
+def train_step(state: TrainState, images_u8: jax.Array, labels: jax.Array,
+               ctx: StepContext) -> tuple[TrainState, TrainMetrics]:
+  """One optimizer step on a global batch: augment, forward, backward, update.
+
+  Args:
+    state: the current state.
+    images_u8: the batch, uint8 NHWC.
+    labels: int labels of the batch.
+    ctx: model, optimizer and config.
+
+  Returns:
+    The new state and the batch's metrics (sums, merged across steps by the caller).
+  """
+  config = ctx.config
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  augment_key, dropout_key = jax.random.split(step_key)
+  x, soft_targets = augment.train_preprocess(
+      augment_key, images_u8, labels, config.augment, ctx.mean, ctx.std,
+      config.model.num_classes, ctx.dtype)
+
+  def loss_fn(params):
+    logits, new_model_state = ctx.model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+        mutable=['batch_stats'], rngs={'dropout': dropout_key})
+    logits = logits.astype(jnp.float32)
+    loss = losses.cross_entropy(logits, soft_targets, config.label_smoothing)
+    return loss, (logits, new_model_state['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_params is not None:
+    decay = config.ema_decay
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema_params)
+  # The batch mean once per example, so that averages over steps weight every example alike.
+  step_metrics = TrainMetrics.single_from_model_output(
+      loss=jnp.full(labels.shape, loss), logits=logits, labels=labels)
+  return new_state, step_metrics
+
+
+def eval_step(variables: dict, images_u8: jax.Array, labels: jax.Array, mask: jax.Array,
+              ctx: StepContext) -> tuple[EvalMetrics, jax.Array]:
+  """Metrics and predicted classes of one padded evaluation batch (mask marks real examples)."""
+  config = ctx.config
+  x = augment.eval_preprocess(images_u8, ctx.mean, ctx.std, ctx.dtype)
+  logits = ctx.model.apply(variables, x, train=False).astype(jnp.float32)
+  if config.eval_flip_tta:
+    flipped = ctx.model.apply(variables, x[:, :, ::-1, :], train=False).astype(jnp.float32)
+    logits = (logits + flipped) / 2
+  targets = jax.nn.one_hot(labels, config.model.num_classes)
+  loss = losses.cross_entropy(logits, targets, 0.0, weights=mask)
+  batch_metrics = EvalMetrics.single_from_model_output(
+      loss=jnp.full(labels.shape, loss), logits=logits, labels=labels, mask=mask)
+  return batch_metrics, jnp.argmax(logits, axis=-1)
+
+
+def _scan_train_steps(state, batches, batch_fn, ctx):
+  """Runs train_step over the leading axis of `batches`; also finds the first non-finite loss."""
+
+  def body(carry, batch):
+    state, summed, first_bad_step = carry
+    images_u8, labels = batch_fn(batch)
+    new_state, step_metrics = train_step(state, images_u8, labels, ctx)
+    bad = ~jnp.isfinite(step_metrics.loss.total)
+    first_bad_step = jnp.where(bad & (first_bad_step < 0), state.step, first_bad_step)
+    return (new_state, summed.merge(step_metrics), first_bad_step), None
+
+  init = (state, TrainMetrics.empty(), jnp.asarray(-1, jnp.int32))
+  (state, summed, first_bad_step), _ = _scan(body, init, batches)
+  return state, summed, first_bad_step
+
+
+def _scan(body, init, xs):
+  """lax.scan; unrolled in Python on a CPU, where XLA runs a while loop's convolutions ~20x slower."""
+  if jax.default_backend() != 'cpu':
+    return lax.scan(body, init, xs)
+  carry, outputs = init, []
+  for i in range(jax.tree.leaves(xs)[0].shape[0]):
+    carry, output = body(carry, jax.tree.map(lambda x, i=i: x[i], xs))
+    outputs.append(output)
+  return carry, jax.tree.map(lambda *ys: jnp.stack(ys), *outputs)
+
+
+def train_steps_resident(state, indices, images_u8, labels, ctx):
+  """len(indices) steps; batch i is images_u8[indices[i]] (the whole set is on every device)."""
+  return _scan_train_steps(state, indices, lambda idx: (images_u8[idx], labels[idx]), ctx)
+
+
+def train_steps_streamed(state, images_u8, labels, ctx):
+  """len(images_u8) steps on stacked batches [steps, batch, H, W, C] sent from the host."""
+  return _scan_train_steps(state, (images_u8, labels), lambda batch: batch, ctx)
+
+
+def evaluate_batches(variables, images_u8, labels, mask, ctx):
+  """Summed metrics and predictions over stacked padded batches [num_batches, batch, ...]."""
+
+  def body(summed, batch):
+    batch_metrics, predictions = eval_step(variables, *batch, ctx)
+    return summed.merge(batch_metrics), predictions
+
+  return _scan(body, EvalMetrics.empty(), (images_u8, labels, mask))
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and data placement.
+
+
+def initial_state(ctx: StepContext, image_size: int, mesh: jax.sharding.Mesh) -> TrainState:
+  """A fresh TrainState, replicated on every device."""
+  return jax.jit(functools.partial(create_train_state, ctx, image_size),
+                 out_shardings=NamedSharding(mesh, P()))()
+
+
+def jit_train_steps(ctx: StepContext, mesh: jax.sharding.Mesh, *, resident: bool) -> Callable:
+  """The jitted multi-step train call: state donated, batches sharded on the data axis.
+
+  Resident: (state, indices [steps, batch], images_u8, labels) with the whole set replicated.
+  Streamed: (state, images_u8 [steps, batch, ...], labels [steps, batch]).
+  """
+  replicated = NamedSharding(mesh, P())
+  batches = NamedSharding(mesh, P(None, 'data'))
+  if resident:
+    return jax.jit(functools.partial(train_steps_resident, ctx=ctx),
+                   in_shardings=(replicated, batches, replicated, replicated),
+                   out_shardings=replicated, donate_argnums=0)
+  return jax.jit(functools.partial(train_steps_streamed, ctx=ctx),
+                 in_shardings=(replicated, batches, batches),
+                 out_shardings=replicated, donate_argnums=0)
+
+
+def create_mesh() -> jax.sharding.Mesh:
+  return jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host array every process holds in full."""
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """A split padded to whole batches and placed on the devices, batches along axis 0."""
+  images: jax.Array
+  labels: jax.Array
+  mask: jax.Array
+  size: int
+
+
+def make_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                  mesh: jax.sharding.Mesh) -> EvalSet:
+  """Pads a split to a whole number of batches (mask 0 on padding) and puts it on the devices."""
+  num_devices = mesh.devices.size
+  size = len(labels)
+  batch_size = -(-min(batch_size, size) // num_devices) * num_devices
+  num_batches = -(-size // batch_size)
+  padding = num_batches * batch_size - size
+
+  def stack(array):
+    padded = np.concatenate([array, np.zeros((padding,) + array.shape[1:], array.dtype)])
+    return padded.reshape((num_batches, batch_size) + array.shape[1:])
+
+  sharding = NamedSharding(mesh, P(None, 'data'))
+  return EvalSet(images=put_global(stack(images), sharding),
+                 labels=put_global(stack(labels.astype(np.int32)), sharding),
+                 mask=put_global(stack(np.ones(size, bool)), sharding), size=size)
+
+
+def compile_evaluate(ctx: StepContext, mesh: jax.sharding.Mesh) -> Callable:
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(functools.partial(evaluate_batches, ctx=ctx),
+                 out_shardings=(replicated, NamedSharding(mesh, P(None, 'data'))))
+
+
+def evaluate(evaluate_fn: Callable, variables: dict, eval_set: EvalSet) -> tuple[dict, np.ndarray]:
+  """{'loss', 'accuracy'} over a split and the predicted class of each of its examples.
+
+  Args:
+    evaluate_fn: `compile_evaluate`'s function, or anything called the same way.
+    variables: {'params', 'batch_stats'}, replicated.
+    eval_set: the split, from `make_eval_set`.
+  """
+  summed, predictions = evaluate_fn(variables, eval_set.images, eval_set.labels, eval_set.mask)
+  computed = {name: float(value) for name, value in summed.compute().items()}
+  predictions = np.asarray(multihost_utils.process_allgather(predictions, tiled=True))
+  return computed, predictions.reshape(-1)[:eval_set.size]
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """counts[true, predicted]."""
+  flat = labels.astype(np.int64) * num_classes + predictions.astype(np.int64)
+  return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def resident_placement(config: ml_collections.ConfigDict, train_images: np.ndarray) -> bool:
+  """Whether the training set goes on the device (config.data.placement)."""
+  placement = config.data.placement
+  if placement not in ('auto', 'device', 'host'):
+    raise UserError(f'config.data.placement={placement!r} is not one of auto, device, host')
+  if placement != 'auto':
+    return placement == 'device'
+  memory = jax.local_devices()[0].memory_stats() or {}
+  limit = memory.get('bytes_limit', MAX_RESIDENT_BYTES * 4) // 4
+  return train_images.nbytes <= min(limit, MAX_RESIDENT_BYTES)
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch plan.
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+  """How one epoch splits into steps (input_pipeline's batches) and compiled calls."""
+  size: int             # training examples
+  batch_size: int       # global
+  steps: int            # optimizer steps an epoch, the partial last batch included
+  partial: int          # size of the trained partial last batch (0: none)
+  steps_per_call: int
+  num_devices: int
+
+  @property
+  def num_full(self) -> int:
+    return self.steps - (1 if self.partial else 0)
+
+  def calls(self, start_step: int) -> list[tuple[int, int, int]]:
+    """(first step in the epoch, steps, batch size) of each compiled call from start_step on.
+
+    Full steps are grouped from the start of the epoch, so a run resumed at a call boundary
+    makes the same calls (and compiled shapes) as one that never stopped.
+    """
+    calls = []
+    step = start_step
+    while step < self.num_full:
+      count = min(self.steps_per_call - step % self.steps_per_call, self.num_full - step)
+      calls.append((step, count, self.batch_size))
+      step += count
+    if self.partial and start_step <= self.num_full:
+      calls.append((self.num_full, 1, self.partial))
+    return calls
+
+
+def epoch_plan(config: ml_collections.ConfigDict, size: int, num_devices: int) -> EpochPlan:
+  """Steps of an epoch; the last partial batch (cut to a multiple of the devices) is trained."""
+  batch_size = config.batch_size
+  if batch_size < 1 or batch_size % num_devices:
+    raise UserError(f'config.batch_size={batch_size} must be a positive multiple of the '
+                    f'{num_devices} devices')
+  steps = input_pipeline.steps_per_epoch(size, batch_size, config.drop_remainder,
+                                         multiple_of=num_devices)
+  if steps < 1:
+    raise UserError(f'config.batch_size={batch_size} leaves no training step for the {size} '
+                    'training examples: lower it, or unset config.drop_remainder')
+  if config.steps_per_call < 0:
+    raise UserError(f'config.steps_per_call={config.steps_per_call} must be >= 0 (0 = auto)')
+  num_full = size // batch_size
+  partial = (size % batch_size) // num_devices * num_devices if steps > num_full else 0
+  steps_per_call = config.steps_per_call or default_steps_per_call(num_full)
+  return EpochPlan(size=size, batch_size=batch_size, steps=steps, partial=partial,
+                   steps_per_call=max(1, min(steps_per_call, num_full)),
+                   num_devices=num_devices)
+
+
+def default_steps_per_call(num_full: int = AUTO_STEPS_PER_CALL) -> int:
+  """Steps a compiled call fuses when config.steps_per_call is 0: 1 on a CPU (see `_scan`)."""
+  return 1 if jax.default_backend() == 'cpu' else _auto_steps_per_call(num_full)
+
+
+def _auto_steps_per_call(num_full: int) -> int:
+  """A divisor of the full steps near AUTO_STEPS_PER_CALL (one compiled shape), else that."""
+  for count in range(min(AUTO_STEPS_PER_CALL, num_full), AUTO_STEPS_PER_CALL // 2 - 1, -1):
+    if count > 0 and num_full % count == 0:
+      return count
+  return AUTO_STEPS_PER_CALL
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def checkpoint_manager(directory: str, *, read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=('state', 'meta'))
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
+  manager.save(int(jax.device_get(state.step)), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainState,
+                       step: Optional[int] = None) -> tuple[TrainState, dict]:
+  """The state and metadata saved at `step` (default: the latest); UserError if unusable."""
+  step = manager.latest_step() if step is None else step
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise UserError(f'checkpoint {manager.directory}/{step} cannot be restored into this config '
+                    f'({reason}); use the config it was trained with, or a new --workdir') from e
+  return restored.state, restored.meta
+
+
+CHECKPOINTS = ('latest', 'best')
+
+
+def restore_run_checkpoint(run: 'Run', checkpoint: str = 'latest') -> tuple[TrainState, dict]:
+  """The state and metadata of a run's latest or best checkpoint; UserError if there is none."""
+  if checkpoint not in CHECKPOINTS:
+    raise UserError(f'--checkpoint={checkpoint} is not one of {", ".join(CHECKPOINTS)}')
+  directory = os.path.join(run.workdir, 'checkpoints', checkpoint)
+  if not os.path.isdir(directory):
+    raise UserError(f'no checkpoint in {directory}: train first (python -m resnet_jax.main '
+                    f'--workdir={run.workdir}), or check --workdir')
+  manager = checkpoint_manager(directory, read_only=True)
+  try:
+    if manager.latest_step() is None:
+      raise UserError(f'no checkpoint in {directory}: train first, or check --workdir')
+    return restore_checkpoint(
+        manager, abstract_train_state(run.ctx, run.config.data.image_size, run.mesh))
+  finally:
+    manager.close()
+
+
+def abstract_train_state(ctx: StepContext, image_size: int, mesh) -> TrainState:
+  """The state's shapes, dtypes and (replicated) shardings, for restoring."""
+  replicated = NamedSharding(mesh, P())
+  shapes = jax.eval_shape(functools.partial(create_train_state, ctx, image_size))
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class RunClock:
+  """Wall-clock accounting of a run (host side)."""
+  start: float = dataclasses.field(default_factory=time.time)
+  compile_seconds: float = 0.0
+  train_seconds: float = 0.0
+  train_images: int = 0
+  eval_seconds: float = 0.0
+
+
+class _Compiled:
+  """Ahead-of-time compiled functions, one per input shape, with compile time accounted."""
+
+  def __init__(self, clock: RunClock):
+    self._clock = clock
+    self._cache = {}
+
+  def __call__(self, key, jitted, *args):
+    if key not in self._cache:
+      start = time.perf_counter()
+      self._cache[key] = jitted.lower(*args).compile()
+      self._clock.compile_seconds += time.perf_counter() - start
+    return self._cache[key](*args)
+
+
+def _preemption_flag() -> tuple[threading.Event, Callable[[], None]]:
+  """An event SIGTERM sets (main thread only) and a function restoring the old handler."""
+  event = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    return event, lambda: None
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+  return event, lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _any_process(flag: bool) -> bool:
+  """True if the flag is set on any process (so every process stops at the same step)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
+
+
+def versions() -> dict:
+  return {'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
+          'orbax_checkpoint': getattr(ocp, '__version__', ''),
+          'python': platform.python_version()}
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What train_and_evaluate sets up before the loop."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  ctx: StepContext
+  optimizer: Any  # optim.create_optimizer's Optimizer
+  splits: Any
+  mesh: jax.sharding.Mesh
+  plan: EpochPlan
+  resident: bool
+
+
+def setup_run(config: ml_collections.ConfigDict, workdir: str, splits=None) -> Run:
+  """Checks the config, loads the data and builds model and optimizer; UserError on mistakes.
+
+  `splits` (input_pipeline.Splits) skips loading the data again, e.g. for several benchmarks.
+  """
+  models.check_budget(config.model, config.data.image_size)
+  augment.check_config(config.augment)
+  if splits is None:
+    splits = input_pipeline.load_splits(config.data, config.seed)
+  mesh = create_mesh()
+  plan = epoch_plan(config, len(splits.train_labels), mesh.devices.size)
+  optimizer = optim.create_optimizer(config, plan.steps)
+  ctx = StepContext(model=models.build_model(config.model), tx=optimizer.tx, config=config,
+                    mean=tuple(float(m) for m in splits.mean),
+                    std=tuple(float(s) for s in splits.std))
+  return Run(config=config, workdir=workdir, ctx=ctx, optimizer=optimizer, splits=splits,
+             mesh=mesh, plan=plan, resident=resident_placement(config, splits.train_images))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains config's system, evaluating every epoch, checkpointing and resuming in workdir.
+
+  Args:
+    config: a config from configs/ (see resnet_jax/defaults.py for every key).
+    workdir: where checkpoints, metrics, plots and the report go; a run found there resumes.
+
+  Returns:
+    The results (what results.json holds), or {'preempted': True, ...} if SIGTERM stopped it.
+
+  Raises:
+    UserError: a bad config, missing data, an unusable checkpoint or a non-finite loss.
+  """
+  clock = RunClock()
+  run = setup_run(config, workdir)
+  splits = run.splits
+  logging.info('data: %s; %s placement; %d devices (%s); %d steps an epoch, up to %d a call',
+               splits.source, 'device' if run.resident else 'host', run.mesh.devices.size,
+               jax.devices()[0].device_kind, run.plan.steps, run.plan.steps_per_call)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    _write_config(workdir, config)
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  latest_manager = checkpoint_manager(os.path.join(checkpoint_dir, 'latest'))
+  best_manager = checkpoint_manager(os.path.join(checkpoint_dir, 'best'))
+  writer = writers.create_writer(workdir, is_main=jax.process_index() == 0)
+  preempted, restore_signal = _preemption_flag()
+  try:
+    return _train_loop(run, clock, latest_manager, best_manager, writer, preempted)
+  finally:
+    restore_signal()
+    for manager in (latest_manager, best_manager):
+      manager.wait_until_finished()
+      manager.close()
+    writer.close()
+
+
+def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
+                preempted: threading.Event) -> dict:
+  """The epoch loop of train_and_evaluate."""
+  config, ctx, splits, mesh, plan = run.config, run.ctx, run.splits, run.mesh, run.plan
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(None, 'data'))
+  compiled = _Compiled(clock)
+
+  meta = {'epoch': 0, 'step_in_epoch': 0, 'best_val_accuracy': -1.0, 'best_epoch': 0,
+          'history': []}
+  abstract_state = abstract_train_state(ctx, config.data.image_size, mesh)
+  if latest_manager.latest_step() is not None:
+    state, meta = restore_checkpoint(latest_manager, abstract_state)
+    logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
+                 latest_manager.directory, meta['epoch'] + 1, meta['step_in_epoch'],
+                 int(state.step))
+  else:
+    state = initial_state(ctx, config.data.image_size, mesh)
+  history = meta['history']
+
+  run_steps = jit_train_steps(ctx, mesh, resident=run.resident)
+  if run.resident:
+    train_images = put_global(splits.train_images, replicated)
+    train_labels = put_global(splits.train_labels.astype(np.int32), replicated)
+  evaluate_fn = compile_evaluate(ctx, mesh)
+  val_set = make_eval_set(splits.val_images, splits.val_labels, config.eval_batch_size, mesh)
+
+  def run_eval(variables, eval_set):
+    start = time.perf_counter()
+    result = evaluate(functools.partial(compiled, ('eval', eval_set.images.shape), evaluate_fn),
+                      variables, eval_set)
+    clock.eval_seconds += time.perf_counter() - start
+    return result
+
+  last_log_step = int(state.step)
+  window = TrainMetrics.empty()
+  for epoch in range(meta['epoch'], config.num_epochs):
+    epoch_start = time.perf_counter()
+    start_step = meta['step_in_epoch'] if epoch == meta['epoch'] else 0
+    if run.resident:
+      batch_indices = input_pipeline.epoch_batch_indices(
+          plan.size, plan.batch_size, seed=config.seed, epoch=epoch,
+          drop_remainder=config.drop_remainder, multiple_of=plan.num_devices)
+    else:
+      streamed = _stacked_host_batches(run, epoch, start_step)
+    epoch_metrics = TrainMetrics.empty()
+    for first, count, batch_size in plan.calls(start_step):
+      call_start, compile_seconds = time.perf_counter(), clock.compile_seconds
+      if run.resident:
+        indices = np.stack(batch_indices[first:first + count]).astype(np.int32)
+        state, summed, first_bad = compiled(
+            ('train', count, batch_size), run_steps, state,
+            put_global(indices, batch_sharding), train_images, train_labels)
+      else:
+        local_images, local_labels = next(streamed)
+        state, summed, first_bad = compiled(
+            ('train', count, batch_size), run_steps, state,
+            jax.make_array_from_process_local_data(batch_sharding, local_images),
+            jax.make_array_from_process_local_data(batch_sharding, local_labels))
+      summed, first_bad = jax.device_get((summed, first_bad))
+      if first_bad >= 0:
+        _raise_non_finite(run, epoch, int(first_bad) - epoch * plan.steps, meta)
+      clock.train_seconds += (time.perf_counter() - call_start
+                              - (clock.compile_seconds - compile_seconds))
+      clock.train_images += count * batch_size
+      epoch_metrics = epoch_metrics.merge(summed)
+      window = window.merge(summed)
+      step = int(state.step)
+      if step - last_log_step >= config.log_every_steps or first + count == plan.steps:
+        _log_progress(run, writer, state, window, epoch, step, clock)
+        window = TrainMetrics.empty()
+        last_log_step = step
+      if _any_process(preempted.is_set()):
+        meta = dict(meta, epoch=epoch, step_in_epoch=first + count)
+        save_checkpoint(latest_manager, state, meta)
+        latest_manager.wait_until_finished()
+        print(f'SIGTERM: saved a checkpoint at epoch {epoch + 1}, step {first + count} of it '
+              f'(global step {step}); resume with the same command: python -m resnet_jax.main '
+              f'--config=<the same config> --workdir={run.workdir}', flush=True)
+        return {'preempted': True, 'epoch': epoch, 'step': step}
+
+    record = {'epoch': epoch + 1, 'step': int(state.step),
+              **{f'train_{k}': float(v) for k, v in epoch_metrics.compute().items()},
+              'learning_rate': _learning_rate(run.optimizer, state),
+              'epoch_seconds': time.perf_counter() - epoch_start}
+    is_last = epoch + 1 == config.num_epochs
+    if (epoch + 1) % config.eval_every_epochs == 0 or is_last:
+      val, _ = run_eval(state.eval_variables(), val_set)
+      record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
+      # Back on the devices: a host-side hook (reduce-on-plateau) may return host arrays.
+      state = jax.device_put(
+          state.replace(opt_state=run.optimizer.on_epoch_end(state.opt_state, val)), replicated)
+    history.append(record)
+    writer.write_scalars(record['step'], {k: v for k, v in record.items() if k != 'step'})
+    if config.param_histograms_every_epochs and (
+        (epoch + 1) % config.param_histograms_every_epochs == 0):
+      gradcam.write_param_histograms(writer, record['step'], state.params)
+    _log_epoch(config, record)
+    meta = dict(meta, epoch=epoch + 1, step_in_epoch=0, history=history)
+    if record.get('val_accuracy', -1.0) > meta['best_val_accuracy']:
+      meta.update(best_val_accuracy=record['val_accuracy'], best_epoch=epoch + 1)
+      if config.keep_best_checkpoint:
+        save_checkpoint(best_manager, state, meta)
+    if (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last:
+      save_checkpoint(latest_manager, state, meta)
+
+  test_set = make_eval_set(splits.test_images, splits.test_labels, config.eval_batch_size, mesh)
+  test, predictions = run_eval(state.eval_variables(), test_set)
+  best_test = None
+  if config.keep_best_checkpoint and best_manager.latest_step() is not None:
+    best_state, _ = restore_checkpoint(best_manager, abstract_state)
+    best_test, _ = run_eval(best_state.eval_variables(), test_set)
+  final_val = next((r for r in reversed(history) if 'val_accuracy' in r), {})
+  results = run_results(run, models.count_params(state.params), test) | {
+      'steps': int(state.step),
+      'final_val_accuracy': final_val.get('val_accuracy'),
+      'final_val_loss': final_val.get('val_loss'),
+      'best_val_accuracy': meta['best_val_accuracy'] if meta['best_val_accuracy'] >= 0 else None,
+      'best_epoch': meta['best_epoch'],
+      'best_test_accuracy': best_test['accuracy'] if best_test else None,
+      'wall_seconds': time.time() - clock.start,
+      'compile_seconds': clock.compile_seconds,
+      'train_seconds': clock.train_seconds,
+      'eval_seconds': clock.eval_seconds,
+      'images_per_second': clock.train_images / max(clock.train_seconds, 1e-9),
+  }
+  if jax.process_index() == 0:
+    report.write_report(run.workdir, results, history,
+                        confusion_matrix(splits.test_labels, predictions,
+                                         config.model.num_classes),
+                        write_plots=config.write_plots)
+  return results
+
+
+def run_results(run: Run, parameters: int, test: dict) -> dict:
+  """The results fields every report has: the system, its test score, data and machine."""
+  config, splits = run.config, run.splits
+  device = jax.devices()[0]
+  return {
+      'model': config.model.name,
+      'parameters': parameters,
+      'epochs': config.num_epochs,
+      'final_test_accuracy': test['accuracy'],
+      'final_test_loss': test['loss'],
+      'device_kind': device.device_kind,
+      'platform': device.platform,
+      'device_count': jax.device_count(),
+      'process_count': jax.process_count(),
+      'placement': 'device' if run.resident else 'host',
+      'data_source': splits.source,
+      'train_examples': len(splits.train_labels),
+      'val_examples': len(splits.val_labels),
+      'test_examples': len(splits.test_labels),
+      'class_names': [str(name) for name in splits.class_names],
+      'seed': config.seed,
+      'versions': versions(),
+      'reference': config.reference.to_dict(),
+      'workdir': os.path.abspath(run.workdir),
+      'command': ' '.join(sys.argv),
+      'preempted': False,
+  }
+
+
+def _stacked_host_batches(run: Run, epoch: int, start_step: int):
+  """Yields this process's share of each call's batches, stacked [steps, batch/processes, ...]."""
+  config, splits, plan = run.config, run.splits, run.plan
+  batches = input_pipeline.host_batches(
+      splits.train_images, splits.train_labels, plan.batch_size, seed=config.seed, epoch=epoch,
+      shuffle=True, drop_remainder=config.drop_remainder, start_step=start_step,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      backend=config.data.host_backend)
+  local_devices = jax.local_device_count()
+  for _, count, batch_size in plan.calls(start_step):
+    local = batch_size // jax.process_count()
+    images, labels = [], []
+    for _ in range(count):
+      batch_images, batch_labels = next(batches)
+      cut = min(local, len(batch_labels)) // local_devices * local_devices
+      images.append(np.asarray(batch_images)[:cut])
+      labels.append(np.asarray(batch_labels)[:cut].astype(np.int32))
+    yield np.stack(images), np.stack(labels)
+
+
+def _learning_rate(optimizer, state) -> float:
+  """The rate of the last step taken."""
+  last_step = jnp.maximum(state.step - 1, 0)
+  return float(jax.device_get(optimizer.learning_rate(last_step, state.opt_state)))
+
+
+def _log_progress(run: Run, writer, state, window, epoch, step, clock):
+  """The progress line (and its scalars): epoch, step, loss, accuracy, lr, images/s, ETA."""
+  config = run.config
+  computed = {k: float(v) for k, v in window.compute().items()}
+  total_steps = run.plan.steps * config.num_epochs
+  images_per_second = clock.train_images / max(clock.train_seconds, 1e-9)
+  eta = (total_steps - step) * config.batch_size / max(images_per_second, 1e-9)
+  learning_rate = _learning_rate(run.optimizer, state)
+  writer.write_scalars(step, {'train_loss': computed['loss'],
+                              'train_accuracy': computed['accuracy'],
+                              'learning_rate': learning_rate,
+                              'images_per_second': images_per_second})
+  logging.info('epoch %d/%d step %d/%d: loss %.4f acc %.2f%% lr %.4g, %.0f images/s, ETA %s',
+               epoch + 1, config.num_epochs, step, total_steps, computed['loss'],
+               100 * computed['accuracy'], learning_rate, images_per_second,
+               _format_seconds(eta))
+
+
+def _log_epoch(config, record: dict) -> None:
+  val = (f", validation loss {record['val_loss']:.4f} acc {100 * record['val_accuracy']:.2f}%"
+         if 'val_accuracy' in record else '')
+  logging.info('epoch %d/%d: train loss %.4f acc %.2f%%%s (%.1fs)', record['epoch'],
+               config.num_epochs, record['train_loss'], 100 * record['train_accuracy'], val,
+               record['epoch_seconds'])
+
+
+def _raise_non_finite(run: Run, epoch: int, step_in_epoch: int, meta: dict):
+  kept = (f"the last good checkpoint (epoch {meta['epoch']}, step {meta['step_in_epoch']}) "
+          f'is kept in {run.workdir}/checkpoints/latest'
+          if meta['epoch'] or meta['step_in_epoch'] else 'no checkpoint had been saved yet')
+  raise UserError(
+      f'non-finite training loss at epoch {epoch + 1}, step {step_in_epoch + 1} of it; {kept}; '
+      f'try a lower config.optim.learning_rate (now {run.config.optim.learning_rate}), '
+      "config.optim.clip_mode='global_norm' or config.model.dtype='float32'")

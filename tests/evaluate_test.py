@@ -1,0 +1,81 @@
+"""Scoring a run's checkpoints, or the same network as a PyTorch state_dict, on the test set."""
+
+import json
+
+from flax import traverse_util
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import errors
+from resnet_jax import evaluate
+from resnet_jax import torch_import
+from resnet_jax import train
+from train_test import short_config
+
+torch = pytest.importorskip('torch')
+
+
+@pytest.fixture(scope='module')
+def trained(cifar_batches_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('trained')
+  config = short_config(cifar_batches_dir, write_plots=True)
+  return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def torch_state_dict(variables) -> dict:
+  """The PyTorch state_dict of Flax variables (the inverse of torch_import's layout change)."""
+  state_dict = {}
+  for path, value in traverse_util.flatten_dict(jax.device_get(variables)).items():
+    value = np.asarray(value)
+    if value.ndim == 4:
+      value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    elif value.ndim == 2:
+      value = value.T
+    state_dict[torch_import.torch_name(path)] = torch.from_numpy(np.ascontiguousarray(value))
+  return state_dict
+
+
+def test_run_results_have_every_field(trained):
+  _, workdir, results = trained
+  written = json.loads((workdir / 'results.json').read_text())
+  for key in ('model', 'parameters', 'epochs', 'final_val_accuracy', 'best_val_accuracy',
+              'final_test_accuracy', 'best_test_accuracy', 'wall_seconds', 'compile_seconds',
+              'images_per_second', 'device_kind', 'device_count', 'versions', 'reference'):
+    assert written[key] is not None, key
+  assert written['parameters'] == 5_266 and written['device_count'] == jax.device_count()
+  assert set(written['versions']) >= {'jax', 'flax', 'optax', 'python'}
+  assert written['final_test_accuracy'] == results['final_test_accuracy']
+  assert len(written['confusion_matrix']) == 10
+  assert sum(map(sum, written['confusion_matrix'])) == written['test_examples'] == 500
+
+
+@pytest.mark.parametrize('checkpoint,reported', [('latest', 'final_test_accuracy'),
+                                                 ('best', 'best_test_accuracy')])
+def test_checkpoint_reproduces_the_reported_accuracy(trained, checkpoint, reported):
+  config, workdir, results = trained
+  scored = evaluate.evaluate_run(config, str(workdir), checkpoint=checkpoint)
+  assert scored['final_test_accuracy'] == results[reported]
+  out = workdir / f'evaluate_{checkpoint}'
+  assert json.loads((out / 'results.json').read_text())['final_test_accuracy'] == results[reported]
+  assert (out / 'confusion.png').is_file() and (out / 'curves.png').is_file()
+  assert (out / 'report.md').is_file()
+
+
+def test_torch_state_dict_of_the_same_network_scores_the_same(trained, tmp_path):
+  config, workdir, results = trained
+  run = train.setup_run(config, str(workdir))
+  manager = train.checkpoint_manager(str(workdir / 'checkpoints' / 'latest'), read_only=True)
+  state, _ = train.restore_checkpoint(manager, train.abstract_train_state(run.ctx, 32, run.mesh))
+  manager.close()
+  path = tmp_path / 'model.pt'
+  torch.save(torch_state_dict(state.eval_variables()), path)
+  scored = evaluate.evaluate_run(config, str(tmp_path / 'torch_run'), torch_state_dict=str(path))
+  assert scored['final_test_accuracy'] == results['final_test_accuracy']
+  assert (tmp_path / 'torch_run' / 'evaluate_torch' / 'report.md').is_file()
+
+
+def test_missing_checkpoint_is_a_user_error(trained, tmp_path):
+  config, _, _ = trained
+  with pytest.raises(errors.UserError, match='no checkpoint in .*checkpoints/latest'):
+    evaluate.evaluate_run(config, str(tmp_path))

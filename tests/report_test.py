@@ -1,0 +1,69 @@
+"""results.json, the PNGs and report.md from a run's figures."""
+
+import json
+
+import numpy as np
+import pytest
+
+from resnet_jax import report
+
+CLASSES = ['cat', 'dog', 'ship']
+REFERENCE = {'system': 'seed 000 best model', 'paper_accuracy': 96.04, 'pytorch_final': 92.38,
+             'pytorch_best': 92.43, 'pytorch_epoch_seconds': 4.5}
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def run_figures():
+  results = {
+      'model': 'best', 'parameters': 4_697_742, 'epochs': 2, 'final_test_accuracy': 0.5,
+      'best_test_accuracy': 0.55, 'final_val_accuracy': 0.5, 'best_val_accuracy': 0.55,
+      'best_epoch': 1, 'wall_seconds': 12.0, 'compile_seconds': 3.0, 'images_per_second': 900.0,
+      'device_kind': 'cpu', 'device_count': 1, 'class_names': CLASSES, 'reference': REFERENCE,
+      'versions': {'jax': '0.0', 'python': '3'}}
+  history = [{'epoch': 1, 'train_loss': 2.0, 'train_accuracy': 0.3, 'val_loss': 1.8,
+              'val_accuracy': 0.55, 'epoch_seconds': 4.0},
+             {'epoch': 2, 'train_loss': 1.5, 'train_accuracy': 0.45, 'val_loss': 1.7,
+              'val_accuracy': 0.5, 'epoch_seconds': 2.0}]
+  confusion = np.array([[8, 2, 0], [5, 4, 1], [3, 0, 0]])
+  return results, history, confusion
+
+
+def test_per_class_accuracy_is_row_recall():
+  accuracy = report.per_class_accuracy(np.array([[8, 2, 0], [5, 4, 1], [0, 0, 0]]))
+  np.testing.assert_allclose(accuracy[:2], [0.8, 0.4])
+  assert np.isnan(accuracy[2])  # No examples of that class.
+
+
+def test_write_report_writes_every_file(tmp_path):
+  results, history, confusion = run_figures()
+  report.write_report(str(tmp_path), results, history, confusion)
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert written['model'] == 'best' and written['parameters'] == 4_697_742
+  assert written['confusion_matrix'] == confusion.tolist()
+  assert written['per_class_accuracy'] == pytest.approx({'cat': 0.8, 'dog': 0.4, 'ship': 0.0})
+  for name in ('curves.png', 'confusion.png'):
+    data = (tmp_path / name).read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
+
+
+def test_report_sets_the_run_beside_its_reference(tmp_path):
+  results, history, confusion = run_figures()
+  report.write_report(str(tmp_path), results, history, confusion)
+  markdown = (tmp_path / 'report.md').read_text()
+  assert markdown.startswith('# seed 000 best model: best on CIFAR-10')
+  assert '| this run | 50.00% | 55.00% |' in markdown
+  assert '| PyTorch reference, same data (REFERENCE.md) | 92.38% | 92.43% |' in markdown
+  assert '96.04%' in markdown
+  assert 'Time an epoch: 3.00 s median (PyTorch reference: 4.5 s)' in markdown
+  assert '| dog | 40.0% |' in markdown
+  assert '![learning curves](curves.png)' in markdown
+
+
+def test_no_plots_when_asked(tmp_path):
+  results, history, confusion = run_figures()
+  results['reference'] = {}
+  report.write_report(str(tmp_path), results, [], confusion, write_plots=False)
+  assert not list(tmp_path.glob('*.png'))
+  markdown = (tmp_path / 'report.md').read_text()
+  assert '| PyTorch reference, same data (REFERENCE.md) | - | - |' in markdown
+  assert 'png' not in markdown

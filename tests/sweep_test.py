@@ -1,0 +1,216 @@
+"""Sweeps: a tiny 2 x 2 grid trains, tabulates and plots; finished points are never retrained."""
+
+import csv
+import importlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from resnet_jax import models
+from resnet_jax import sweep
+from resnet_jax import train
+from resnet_jax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+TINY_POINTS = ('channels=4x8,learning_rate=0.05', 'channels=4x8,learning_rate=0.2',
+               'channels=8x16,learning_rate=0.05', 'channels=8x16,learning_rate=0.2')
+
+
+def _sweep_config(name: str):
+  """configs/sweeps/<name>.py's config (they import configs/ as the command line does)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.syspath_prepend(str(REPO))
+    return importlib.import_module(f'configs.sweeps.{name}').get_config()
+
+
+def _tiny_config():
+  config = _sweep_config('tiny')
+  config.base.data.source = 'synthetic'
+  return config
+
+
+def _read_csv(path) -> list[dict]:
+  with open(path, encoding='utf-8') as f:
+    return list(csv.DictReader(f))
+
+
+def _mtimes(workdir) -> dict:
+  return {name: os.stat(workdir / name / 'results.json').st_mtime_ns for name in TINY_POINTS}
+
+
+@pytest.fixture(scope='module')
+def tiny_sweep(tmp_path_factory):
+  """configs/sweeps/tiny.py run once (4 smoke-sized runs on synthetic images)."""
+  workdir = tmp_path_factory.mktemp('sweep')
+  rows = sweep.run_sweep(_tiny_config(), str(workdir))
+  return workdir, rows, _read_csv(workdir / 'sweep.csv'), (workdir / 'sweep.md').read_text()
+
+
+def _forbid_training(monkeypatch):
+  def fail(config, workdir):
+    raise AssertionError(f'{workdir} was trained again')
+  monkeypatch.setattr(train, 'train_and_evaluate', fail)
+
+
+def test_tiny_sweep_writes_table_and_plots(tiny_sweep):
+  workdir, rows, table, text = tiny_sweep
+  assert [row['point'] for row in rows] == list(TINY_POINTS)
+  assert [row['status'] for row in rows] == ['done'] * 4
+  assert [row['point'] for row in table] == list(TINY_POINTS)
+  assert [(row['optim.learning_rate'], row['model.channels']) for row in table] == [
+      ('0.05', '4x8'), ('0.2', '4x8'), ('0.05', '8x16'), ('0.2', '8x16')]
+  for row in table:
+    results = json.loads((workdir / row['point'] / 'results.json').read_text())
+    assert int(row['parameters']) == results['parameters']
+    assert float(row['best_val_accuracy']) == results['best_val_accuracy']
+    assert float(row['final_test_accuracy']) == results['final_test_accuracy']
+    assert float(row['wall_seconds']) == results['wall_seconds']
+    epochs, accuracy = sweep.validation_curve(workdir / row['point'])
+    assert epochs == [1, 2] and max(accuracy) == results['best_val_accuracy']
+  assert {row['parameters'] for row in table} == {'1754', '5266'}  # smoke model, 2 widths
+  table_lines = [line for line in text.splitlines() if line.startswith('| 4x8') or
+                 line.startswith('| 8x16')]
+  assert len(table_lines) == 4 and all(line.endswith('| done |') for line in table_lines)
+  for plot in ('curves.png', 'accuracy_vs_learning_rate.png', 'accuracy_vs_channels.png'):
+    assert (workdir / plot).read_bytes()[:8] == PNG_MAGIC
+    assert f']({plot})' in text
+
+
+def test_second_invocation_skips_finished_points(tiny_sweep, monkeypatch):
+  workdir = tiny_sweep[0]
+  before = _mtimes(workdir)
+  _forbid_training(monkeypatch)
+  rows = sweep.run_sweep(_tiny_config(), str(workdir))
+  assert [row['status'] for row in rows] == ['skipped (done)'] * 4
+  assert [row['status'] for row in _read_csv(workdir / 'sweep.csv')] == ['skipped (done)'] * 4
+  assert _mtimes(workdir) == before
+
+
+def test_a_process_runs_its_share_of_the_points(tiny_sweep, monkeypatch, capsys):
+  workdir = tiny_sweep[0]
+  _forbid_training(monkeypatch)
+  rows = sweep.run_sweep(_tiny_config(), str(workdir), process_index=1, process_count=2)
+  # Its share is points 1 and 3; the others are read from their folders.
+  assert [row['status'] for row in rows] == ['done', 'skipped (done)', 'done', 'skipped (done)']
+  printed = capsys.readouterr().out
+  assert f'[1/2] {TINY_POINTS[1]}: skipped (done)' in printed
+  assert TINY_POINTS[0] not in printed.split('# Sweep')[0]
+  with pytest.raises(UserError, match='--process_index=2'):
+    sweep.run_sweep(_tiny_config(), str(workdir), process_index=2, process_count=2)
+
+
+def test_command_line_reports_over_budget_points_skipped(tiny_sweep):
+  workdir = tiny_sweep[0]
+  before = _mtimes(workdir)
+  command = [sys.executable, '-m', 'resnet_jax.sweep', '--config=configs/sweeps/tiny.py',
+             f'--workdir={workdir}', '--config.base.data.source=synthetic',
+             '--config.base.model.param_budget=100000',
+             "--config.grid.model.channels=((4,8),(8,16),(64,128))"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = _read_csv(workdir / 'sweep.csv')
+  assert len(table) == 6
+  over = [row for row in table if row['model.channels'] == '64x128']
+  assert [row['status'] for row in over] == ['skipped (over budget)'] * 2
+  assert all(int(row['parameters']) > 100_000 for row in over)
+  assert not any((workdir / row['point']).exists() for row in over)
+  assert [row['status'] for row in table if row not in over] == ['skipped (done)'] * 4
+  assert _mtimes(workdir) == before
+  assert '| 64x128 | 0.05 |' in result.stdout  # the Markdown table is printed
+
+
+def test_failed_points_are_reported_and_the_sweep_goes_on(tmp_path):
+  config = _tiny_config()
+  config.grid.optim.optimizer = ('nadam', 'rmsprop')
+  config.grid.model.channels = ((4, 8),)
+  config.grid.optim.learning_rate = (0.1,)
+  rows = sweep.run_sweep(config, str(tmp_path))
+  assert len(rows) == 2
+  for row in rows:
+    assert row['status'].startswith('failed: ') and 'config.optim.optimizer' in row['status']
+    assert row['best_val_accuracy'] is None
+    error = (tmp_path / row['point'] / sweep.ERROR_FILE).read_text()
+    assert row['status'] == f'failed: {error.strip()}'
+
+
+def test_unknown_keys_and_bad_values_are_one_line_user_errors():
+  base = _tiny_config().base
+  with pytest.raises(UserError, match=r'config\.grid\.optim\.learnig_rate'):
+    sweep.sweep_points(sweep.sweep_config(base, grid={'optim.learnig_rate': (0.1,)}))
+  with pytest.raises(UserError, match=r'config\.grid\.num_epochs.*ten'):
+    sweep.sweep_points(sweep.sweep_config(base, grid={'num_epochs': ('ten',)}))
+  with pytest.raises(UserError, match=r'config\.grid\.schedule.*section'):
+    sweep.sweep_points(sweep.sweep_config(base, grid={'schedule': ('cosine',)}))
+  with pytest.raises(UserError, match=r"config\.random\.params\.seed: unknown distribution"):
+    sweep.sweep_points(sweep.sweep_config(base, random={'seed': ('normal', 0, 1)},
+                                          num_samples=2))
+  with pytest.raises(UserError, match='no points'):
+    sweep.sweep_points(sweep.sweep_config(base))
+
+
+def test_random_search_is_reproducible_and_in_range():
+  base = _tiny_config().base
+  specs = {'optim.learning_rate': ('log_uniform', 1e-3, 1e-1), 'seed': ('int', 0, 3),
+           'model.activation': ('choice', 'relu', 'elu')}
+
+  def draw(seed):
+    config = sweep.sweep_config(base, grid={'num_epochs': (1, 2)}, random=specs,
+                                num_samples=5, seed=seed)
+    return sweep.sweep_points(config)
+
+  points = draw(seed=1)
+  assert len(points) == 10
+  assert [p.name.split(',')[:2] for p in points] == [
+      [f'sample={i}', f'num_epochs={epochs}'] for epochs in (1, 2) for i in range(5)]
+  drawn = lambda point: {k: v for k, v in point.values.items() if k != 'num_epochs'}
+  assert [drawn(p) for p in points[:5]] == [drawn(p) for p in points[5:]]
+  for point in points:
+    rate, seed, activation = (point.values[key] for key in specs)
+    assert 1e-3 <= rate <= 1e-1 and seed in range(4) and activation in ('relu', 'elu')
+    assert (point.config.optim.learning_rate, point.config.seed,
+            point.config.model.activation) == (rate, seed, activation)
+  assert len({p.values['optim.learning_rate'] for p in points[:5]}) == 5
+  assert [p.values for p in draw(seed=1)] == [p.values for p in points]
+  assert [p.values for p in draw(seed=2)] != [p.values for p in points]
+
+
+def test_section_values_change_their_keys_together():
+  base = _tiny_config().base
+  config = sweep.sweep_config(base, grid={
+      'schedule': (dict(name='step', step_size=3), dict(name='exponential', gamma=0.5)),
+      'model': (models.preset('s003_resnet12'),),
+  })
+  step, exponential = sweep.sweep_points(config)
+  assert step.name == 'model=s003_resnet12,schedule=step'
+  assert (step.config.schedule.name, step.config.schedule.step_size) == ('step', 3)
+  assert (exponential.config.schedule.name, exponential.config.schedule.gamma,
+          exponential.config.schedule.step_size) == ('exponential', 0.5, 30)
+  assert step.config.model.to_dict() == models.preset('s003_resnet12').to_dict()
+  assert base.model.name == 'smoke'  # the base is copied, not changed
+
+
+def test_block_order_sweep_varies_the_residual_block():
+  points = sweep.sweep_points(_sweep_config('s004_block_order'))
+  assert [p.config.model.block_order for p in points] == ['original', 'preact', 'bn_after_add']
+  counts = sweep.parameter_counts(points)
+  original, preact, bn_after_add = (counts[p.name][0] for p in points)
+  assert original == bn_after_add == 4_935_242  # seed 004's ResNet24 (REFERENCE.md)
+  assert preact != original  # its BNs sit on the blocks' inputs, and one more before the pool
+
+
+@pytest.mark.parametrize('name,num_points,over_budget', [
+    ('s003_table4', 45, 0), ('s000_layers_blocks', 7, 1), ('s000_channels', 4, 0),
+    ('s000_conv_kernels', 4, 1), ('s000_skip_kernels', 10, 2), ('s000_schedulers', 7, 0),
+    ('s004_optimizers', 16, 0), ('s004_schedulers', 4, 0), ('s004_activations', 5, 0),
+    ('s004_regularisation', 9, 0), ('tiny', 4, 0)])
+def test_seed_study_sweeps_build_every_point(name, num_points, over_budget):
+  points = sweep.sweep_points(_sweep_config(name))
+  counts = sweep.parameter_counts(points)
+  assert len(points) == num_points
+  assert sum(not within for _, within in counts.values()) == over_budget

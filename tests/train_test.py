@@ -1,0 +1,234 @@
+"""Training on real CIFAR-10 images (a subset, on the CPU): it learns, resumes bitwise, scales."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import defaults
+from resnet_jax import errors
+from resnet_jax import train
+from resnet_jax import writers
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# Measured with the learning config below (3,000 real training images, 3 epochs, seeds 0, 1, 2):
+# validation accuracy 24.7%, 27.2%, 25.5% (chance: 10%). The threshold leaves about 6 points.
+LEARNED_ACCURACY = 0.19
+# The short run: 1,000 images at batch 96 = 10 full steps + a partial batch of 40, 2 epochs.
+SHORT_STEPS_AN_EPOCH = 11
+SIGTERM_AT_STEP = SHORT_STEPS_AN_EPOCH + 4  # Mid-way through the second epoch.
+
+
+def tiny_config(data_dir, **overrides):
+  """A two-layer ResNet (8 and 16 channels, 5,266 parameters) on the real-image subset."""
+  config = defaults.base_config()
+  config.model = defaults.model_config(
+      name='tiny', num_blocks=(1, 1), channels=(8, 16), kernel_sizes=(3, 3),
+      shortcut_kernel_sizes=(1, 1), stem_channels=8, se='none')
+  config.data.source = 'cifar_batches'
+  config.data.data_dir = str(data_dir)
+  config.optim.learning_rate = 0.05
+  config.eval_batch_size = 500
+  config.log_every_steps = 1000
+  config.write_plots = False
+  for key, value in overrides.items():
+    section = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      section = section[parent]
+    section[leaf] = value
+  return config
+
+
+def short_config(data_dir, **overrides):
+  """2 epochs of 1,000 images, 2 steps a call, every call's loss logged."""
+  return tiny_config(data_dir, **{'data.train_subset': 1000, 'data.test_subset': 500,
+                                  'batch_size': 96, 'num_epochs': 2, 'steps_per_call': 2,
+                                  'log_every_steps': 1, **overrides})
+
+
+def restore_params(workdir, config):
+  """The parameters of a workdir's latest checkpoint, as numpy."""
+  run = train.setup_run(config, str(workdir))
+  manager = train.checkpoint_manager(os.path.join(workdir, 'checkpoints', 'latest'),
+                                     read_only=True)
+  state, meta = train.restore_checkpoint(
+      manager, train.abstract_train_state(run.ctx, 32, run.mesh))
+  manager.close()
+  return jax.tree.map(np.asarray, jax.device_get(state.params)), meta, manager.latest_step()
+
+
+def assert_trees_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+def step_losses(workdir):
+  """(step, train loss) of every logged call (epoch summaries excluded)."""
+  records = writers.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  return [(r['step'], r['train_loss']) for r in records if 'train_loss' in r and 'epoch' not in r]
+
+
+@pytest.fixture(scope='module')
+def learned_run(cifar_batches_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('learned')
+  config = tiny_config(cifar_batches_dir, batch_size=100, num_epochs=3,
+                       **{'data.train_subset': 3000})
+  return train.train_and_evaluate(config, str(workdir)), workdir
+
+
+@pytest.fixture(scope='module')
+def short_run(cifar_batches_dir, tmp_path_factory):
+  """The uninterrupted short run every other test compares with."""
+  workdir = tmp_path_factory.mktemp('short')
+  config = short_config(cifar_batches_dir)
+  results = train.train_and_evaluate(config, str(workdir))
+  return results, workdir, restore_params(workdir, config)
+
+
+def test_learns_on_real_images(learned_run):
+  results, workdir = learned_run
+  assert results['data_source'].startswith('cifar_batches')
+  assert results['train_examples'] == 3000 and results['val_examples'] == 1000
+  assert results['final_val_accuracy'] > LEARNED_ACCURACY
+  assert results['best_val_accuracy'] >= results['final_val_accuracy']
+  written = json.loads((workdir / 'results.json').read_text())
+  assert written['epochs'] == 3 and written['steps'] == 3 * 30
+  assert (workdir / 'config.json').is_file() and (workdir / 'report.md').is_file()
+
+
+def test_short_run_counts_steps_and_partial_batch(short_run):
+  results, _, (_, meta, latest_step) = short_run
+  assert results['steps'] == latest_step == 2 * SHORT_STEPS_AN_EPOCH
+  assert [r['epoch'] for r in meta['history']] == [1, 2]
+  assert results['placement'] == 'device'
+
+
+def test_same_seed_gives_identical_parameters(short_run, cifar_batches_dir, tmp_path):
+  _, _, (params, _, _) = short_run
+  config = short_config(cifar_batches_dir)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert_trees_equal(restore_params(tmp_path, config)[0], params)
+
+
+def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_path,
+                                                        monkeypatch, capsys):
+  _, _, (params, _, _) = short_run
+  config = short_config(cifar_batches_dir)
+  create_writer = writers.create_writer
+
+  def writer_sending_sigterm(workdir, *, is_main):
+    writer = create_writer(workdir, is_main=is_main)
+    write_scalars = writer.write_scalars
+
+    def write(step, scalars):
+      write_scalars(step, scalars)
+      if step == SIGTERM_AT_STEP:
+        signal.raise_signal(signal.SIGTERM)  # As a TPU preemption would, between two calls.
+    writer.write_scalars = write
+    return writer
+
+  monkeypatch.setattr(writers, 'create_writer', writer_sending_sigterm)
+  stopped = train.train_and_evaluate(config, str(tmp_path))
+  assert stopped['preempted'] and stopped['step'] == SIGTERM_AT_STEP
+  assert 'resume with the same command' in capsys.readouterr().out
+  _, meta, step = restore_params(tmp_path, config)
+  assert step == SIGTERM_AT_STEP
+  assert (meta['epoch'], meta['step_in_epoch']) == (1, SIGTERM_AT_STEP - SHORT_STEPS_AN_EPOCH)
+  assert signal.getsignal(signal.SIGTERM) is not None  # The handler was put back.
+
+  monkeypatch.setattr(writers, 'create_writer', create_writer)
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  assert not resumed['preempted'] and resumed['steps'] == 2 * SHORT_STEPS_AN_EPOCH
+  assert_trees_equal(restore_params(tmp_path, config)[0], params)
+
+
+def test_host_path_trains_like_the_device_path(short_run, cifar_batches_dir, tmp_path):
+  results, workdir, (params, _, _) = short_run
+  config = short_config(cifar_batches_dir, **{'data.placement': 'host',
+                                              'data.host_backend': 'numpy'})
+  host_results = train.train_and_evaluate(config, str(tmp_path))
+  assert host_results['placement'] == 'host'
+  # The same batches and the same step; only XLA's fusion of the gather may differ.
+  host_params = restore_params(tmp_path, config)[0]
+  for x, y in zip(jax.tree.leaves(host_params), jax.tree.leaves(params)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose([l for _, l in step_losses(tmp_path)],
+                             [l for _, l in step_losses(workdir)], rtol=1e-5)
+  assert host_results['final_test_accuracy'] == pytest.approx(results['final_test_accuracy'],
+                                                              abs=0.002)
+
+
+def test_eight_devices_follow_the_one_device_loss_curve(short_run, cifar_batches_dir, tmp_path):
+  _, workdir, _ = short_run
+  script = (
+      'import sys; sys.path.insert(0, sys.argv[1]); import jax\n'
+      'assert jax.device_count() == 8, jax.devices()\n'
+      'from tests import train_test\n'
+      'from resnet_jax import train\n'
+      'train.train_and_evaluate(train_test.short_config(sys.argv[2], num_epochs=1), '
+      'sys.argv[3])\n')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  subprocess.run([sys.executable, '-c', script, str(REPO), str(cifar_batches_dir), str(tmp_path)],
+                 check=True, env=env, capture_output=True, cwd=REPO)
+  # One epoch on 8 devices against the first epoch of the 2-epoch run: its cosine schedule is
+  # still at the base rate then, so both take the same steps.
+  one, eight = step_losses(workdir)[:6], step_losses(tmp_path)
+  assert [s for s, _ in one] == [s for s, _ in eight] == [2, 4, 6, 8, 10, 11]
+  # The batches, the augmentation and dropout draws are identical (threefry keys are the same
+  # however the batch is sharded); only the order of float32 sums differs: BatchNorm statistics
+  # and gradients are summed per device, then across devices. Those rounding differences (about
+  # 1e-7 relative) grow with every SGD step; measured over 22 steps: at most 1.5e-4 relative
+  # (at step 15; 3e-5 within the first epoch). 2e-3 is over 10x that, and still 10x below what
+  # one step changes the loss here (0.02 to 0.1).
+  np.testing.assert_allclose([l for _, l in eight], [l for _, l in one], rtol=2e-3)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(short_run, cifar_batches_dir,
+                                                             tmp_path):
+  _, workdir, (params, _, latest_step) = short_run
+  shutil.copytree(workdir / 'checkpoints', tmp_path / 'checkpoints')
+  # A third epoch at an absurd learning rate: the loss overflows in it.
+  config = short_config(cifar_batches_dir, num_epochs=3, **{'optim.learning_rate': 1e30})
+  with pytest.raises(errors.UserError, match=r'non-finite training loss at epoch 3, step \d+ '
+                     r'.*last good checkpoint.*config\.optim\.learning_rate') as raised:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert '\n' not in str(raised.value)
+  kept, _, step = restore_params(tmp_path, config)
+  assert step == latest_step
+  assert_trees_equal(kept, params)
+
+
+# orbax's abandoned reads of the mismatched arrays are reported when collected; harmless.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_incompatible_checkpoint_is_a_user_error(short_run, cifar_batches_dir, tmp_path):
+  _, workdir, _ = short_run
+  shutil.copytree(workdir / 'checkpoints', tmp_path / 'checkpoints')
+  config = short_config(cifar_batches_dir, **{'model.channels': (8, 32)})
+  with pytest.raises(errors.UserError, match='cannot be restored into this config'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_epoch_plan_groups_calls_from_the_epoch_start():
+  config = defaults.base_config()
+  config.batch_size, config.steps_per_call = 96, 4
+  plan = train.epoch_plan(config, 1000, num_devices=8)
+  assert (plan.steps, plan.partial) == (11, 40)
+  assert plan.calls(0) == [(0, 4, 96), (4, 4, 96), (8, 2, 96), (10, 1, 40)]
+  assert plan.calls(6) == [(6, 2, 96), (8, 2, 96), (10, 1, 40)]
+  config.drop_remainder = True
+  assert train.epoch_plan(config, 1000, num_devices=8).calls(0)[-1] == (8, 2, 96)
+  config.batch_size = 100
+  with pytest.raises(errors.UserError, match='config.batch_size=100 must be a positive multiple'):
+    train.epoch_plan(config, 1000, num_devices=8)
