@@ -24,20 +24,9 @@ Options (environment variable in brackets):
 EOF
 }
 
-# Prints one command, each word quoted only where the shell needs it.
-print_command() {
-  local word words=()
-  for word in "$@"; do
-    if [[ $word =~ ^[[:alnum:]_./:=@,+%-]+$ ]]; then words+=("$word")
-    else words+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  echo "${words[*]}"
-}
-
-die() {
-  echo "local_gpus.sh: $*" >&2
-  exit 2
-}
+SCRIPT_NAME=local_gpus.sh
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 config="${RESNET_JAX_CONFIG:-configs/best.py}"
 workdir="${RESNET_JAX_WORKDIR:-}"

@@ -39,20 +39,9 @@ Options (environment variable in brackets):
 EOF
 }
 
-# Prints one command, each word quoted only where the shell needs it.
-print_command() {
-  local word words=()
-  for word in "$@"; do
-    if [[ $word =~ ^[[:alnum:]_./:=@,+%-]+$ ]]; then words+=("$word")
-    else words+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  echo "${words[*]}"
-}
-
-die() {
-  echo "tpu_vm.sh: $*" >&2
-  exit 2
-}
+SCRIPT_NAME=tpu_vm.sh
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 name="${RESNET_JAX_TPU_NAME:-resnet-jax}"
 project="${RESNET_JAX_PROJECT:-}"
