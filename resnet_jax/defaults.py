@@ -29,6 +29,7 @@ def model_config(**overrides) -> config_dict.ConfigDict:
       se='stem',                  # squeeze-and-excitation: 'none' | 'stem' | 'block'
       se_reduction=16,
       block_dropout=0.0,          # dropout inside every residual block
+      layer_dropout=0.0,          # dropout after every residual layer (seed 002)
       head_dropout=0.0,           # dropout before the dense head
       activation='relu',          # relu | relu6 | leaky_relu | elu | swish
       leaky_relu_slope=0.01,

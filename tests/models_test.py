@@ -115,6 +115,7 @@ def test_unknown_preset_lists_the_names():
     (dict(num_blocks=(1, 0)), 'config.model.num_blocks=0'),
     (dict(num_blocks=()), 'config.model.num_blocks=()'),
     (dict(head_dropout=1.0), 'config.model.head_dropout'),
+    (dict(layer_dropout=-0.1), 'config.model.layer_dropout'),
     (dict(dtype='float16'), 'config.model.dtype'),
     (dict(pool=-1), 'config.model.pool'),
 ])
@@ -219,7 +220,7 @@ def test_batchnorm_matches_pytorch_formulas():
 
 def test_dropout_draws_from_the_dropout_stream_in_training_only():
   images = _images()
-  model = models.build_model(_small_cfg(block_dropout=0.3, head_dropout=0.5))
+  model = models.build_model(_small_cfg(block_dropout=0.3, layer_dropout=0.2, head_dropout=0.5))
   variables = _init(model, images)
   logits = [_train(model, variables, images, seed)[0] for seed in (0, 1, 1)]
   assert not np.allclose(logits[0], logits[1])
@@ -261,3 +262,14 @@ def test_orthogonal_initialisation_is_orthogonal():
   np.testing.assert_array_equal(params['layer2_0']['bn1']['scale'], 1.0)
   np.testing.assert_array_equal(params['layer2_0']['bn1']['bias'], 0.0)
   np.testing.assert_array_equal(params['linear']['bias'], 0.0)
+
+
+def test_layer_dropout_sits_after_every_residual_layer():
+  cfg = _small_cfg(layer_dropout=0.5)
+  model = models.build_model(cfg)
+  images = _images()
+  _, state = model.apply(_init(model, images), images, train=True,
+                         rngs={'dropout': jax.random.key(0)},
+                         mutable=['batch_stats', 'intermediates'], capture_intermediates=True)
+  names = [name for name in state['intermediates'] if name.endswith('_dropout')]
+  assert names == [f'layer{i}_dropout' for i in range(1, len(cfg.num_blocks) + 1)]

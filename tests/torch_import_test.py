@@ -204,7 +204,7 @@ def test_train_logits_and_running_statistics_match(case):
     if isinstance(module, tnn.Dropout):
       module.p = 0.0
   cfg = cfg.copy_and_resolve_references()
-  cfg.block_dropout = cfg.head_dropout = 0.0
+  cfg.block_dropout = cfg.layer_dropout = cfg.head_dropout = 0.0
   variables = torch_import.variables_from_torch(net.state_dict(), cfg)
   logits, state = models.build_model(cfg).apply(variables, images, train=True,
                                                 mutable=['batch_stats'])
