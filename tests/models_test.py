@@ -273,3 +273,19 @@ def test_layer_dropout_sits_after_every_residual_layer():
                          mutable=['batch_stats', 'intermediates'], capture_intermediates=True)
   names = [name for name in state['intermediates'] if name.endswith('_dropout')]
   assert names == [f'layer{i}_dropout' for i in range(1, len(cfg.num_blocks) + 1)]
+
+
+def test_batchnorm_train_statistics_hold_with_an_offset_mean():
+  # The one-pass variance (E[x^2] - E[x]^2) loses digits when |mean| >> std; BN inputs here
+  # are conv outputs with |mean| of a few std at most. Offset 8 std: still within 1e-4.
+  x = 8.0 + jax.random.normal(jax.random.key(3), (64, 8, 8, 16))
+  bn = models.BatchNorm()
+  variables = bn.init(jax.random.key(0), x, train=False)
+  y, state = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+  x64 = np.asarray(x, np.float64).reshape(-1, 16)
+  var64 = x64.var(axis=0)
+  np.testing.assert_allclose(np.asarray(y).reshape(-1, 16),
+                             (x64 - x64.mean(axis=0)) / np.sqrt(var64 + 1e-5), atol=1e-4)
+  n = x64.shape[0]
+  np.testing.assert_allclose(state['batch_stats']['var'], 0.9 + 0.1 * var64 * n / (n - 1),
+                             rtol=1e-5)
