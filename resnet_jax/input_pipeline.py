@@ -42,9 +42,10 @@ JPEG_NPZ_FILES = ('train.npz', 'test.npz')
 DATA_ENV_VAR = 'RESNET_JAX_DATA'
 SHARED_DATA_DIR = os.path.join('..', 'shared', 'data', 'cifar10_jpeg')
 SYNTHETIC_SIZES = (50_000, 10_000)
-# Separate random streams derived from the run's seed.
-_EPOCH_STREAM = 0
-_HOLDOUT_STREAM = 1
+# Tags of the NumPy random streams (`_stream`); non-zero, so that no two streams coincide.
+_EPOCH_ORDER_STREAM = 1
+_HOLDOUT_STREAM = 2
+_SYNTHETIC_STREAM = 3
 _DECODE_CHUNK = 1024
 
 
@@ -77,8 +78,14 @@ def _one_line(error: BaseException) -> str:
   return text[0] if text else type(error).__name__
 
 
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-  return np.random.default_rng((seed % 2**32,) + stream)
+def _stream(tag: int, seed: int = 0, epoch: int = 0) -> np.random.Generator:
+  """The random stream `tag` of a seed (and epoch), distinct from every other stream.
+
+  SeedSequence pads its entropy with zeros, so (seed, epoch) and (seed, epoch, 0) or an integer
+  seed k and (k, 0) would give one stream: three words, each below 2**32, the last the non-zero
+  tag, differ from each other and from every integer seed (the fixed orders of `_fixed_order`).
+  """
+  return np.random.default_rng((seed % 2**32, epoch % 2**32, tag))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +324,7 @@ def _load_folder(path: pathlib.Path, data_cfg) -> _Loaded:
 
 def _load_synthetic(data_cfg) -> _Loaded:
   """Deterministic random images, learnable: half a fixed per-class template, half noise."""
-  rng = np.random.default_rng(0)
+  rng = _stream(_SYNTHETIC_STREAM)
   size, num_classes = data_cfg.image_size, len(CIFAR10_CLASSES)
   templates = rng.integers(0, 128, (num_classes, size, size, 3), dtype=np.uint8)
 
@@ -401,7 +408,7 @@ def _hold_out(images, labels, fraction, seed):
   if not 0 < n_val < n:
     raise UserError(f'config.data.validation={fraction} leaves {n_val} of {n} training images '
                     'for validation; use a larger fraction or more data')
-  perm = _rng(seed, _HOLDOUT_STREAM).permutation(n)
+  perm = _stream(_HOLDOUT_STREAM, seed).permutation(n)
   val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
   return images[train], labels[train], images[val], labels[val]
 
@@ -483,7 +490,7 @@ def load_splits(data_cfg, seed: int) -> Splits:
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   """The order of the n training examples in an epoch: the one definition every path uses."""
-  return _rng(seed, epoch, _EPOCH_STREAM).permutation(n).astype(np.int32)
+  return _stream(_EPOCH_ORDER_STREAM, seed, epoch).permutation(n).astype(np.int32)
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_remainder: bool = False,
@@ -516,12 +523,16 @@ def _numpy_batches(images, labels, local_batches):
     yield images[indices], labels[indices]
 
 
-def _tf_batches(images, labels, local_batches):
+def _tf_tensors(images, labels):
+  """TensorFlow's copy of the arrays, which tf.data gathers from (0.4 s for 50,000 images)."""
+  tf = _import_tensorflow()
+  return tf.constant(images), tf.constant(labels)
+
+
+def _tf_batches(tensors, local_batches):
   """tf.data: the permuted indices, batched, gathered in parallel, prefetched."""
   tf = _import_tensorflow()
-  if not local_batches:
-    return iter(())
-  images_t, labels_t = tf.constant(images), tf.constant(labels)
+  images_t, labels_t = tensors
   ds = tf.data.Dataset.from_tensor_slices(np.concatenate(local_batches))
   ds = ds.batch(len(local_batches[0]))
   ds = ds.map(lambda i: (tf.gather(images_t, i), tf.gather(labels_t, i)),
@@ -529,52 +540,81 @@ def _tf_batches(images, labels, local_batches):
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
+class HostBatcher:
+  """Host batches of one training set, epoch after epoch (`host_batches` is one epoch of one).
+
+  The tf.data backend copies the arrays into TensorFlow on the first epoch that needs them and
+  reuses that copy for every later epoch.
+
+  Attributes:
+    images: uint8 (N, H, W, C).
+    labels: int32 (N,).
+    backend: 'numpy' or 'tf' (tf.data), as resolved from the `backend` argument: 'numpy', 'tf'
+      or 'auto' (tf where TensorFlow is installed); both yield identical batches.
+  """
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, backend: str = 'auto'):
+    if backend not in HOST_BACKENDS:
+      raise UserError(f'config.data.host_backend={backend!r} is unknown; use one of '
+                      f'{", ".join(HOST_BACKENDS)}')
+    if backend == 'tf' and not _tf_importable():
+      raise UserError("config.data.host_backend='tf' needs tensorflow (pip install "
+                      "'resnet-jax[tf]'); or use 'numpy' or 'auto'")
+    self.images = images
+    self.labels = np.asarray(labels, np.int32)
+    self.backend = 'tf' if backend == 'tf' or (backend == 'auto' and _tf_importable()) else 'numpy'
+    self._tensors = None
+
+  def epoch(self, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
+            drop_remainder: bool = False, start_step: int = 0, process_index: int = 0,
+            process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of uint8 NHWC batches for this process, in `epoch_permutation` order.
+
+    Every process computes the same global batches (`epoch_batch_indices`) and yields its own
+    contiguous share, batch_size // process_count examples. Without drop_remainder each example
+    is seen exactly once an epoch, except that the partial last batch is cut to a multiple of
+    process_count; with it, the n % batch_size examples at the end of the permutation (different
+    ones each epoch) are skipped.
+
+    Args:
+      batch_size: the global batch, across every process.
+      seed: the run's seed.
+      epoch: the epoch number (picks the permutation).
+      shuffle: False keeps the stored order (evaluation).
+      drop_remainder: drop the partial last batch.
+      start_step: batches already trained this epoch, skipped (mid-epoch resume).
+      process_index: this process.
+      process_count: processes sharing each global batch.
+
+    Returns:
+      An iterator of (images uint8, labels int32), this process's share of each batch.
+    """
+    if batch_size <= 0 or batch_size % process_count:
+      raise UserError(f'config.batch_size={batch_size} must be a positive multiple of the '
+                      f'process count ({process_count})')
+    global_batches = epoch_batch_indices(len(self.labels), batch_size, seed=seed, epoch=epoch,
+                                         shuffle=shuffle, drop_remainder=drop_remainder,
+                                         multiple_of=process_count)
+    local_batches = []
+    for indices in global_batches[start_step:]:
+      share = len(indices) // process_count
+      local_batches.append(indices[process_index * share:(process_index + 1) * share])
+    if self.backend == 'numpy' or not local_batches:
+      return _numpy_batches(self.images, self.labels, local_batches)
+    if self._tensors is None:
+      self._tensors = _tf_tensors(self.images, self.labels)
+    return _tf_batches(self._tensors, local_batches)
+
+
 def host_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int,
                  epoch: int, shuffle: bool = True, drop_remainder: bool = False,
                  start_step: int = 0, process_index: int = 0, process_count: int = 1,
                  backend: str = 'auto') -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """One epoch of uint8 NHWC batches for this process, in `epoch_permutation` order.
+  """One epoch of `HostBatcher(images, labels, backend).epoch(batch_size, ...)`.
 
-  Every process computes the same global batches (`epoch_batch_indices`) and yields its own
-  contiguous share, batch_size // process_count examples. Without drop_remainder each example is
-  seen exactly once an epoch, except that the partial last batch is cut to a multiple of
-  process_count; with it, the n % batch_size examples at the end of the permutation (different
-  ones each epoch) are skipped.
-
-  Args:
-    images: uint8 (N, H, W, C).
-    labels: int (N,).
-    batch_size: the global batch, across every process.
-    seed: the run's seed.
-    epoch: the epoch number (picks the permutation).
-    shuffle: False keeps the stored order (evaluation).
-    drop_remainder: drop the partial last batch.
-    start_step: batches already trained this epoch, skipped (mid-epoch resume).
-    process_index: this process.
-    process_count: processes sharing each global batch.
-    backend: 'numpy', 'tf' (tf.data) or 'auto' (tf where TensorFlow is installed); both yield
-      identical batches.
-
-  Yields:
-    (images uint8, labels int32) of this process's share of each batch.
+  For many epochs of the same arrays, keep one `HostBatcher`: with tf.data this copies the
+  arrays into TensorFlow on every call.
   """
-  if batch_size <= 0 or batch_size % process_count:
-    raise UserError(f'config.batch_size={batch_size} must be a positive multiple of the process '
-                    f'count ({process_count})')
-  if backend not in HOST_BACKENDS:
-    raise UserError(f'config.data.host_backend={backend!r} is unknown; use one of '
-                    f'{", ".join(HOST_BACKENDS)}')
-  global_batches = epoch_batch_indices(len(labels), batch_size, seed=seed, epoch=epoch,
-                                       shuffle=shuffle, drop_remainder=drop_remainder,
-                                       multiple_of=process_count)
-  local_batches = []
-  for indices in global_batches[start_step:]:
-    share = len(indices) // process_count
-    local_batches.append(indices[process_index * share:(process_index + 1) * share])
-  if backend == 'tf' and not _tf_importable():
-    raise UserError("config.data.host_backend='tf' needs tensorflow (pip install "
-                    "'resnet-jax[tf]'); or use 'numpy' or 'auto'")
-  labels = np.asarray(labels, np.int32)
-  if backend == 'tf' or (backend == 'auto' and _tf_importable()):
-    return _tf_batches(images, labels, local_batches)
-  return _numpy_batches(images, labels, local_batches)
+  return HostBatcher(images, labels, backend).epoch(
+      batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_remainder=drop_remainder,
+      start_step=start_step, process_index=process_index, process_count=process_count)

@@ -1,6 +1,7 @@
 """Tests for input_pipeline: sources, splits, normalisation, epoch order and host batches."""
 
 import io
+import itertools
 import os
 import pickle
 
@@ -318,6 +319,35 @@ def test_epoch_permutation():
   assert not np.array_equal(perm, input_pipeline.epoch_permutation(1, 0, 1000))
 
 
+def test_random_streams_are_distinct():
+  """Epoch orders, hold-outs, synthetic data and the fixed orders of sorted sources never share."""
+  n = 1000
+  orders = {f'epoch {e} seed {s}': input_pipeline.epoch_permutation(s, e, n)
+            for s in range(3) for e in range(4)}
+  orders.update({f'hold-out seed {s}': input_pipeline._stream(  # pylint: disable=protected-access
+      input_pipeline._HOLDOUT_STREAM, s).permutation(n) for s in range(3)})
+  orders['synthetic'] = input_pipeline._stream(  # pylint: disable=protected-access
+      input_pipeline._SYNTHETIC_STREAM).permutation(n)
+  orders.update({f'fixed order {k}': np.random.default_rng(k).permutation(n) for k in (0, 1)})
+  for (name_a, a), (name_b, b) in itertools.combinations(orders.items(), 2):
+    assert not np.array_equal(a, b), (name_a, name_b)
+
+
+def test_held_out_examples_are_not_an_epoch_order():
+  cfg = data_config(source='synthetic', train_subset=200, test_subset=10)
+  position = {image.tobytes(): i
+              for i, image in enumerate(input_pipeline.load_splits(cfg, seed=0).train_images)}
+  cfg.validation = '0.5'
+  held_out = []
+  for seed in range(3):
+    val_images = input_pipeline.load_splits(cfg, seed=seed).val_images
+    held_out.append({position[image.tobytes()] for image in val_images})
+    firsts = [input_pipeline.epoch_permutation(seed, e, 200)[:100] for e in range(4)]
+    firsts += [np.random.default_rng(k).permutation(200)[:100] for k in (0, 1)]
+    assert all(held_out[-1] != set(first.tolist()) for first in firsts)
+  assert held_out[0] != held_out[1] != held_out[2] != held_out[0]
+
+
 def test_steps_per_epoch():
   assert input_pipeline.steps_per_epoch(50_000, 128) == 391
   assert input_pipeline.steps_per_epoch(50_000, 128, drop_remainder=True) == 390
@@ -393,9 +423,29 @@ def test_tf_and_numpy_backends_agree():
       np.testing.assert_array_equal(y_np, y_tf)
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_host_batcher_epochs_match_host_batches(backend, monkeypatch):
+  copies = []
+  tf_tensors = input_pipeline._tf_tensors  # pylint: disable=protected-access
+  monkeypatch.setattr(input_pipeline, '_tf_tensors', lambda *a: copies.append(1) or tf_tensors(*a))
+  n = 53
+  images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 2, 2, 3))
+  batcher = input_pipeline.HostBatcher(images, np.arange(n), backend)
+  assert batcher.backend == backend
+  for e in range(3):
+    for (x, y), (x_ref, y_ref) in itertools.zip_longest(
+        batcher.epoch(10, seed=2, epoch=e, start_step=e),
+        epoch(n, seed=2, epoch=e, start_step=e, backend='numpy')):
+      np.testing.assert_array_equal(x, x_ref)
+      np.testing.assert_array_equal(y, y_ref)
+  assert len(copies) == (backend == 'tf')  # The arrays are copied into TensorFlow once.
+
+
 def test_host_batches_errors():
   images, labels = np.zeros((10, 2, 2, 3), np.uint8), np.zeros(10)
   assert_user_error(lambda: input_pipeline.host_batches(
       images, labels, 10, seed=0, epoch=0, process_count=3), 'config.batch_size')
   assert_user_error(lambda: input_pipeline.host_batches(
       images, labels, 10, seed=0, epoch=0, backend='torch'), 'config.data.host_backend')
+  assert_user_error(lambda: input_pipeline.HostBatcher(images, labels).epoch(
+      0, seed=0, epoch=0), 'config.batch_size')
