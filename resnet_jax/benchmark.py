@@ -6,7 +6,8 @@ For each batch size and compute dtype: compile time; steady-state training throu
 on the device-resident path (batch gather, augmentation and mixup as the config sets them, forward,
 backward, the optax chain with Lookahead, several steps per compiled call); evaluation throughput;
 FLOPs per training image counted by XLA and the model FLOPs utilisation they give against the
-device's peak; and peak device memory. Prints a table and writes JSON.
+device's peak; and the device memory the compiled training call needs. The steps per call are
+the training plan's. Prints a table and writes JSON.
 """
 
 import dataclasses
@@ -55,7 +56,7 @@ class Measurement:
   eval_images_per_second: float
   train_gflop_per_image: Optional[float]
   mfu: Optional[float]
-  peak_memory_gib: Optional[float]
+  memory_gib: Optional[float]
 
 
 def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
@@ -70,10 +71,20 @@ def _flops(compiled) -> Optional[float]:
   return float(flops) if flops and flops > 0 else None
 
 
-def _peak_memory_gib() -> Optional[float]:
-  stats = jax.local_devices()[0].memory_stats() or {}
-  peak = stats.get('peak_bytes_in_use')
-  return peak / 2**30 if peak else None
+def memory_gib(compiled) -> Optional[float]:
+  """Device memory a compiled call needs: arguments, outputs and temporaries, less donated buffers.
+
+  From XLA's memory analysis of the executable, so each configuration gets its own figure (the
+  runtime's peak_bytes_in_use counter never resets: it would report the largest so far).
+  """
+  stats = compiled.memory_analysis()
+  if isinstance(stats, (list, tuple)):  # older jax: one per computation
+    stats = stats[0] if stats else None
+  if stats is None:
+    return None
+  used = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+          - getattr(stats, 'alias_size_in_bytes', 0))
+  return used / 2**30
 
 
 def _timed(fn, repeats: int) -> float:
@@ -86,31 +97,41 @@ def _timed(fn, repeats: int) -> float:
   return time.perf_counter() - start
 
 
-def measure(config: ml_collections.ConfigDict, splits, *, steps_per_call: int, calls: int,
-            warmup_calls: int = 2, eval_repeats: int = 3) -> Measurement:
-  """Measures one configuration (batch size and dtype are config.batch_size, model.dtype)."""
+def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_calls: int = 2,
+            eval_repeats: int = 3) -> Measurement:
+  """Measures one configuration as training runs it.
+
+  Batch size, dtype and steps per compiled call are config.batch_size, config.model.dtype and
+  the training plan's (`train.epoch_plan`: config.steps_per_call, 0 = as training picks it).
+  Timed is the first call of an epoch, the training set on the devices.
+  """
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.data.placement = 'device'
   run = train.setup_run(config, workdir='', splits=splits)
-  mesh, ctx = run.mesh, run.ctx
+  mesh, ctx, plan = run.mesh, run.ctx, run.plan
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(None, 'data'))
-  steps_per_call = max(1, min(steps_per_call, run.plan.num_full))
+  _, steps, batch_size = plan.calls(0)[0]
 
   state = train.initial_state(ctx, config.data.image_size, mesh)
   train_images = train.put_global(splits.train_images, replicated)
   train_labels = train.put_global(splits.train_labels.astype(np.int32), replicated)
-  batches = input_pipeline.epoch_batch_indices(
-      run.plan.size, run.plan.batch_size, seed=config.seed, epoch=0, drop_remainder=True,
-      multiple_of=run.plan.num_devices)
-  indices = train.put_global(np.stack(batches[:steps_per_call]).astype(np.int32), batch_sharding)
+  batches = np.stack(input_pipeline.epoch_batch_indices(
+      plan.size, plan.batch_size, seed=config.seed, epoch=0,
+      drop_remainder=config.drop_remainder, multiple_of=plan.num_devices)[:steps])
+  indices = train.put_global(batches.astype(np.int32), batch_sharding)
 
   run_steps = train.jit_train_steps(ctx, mesh, resident=True)
   start = time.perf_counter()
   compiled = run_steps.lower(state, indices, train_images, train_labels).compile()
   compile_seconds = time.perf_counter() - start
-  flops_per_call = _flops(compiled)
+  # XLA's cost analysis counts a loop body once, whatever its trip count, so a call of several
+  # steps (a lax.scan off the CPU) would count one of them: the FLOPs are a one-step call's.
+  one_step = compiled if steps == 1 else run_steps.lower(
+      state, train.put_global(batches[:1].astype(np.int32), batch_sharding), train_images,
+      train_labels).compile()
+  flops_per_step = _flops(one_step)
 
   holder = {'state': state}
 
@@ -119,37 +140,32 @@ def measure(config: ml_collections.ConfigDict, splits, *, steps_per_call: int, c
     return summed
 
   _timed(one_call, warmup_calls)
-  seconds = _timed(one_call, calls)
-  images = calls * steps_per_call * config.batch_size
-  train_rate = images / seconds
+  train_rate = calls * steps * batch_size / _timed(one_call, calls)
 
   eval_set = train.make_eval_set(splits.test_images, splits.test_labels, config.eval_batch_size,
                                  mesh)
-  evaluate_fn = train.compile_evaluate(ctx, mesh)
   variables = holder['state'].eval_variables()
-  evaluate_compiled = evaluate_fn.lower(variables, eval_set.images, eval_set.labels,
-                                        eval_set.mask).compile()
+  evaluate_compiled = train.compile_evaluate(ctx, mesh).lower(
+      variables, eval_set.images, eval_set.labels, eval_set.mask).compile()
   call_eval = lambda: evaluate_compiled(variables, eval_set.images, eval_set.labels,
                                         eval_set.mask)
   _timed(call_eval, 1)
   eval_rate = eval_repeats * eval_set.size / _timed(call_eval, eval_repeats)
 
-  gflop_per_image = None if flops_per_call is None else (
-      flops_per_call / (steps_per_call * config.batch_size) / 1e9)
+  gflop_per_image = None if flops_per_step is None else flops_per_step / batch_size / 1e9
   peak = peak_flops(jax.devices()[0].device_kind, config.model.dtype)
   mfu = None
   if gflop_per_image is not None and peak:
     mfu = gflop_per_image * 1e9 * train_rate / (peak * jax.device_count())
-  return Measurement(batch_size=config.batch_size, dtype=config.model.dtype,
-                     steps_per_call=steps_per_call, compile_seconds=compile_seconds,
-                     train_images_per_second=train_rate, eval_images_per_second=eval_rate,
-                     train_gflop_per_image=gflop_per_image, mfu=mfu,
-                     peak_memory_gib=_peak_memory_gib())
+  return Measurement(batch_size=batch_size, dtype=config.model.dtype, steps_per_call=steps,
+                     compile_seconds=compile_seconds, train_images_per_second=train_rate,
+                     eval_images_per_second=eval_rate, train_gflop_per_image=gflop_per_image,
+                     mfu=mfu, memory_gib=memory_gib(compiled))
 
 
 def format_table(rows: Sequence[Measurement]) -> str:
   header = ('| batch | dtype | steps/call | compile s | train img/s | eval img/s '
-            '| GFLOP/img | MFU | peak GiB |')
+            '| GFLOP/img | MFU | memory GiB |')
   lines = [header, '|' + '---|' * 9]
   fmt = lambda value, spec: '-' if value is None else format(value, spec)
   for r in rows:
@@ -157,12 +173,12 @@ def format_table(rows: Sequence[Measurement]) -> str:
         f'| {r.batch_size} | {r.dtype} | {r.steps_per_call} | {r.compile_seconds:.1f} | '
         f'{r.train_images_per_second:,.0f} | {r.eval_images_per_second:,.0f} | '
         f'{fmt(r.train_gflop_per_image, ".2f")} | {fmt(r.mfu, ".1%")} | '
-        f'{fmt(r.peak_memory_gib, ".2f")} |')
+        f'{fmt(r.memory_gib, ".2f")} |')
   return '\n'.join(lines)
 
 
 def run_benchmark(config: ml_collections.ConfigDict, batch_sizes: Sequence[int],
-                  dtypes: Sequence[str], steps_per_call: int, calls: int) -> dict:
+                  dtypes: Sequence[str], calls: int) -> dict:
   """Measures every (batch size, dtype) pair; returns what the JSON file holds."""
   splits = input_pipeline.load_splits(config.data, config.seed)
   rows = []
@@ -171,7 +187,7 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_sizes: Sequence[int],
       variant = config.copy_and_resolve_references()
       variant.batch_size = batch_size
       variant.model.dtype = dtype
-      rows.append(measure(variant, splits, steps_per_call=steps_per_call, calls=calls))
+      rows.append(measure(variant, splits, calls=calls))
       logging.info('%s', rows[-1])
   device = jax.devices()[0]
   return {
@@ -190,7 +206,8 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_sizes: Sequence[int],
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['128', '512'], 'Global batch sizes.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
 _STEPS_PER_CALL = flags.DEFINE_integer(
-    'steps_per_call', 0, 'Steps fused in one compiled call; 0 = as training does on this backend.')
+    'steps_per_call', 0, 'Steps fused in one compiled call (sets config.steps_per_call); 0 = '
+    'as training picks them for this config and data size.')
 _CALLS = flags.DEFINE_integer('calls', 5, 'Timed calls after two warm-up calls.')
 _OUTPUT = flags.DEFINE_string('output', 'benchmark.json', 'Where the JSON goes.')
 
@@ -202,8 +219,9 @@ def _main(argv):
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
   except ValueError as e:
     raise errors.UserError(f'--batch_sizes must be integers, e.g. 128,512 ({e})') from e
-  steps_per_call = _STEPS_PER_CALL.value or train.default_steps_per_call()
-  result = run_benchmark(config, batch_sizes, _DTYPES.value, steps_per_call, _CALLS.value)
+  if _STEPS_PER_CALL.value:
+    config.steps_per_call = _STEPS_PER_CALL.value
+  result = run_benchmark(config, batch_sizes, _DTYPES.value, _CALLS.value)
   with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2)
   print(f'{result["model"]} on {result["device_count"]} x {result["device_kind"]} '

@@ -17,7 +17,6 @@ unless --config is given) and writes into <workdir>/inspect (or --output_dir):
 import functools
 import json
 import os
-import sys
 from typing import Optional, Sequence
 
 from absl import app
@@ -73,10 +72,14 @@ def config_from_workdir(workdir: str) -> config_dict.ConfigDict:
   if not os.path.isfile(path):
     raise UserError(f'no {path}: check --workdir, or pass --config=<the config file the run was '
                     'trained with>')
-  with open(path, encoding='utf-8') as f:
-    saved = json.load(f)
-  config = defaults.base_config()
-  _update_from_saved(config, saved, 'config')
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+    config = defaults.base_config()
+    _update_from_saved(config, saved, 'config')
+  except (OSError, ValueError, TypeError, AttributeError) as e:
+    raise UserError(f'{path} cannot be read ({main_lib.one_line(e)}); pass --config=<the config '
+                    'file the run was trained with>') from e
   return config
 
 
@@ -125,7 +128,7 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
   with open(os.path.join(output_dir, SUMMARY_FILE), 'w', encoding='utf-8') as f:
     f.write(summary + '\n')
 
-  writer = writers.create_writer(output_dir, is_main=True)
+  writer = writers.create_writer(output_dir, is_main=jax.process_index() == 0)
   gradcam.write_param_histograms(writer, int(state.step), variables['params'])
   writer.close()
 
@@ -166,18 +169,6 @@ def _run(config, workdir: str) -> None:
         flush=True)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing (--config optional here); a mistake is one line on stderr and exit 2."""
-  try:
-    remaining = flags.FLAGS(argv)
-    if not main_lib.WORKDIR.value:
-      raise UserError('--workdir is required, e.g. --workdir=runs/best')
-  except (flags.Error, UserError) as e:
-    print(f'error: {main_lib.one_line(e)}', file=sys.stderr, flush=True)
-    sys.exit(2)
-  return remaining
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -185,4 +176,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=functools.partial(main_lib.parse_flags, require_config=False))

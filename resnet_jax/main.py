@@ -23,13 +23,15 @@ CONFIG = config_flags.DEFINE_config_file(
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
 
 
-def parse_flags(argv: list[str], require_workdir: bool = True) -> list[str]:
+def parse_flags(argv: list[str], require_workdir: bool = True,
+                require_config: bool = True) -> list[str]:
   """absl flag parsing, with every mistake (unknown key, bad value, bad file) one line, exit 2."""
   try:
     remaining = flags.FLAGS(argv)
-    if CONFIG.value is None:
+    if CONFIG.value is not None:
+      CONFIG.value.get('seed')  # config_flags defers a config file's load error to first use.
+    elif require_config:
       raise errors.UserError('--config is required, e.g. --config=configs/best.py')
-    CONFIG.value.get('seed')  # config_flags defers a config file's load error to first use.
     if require_workdir and not WORKDIR.value:
       raise errors.UserError('--workdir is required, e.g. --workdir=runs/best')
   except (AttributeError, KeyError) as e:  # config_flags: an override of a key that is not there

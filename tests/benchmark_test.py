@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from resnet_jax import benchmark
 from resnet_jax import defaults
 from resnet_jax import input_pipeline
+from resnet_jax import train
 
 from conftest import REPO
 
@@ -38,9 +41,9 @@ def forward_conv_flops(image_size=32):
 
 def test_measure_counts_training_flops_and_throughput():
   config = tiny_config()
+  config.steps_per_call = 2
   splits = input_pipeline.load_splits(config.data, config.seed)
-  row = benchmark.measure(config, splits, steps_per_call=2, calls=2, warmup_calls=1,
-                          eval_repeats=1)
+  row = benchmark.measure(config, splits, calls=2, warmup_calls=1, eval_repeats=1)
   assert (row.batch_size, row.dtype, row.steps_per_call) == (64, 'float32', 2)
   assert row.train_images_per_second > 0 and row.eval_images_per_second > 0
   # Forward + backward is about 3x the forward convolutions; XLA also counts BatchNorm,
@@ -48,12 +51,57 @@ def test_measure_counts_training_flops_and_throughput():
   ratio = row.train_gflop_per_image * 1e9 / forward_conv_flops()
   assert 2.8 < ratio < 4.5, ratio
   assert row.mfu is None  # no peak is known for a CPU
+  # The call holds the resident training set (256 images) and a few MiB of activations.
+  assert splits.train_images.nbytes / 2**30 < row.memory_gib < 0.5
+
+
+@pytest.fixture(scope='module')
+def scan_rows():
+  """Rows measured on the lax.scan path (as on a GPU): steps per call as training picks them, 1.
+
+  40 full steps an epoch: training fuses 20 a call (a divisor near 32), not 32.
+  """
+  config = tiny_config()
+  config.batch_size = 8
+  config.data.train_subset = 320
+  splits = input_pipeline.load_splits(config.data, config.seed)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train.jax, 'default_backend', lambda: 'gpu')
+    plan = train.epoch_plan(config, len(splits.train_labels), num_devices=1)
+    rows = {}
+    for steps_per_call in (0, 1):
+      config.steps_per_call = steps_per_call
+      rows[steps_per_call] = benchmark.measure(config, splits, calls=1, warmup_calls=0,
+                                               eval_repeats=1)
+  return plan, rows
+
+
+def test_steps_per_call_are_the_training_plans(scan_rows):
+  plan, rows = scan_rows
+  assert plan.steps_per_call == 20
+  assert [rows[0].steps_per_call, rows[1].steps_per_call] == [20, 1]
+
+
+def test_flops_per_image_do_not_depend_on_steps_per_call_under_scan(scan_rows):
+  _, rows = scan_rows
+  one, fused = rows[1].train_gflop_per_image, rows[0].train_gflop_per_image
+  assert fused == pytest.approx(one, rel=1e-3), (fused, one)
+  assert 2.8 < one * 1e9 / forward_conv_flops() < 4.5
+
+
+def test_memory_is_what_the_compiled_call_needs():
+  x = jnp.zeros((512, 512), jnp.float32)  # 1 MiB
+  doubled = jax.jit(lambda a: a @ a).lower(x).compile()
+  assert benchmark.memory_gib(doubled) * 2**10 == pytest.approx(2.0, abs=0.1)  # in + out
+  donated = jax.jit(lambda a: a + 1, donate_argnums=0).lower(x).compile()
+  assert benchmark.memory_gib(donated) * 2**10 == pytest.approx(1.0, abs=0.1)  # out reuses in
 
 
 def test_table_has_a_row_per_measurement():
   row = benchmark.Measurement(128, 'bfloat16', 32, 10.0, 60000.0, 150000.0, 4.8, 0.29, 3.5)
   table = benchmark.format_table([row, row]).splitlines()
   assert len(table) == 4
+  assert 'memory GiB' in table[0]
   assert '| 128 | bfloat16 | 32 | 10.0 | 60,000 | 150,000 | 4.80 | 29.0% | 3.50 |' == table[2]
 
 
@@ -79,6 +127,7 @@ def test_command_line_prints_table_and_writes_json(tmp_path):
       (32, 'float32'), (32, 'bfloat16')]
   assert written['table'] in result.stdout
   assert written['versions']['jax']
+  assert all(r['memory_gib'] > 0 for r in written['results'])
 
 
 @pytest.mark.parametrize('args, message', [

@@ -1,5 +1,7 @@
 """inspect: a trained run's summary, Grad-CAM grid, parameter histograms and confusion matrix."""
 
+import concurrent.futures
+import json
 import os
 import pathlib
 import subprocess
@@ -13,6 +15,7 @@ from PIL import Image
 from resnet_jax import inspect
 from resnet_jax import models
 from resnet_jax import train
+from resnet_jax import writers
 from resnet_jax.errors import UserError
 
 from gradcam_test import histogram_events  # pylint: disable=g-bad-import-order
@@ -67,16 +70,69 @@ def test_inspect_writes_summary_gradcam_histograms_and_confusion(trained_run, tm
   assert (tmp_path / 'confusion.png').read_bytes()[:4] == b'\x89PNG'
 
 
+def run_inspect(*arguments):
+  return subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.inspect', *arguments], cwd=REPO, capture_output=True,
+      text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
 def test_command_line_rejects_an_unknown_layer_in_one_line(trained_run):
   _, workdir, _ = trained_run
-  result = subprocess.run(
-      [sys.executable, '-m', 'resnet_jax.inspect', f'--workdir={workdir}',
-       '--gradcam_layers=layer9'], cwd=REPO, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  result = run_inspect(f'--workdir={workdir}', '--gradcam_layers=layer9')
   assert result.returncode == 2, result.stderr[-2000:]
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith("error: --gradcam_layers: no layer 'layer9'")
   assert 'layer2' in last_line and 'conv1' in last_line
+
+
+def test_command_line_mistakes_are_one_line(tmp_path):
+  corrupt = tmp_path / 'corrupt'
+  corrupt.mkdir()
+  (corrupt / 'config.json').write_text('{"seed": 0,')
+  empty = f'--workdir={tmp_path}'
+  smoke = str(REPO / 'configs' / 'smoke.py')
+  mistakes = [  # (arguments, what the one line on stderr says)
+      ([empty, '--config=/nonexistent.py'], '--config cannot be loaded: [Errno 2] No such file'),
+      ([empty, f'--config={smoke}', '--config.bogus=1'], 'config.bogus is not a config key'),
+      ([empty, '--config.bogus=1'], 'Unknown command line flag'),
+      ([], '--workdir is required'),
+      ([f'--workdir={corrupt}'], 'config.json cannot be read (Expecting'),
+      ([empty], 'config.json: check --workdir'),
+  ]
+  with concurrent.futures.ThreadPoolExecutor(len(mistakes)) as pool:
+    results = list(pool.map(lambda mistake: run_inspect(*mistake[0]), mistakes))
+  for (arguments, message), result in zip(mistakes, results):
+    assert result.returncode == 2, (arguments, result.stderr[-2000:])
+    assert 'Traceback' not in result.stderr, arguments
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith('error: ') and message in last_line, (arguments, last_line)
+
+
+@pytest.mark.parametrize('saved', ['{"seed": 0,', '[1, 2]', '{"model": 3}', '{"seed": "one"}'])
+def test_unreadable_config_json_is_a_user_error(tmp_path, saved):
+  (tmp_path / 'config.json').write_text(saved)
+  with pytest.raises(UserError, match=r'config.json cannot be read \(.+\); pass --config='):
+    inspect.config_from_workdir(str(tmp_path))
+
+
+def test_only_the_first_process_writes_histograms(trained_run, monkeypatch):
+  config, workdir, _ = trained_run
+  chosen = []
+
+  class Stop(Exception):
+    """Ends inspect_run at its writer: the rest is not under test."""
+
+  def record_and_stop(directory, *, is_main):
+    del directory
+    chosen.append(is_main)
+    raise Stop
+
+  monkeypatch.setattr(writers, 'create_writer', record_and_stop)
+  for index in (1, 0):
+    monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
+    with pytest.raises(Stop):
+      inspect.inspect_run(config, str(workdir), num_images=1)
+  assert chosen == [False, True]
 
 
 def test_missing_run_files_are_user_errors(tmp_path, trained_run):

@@ -9,31 +9,31 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-SMOKE = str(REPO / 'configs' / 'smoke.py')
+SMOKE = f"--config={REPO / 'configs' / 'smoke.py'}"
 SYNTHETIC = '--config.data.source=synthetic'
 
-# (name, extra arguments, what the last line of stderr must contain)
+# (name, arguments besides --workdir, what the last line of stderr must contain)
 MISTAKES = [
-    ('over_budget', [SYNTHETIC, '--config.model.param_budget=1000'],
+    ('over_budget', [SMOKE, SYNTHETIC, '--config.model.param_budget=1000'],
      'over config.model.param_budget=1000'),
-    ('unknown_key', [SYNTHETIC, '--config.model.num_layerz=3'], 'config.model.num_layerz'),
-    ('lengths_disagree', [SYNTHETIC, "--config.model.channels=(8,16,32)"],
+    ('unknown_key', [SMOKE, SYNTHETIC, '--config.model.num_layerz=3'], 'config.model.num_layerz'),
+    ('lengths_disagree', [SMOKE, SYNTHETIC, "--config.model.channels=(8,16,32)"],
      'config.model.channels has 3 entries but config.model.num_blocks has 2'),
-    ('unknown_optimizer', [SYNTHETIC, '--config.optim.optimizer=rmsprop'],
+    ('unknown_optimizer', [SMOKE, SYNTHETIC, '--config.optim.optimizer=rmsprop'],
      'config.optim.optimizer'),
-    ('missing_dataset', ['--config.data.source=cifar_batches',
+    ('missing_dataset', [SMOKE, '--config.data.source=cifar_batches',
                          '--config.data.data_dir=/nonexistent/cifar'], '/nonexistent/cifar'),
     ('missing_config_file', ['--config=configs/no_such_config.py'],
      "--config cannot be loaded: [Errno 2] No such file or directory: "
      "'configs/no_such_config.py'"),
+    ('no_config', [SYNTHETIC], 'Unknown command line flag'),
+    ('no_config_at_all', [], '--config is required, e.g. --config=configs/best.py'),
 ]
 
 
 def run_main(workdir, arguments):
-  """`python -m resnet_jax.main` with the smoke config unless the arguments name another."""
-  config = [] if any(a.startswith('--config=') for a in arguments) else [f'--config={SMOKE}']
   return subprocess.run(
-      [sys.executable, '-m', 'resnet_jax.main', *config, f'--workdir={workdir}', *arguments],
+      [sys.executable, '-m', 'resnet_jax.main', f'--workdir={workdir}', *arguments],
       capture_output=True, text=True, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'),
       timeout=300)
 
