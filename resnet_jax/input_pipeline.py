@@ -92,7 +92,7 @@ def _stream(tag: int, seed: int = 0, epoch: int = 0) -> np.random.Generator:
 # Sources.
 
 
-def _import_tensorflow():
+def import_tensorflow():
   """Imports TensorFlow for host-side work only: it must not take the accelerators from JAX."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
@@ -102,19 +102,19 @@ def _import_tensorflow():
   return tf
 
 
-def _tf_importable() -> bool:
+def tf_importable() -> bool:
   return importlib.util.find_spec('tensorflow') is not None
 
 
 def _tfds_importable() -> bool:
-  return _tf_importable() and importlib.util.find_spec('tensorflow_datasets') is not None
+  return tf_importable() and importlib.util.find_spec('tensorflow_datasets') is not None
 
 
 def _tfds_prepared(data_cfg) -> bool:
   """Whether TFDS has `config.data.tfds_name` on disk (never downloads)."""
   if not _tfds_importable():
     return False
-  _import_tensorflow()
+  import_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return tfds.builder(data_cfg.tfds_name, data_dir=data_cfg.data_dir or None).is_prepared()
@@ -128,7 +128,7 @@ def _load_tfds(data_cfg) -> _Loaded:
     raise UserError("config.data.source='tfds' needs tensorflow and tensorflow-datasets "
                     "(pip install 'resnet-jax[tf]'); or set config.data.source='cifar_batches' "
                     "or 'jpeg_npz' with config.data.data_dir")
-  tf = _import_tensorflow()
+  tf = import_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name, data_dir = data_cfg.tfds_name, data_cfg.data_dir or None
   arrays = {}
@@ -525,13 +525,13 @@ def _numpy_batches(images, labels, local_batches):
 
 def _tf_tensors(images, labels):
   """TensorFlow's copy of the arrays, which tf.data gathers from (0.4 s for 50,000 images)."""
-  tf = _import_tensorflow()
+  tf = import_tensorflow()
   return tf.constant(images), tf.constant(labels)
 
 
 def _tf_batches(tensors, local_batches):
   """tf.data: the permuted indices, batched, gathered in parallel, prefetched."""
-  tf = _import_tensorflow()
+  tf = import_tensorflow()
   images_t, labels_t = tensors
   ds = tf.data.Dataset.from_tensor_slices(np.concatenate(local_batches))
   ds = ds.batch(len(local_batches[0]))
@@ -557,12 +557,12 @@ class HostBatcher:
     if backend not in HOST_BACKENDS:
       raise UserError(f'config.data.host_backend={backend!r} is unknown; use one of '
                       f'{", ".join(HOST_BACKENDS)}')
-    if backend == 'tf' and not _tf_importable():
+    if backend == 'tf' and not tf_importable():
       raise UserError("config.data.host_backend='tf' needs tensorflow (pip install "
                       "'resnet-jax[tf]'); or use 'numpy' or 'auto'")
     self.images = images
     self.labels = np.asarray(labels, np.int32)
-    self.backend = 'tf' if backend == 'tf' or (backend == 'auto' and _tf_importable()) else 'numpy'
+    self.backend = 'tf' if backend == 'tf' or (backend == 'auto' and tf_importable()) else 'numpy'
     self._tensors = None
 
   def epoch(self, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,

@@ -5,10 +5,11 @@ report sets the run beside `config.reference`: the seed paper's own accuracy and
 seed-000 recipe, the PyTorch reference measured on the same data (REFERENCE.md).
 """
 
+import io
 import json
-import os
 from typing import Optional, Sequence
 
+from etils import epath
 import matplotlib
 
 matplotlib.use('Agg')  # Files only; never a display.
@@ -31,7 +32,15 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
     return np.where(totals > 0, np.diag(confusion) / totals, np.nan)
 
 
-def plot_curves(history: Sequence[dict], path: str) -> None:
+def _save_figure(fig, path: epath.PathLike) -> None:
+  """Saves a figure as a PNG at path (local or a URL such as gs://...) and closes it."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=110)
+  plt.close(fig)
+  epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def plot_curves(history: Sequence[dict], path: epath.PathLike) -> None:
   """Loss and accuracy per epoch, train and validation, side by side."""
   fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
   for split, style in (('train', '-'), ('val', '--')):
@@ -49,11 +58,11 @@ def plot_curves(history: Sequence[dict], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save_figure(fig, path)
 
 
-def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str) -> None:
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
+                   path: epath.PathLike) -> None:
   """The confusion matrix (counts, true class in rows) and the accuracy of each class."""
   confusion = np.asarray(confusion)
   num_classes = len(confusion)
@@ -81,8 +90,7 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str)
   for i, value in enumerate(accuracy):
     bar_ax.text(min(np.nan_to_num(value), 88) + 1, i, f'{value:.1f}', va='center', fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save_figure(fig, path)
 
 
 def _percent(value: Optional[float]) -> str:
@@ -142,12 +150,12 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
   return '\n'.join(lines)
 
 
-def write_report(workdir: str, results: dict, history: Sequence[dict], confusion: np.ndarray,
-                 *, write_plots: bool = True) -> dict:
+def write_report(workdir: epath.PathLike, results: dict, history: Sequence[dict],
+                 confusion: np.ndarray, *, write_plots: bool = True) -> dict:
   """Writes results.json, curves.png, confusion.png and report.md into workdir.
 
   Args:
-    workdir: the run's folder.
+    workdir: the run's folder (local, or a URL such as gs://...).
     results: the run's figures (train.train_and_evaluate's results, or evaluate's); its
       'class_names' label the confusion matrix and its 'reference' the comparison.
     history: one dict an epoch ({'epoch', 'train_loss', 'train_accuracy', 'val_loss', ...}).
@@ -157,19 +165,17 @@ def write_report(workdir: str, results: dict, history: Sequence[dict], confusion
   Returns:
     The results as written, with the confusion matrix and per-class accuracy added.
   """
-  os.makedirs(workdir, exist_ok=True)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   confusion = np.asarray(confusion, np.int64)
   class_names = results.get('class_names') or [str(i) for i in range(len(confusion))]
   per_class = {name: float(value)
                for name, value in zip(class_names, per_class_accuracy(confusion))}
   written = dict(results, per_class_accuracy=per_class, confusion_matrix=confusion.tolist())
-  with open(os.path.join(workdir, RESULTS_FILE), 'w', encoding='utf-8') as f:
-    json.dump(written, f, indent=2)
-    f.write('\n')
+  (workdir / RESULTS_FILE).write_text(json.dumps(written, indent=2) + '\n')
   if write_plots:
     if history:
-      plot_curves(history, os.path.join(workdir, CURVES_FILE))
-    plot_confusion(confusion, class_names, os.path.join(workdir, CONFUSION_FILE))
-  with open(os.path.join(workdir, REPORT_FILE), 'w', encoding='utf-8') as f:
-    f.write(markdown(written, history, per_class, write_plots))
+      plot_curves(history, workdir / CURVES_FILE)
+    plot_confusion(confusion, class_names, workdir / CONFUSION_FILE)
+  (workdir / REPORT_FILE).write_text(markdown(written, history, per_class, write_plots))
   return written

@@ -3,7 +3,8 @@
 Data parallel over every device: one `jax.jit` over a 1-D mesh (axis 'data'), the batch sharded on
 its leading axis, the state replicated, so XLA computes BatchNorm statistics over the global batch
 and N devices train like one. Several steps run in one compiled call (`lax.scan`) with the metrics
-summed on the device and fetched once per call.
+summed on the device; the loop keeps one call in flight, reading a call's metrics (and checking
+its loss is finite) while the next one runs.
 
 Two ways to feed a call, running the same `train_step`:
 - resident (the fast path): the whole uint8 training set is replicated on every device and a call
@@ -13,7 +14,6 @@ Two ways to feed a call, running the same `train_step`:
 
 import dataclasses
 import functools
-import os
 import platform
 import signal
 import sys
@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Optional
 
 from absl import logging
+from etils import epath
 import flax
 from flax import struct
 import jax
@@ -52,15 +53,27 @@ AUTO_STEPS_PER_CALL = 32
 
 
 @struct.dataclass
-class TrainMetrics(metrics.Collection):
+class Metrics(metrics.Collection):
+  """Loss and accuracy, summed on the device over the steps of a call or the batches of a split."""
   loss: metrics.Average.from_output('loss')
   accuracy: metrics.Accuracy
 
 
-@struct.dataclass
-class EvalMetrics(metrics.Collection):
-  loss: metrics.Average.from_output('loss')
-  accuracy: metrics.Accuracy
+def metric_sums(summed: Metrics) -> dict[str, list[float]]:
+  """{name: [total, count]} of fetched metrics, as host floats (JSON-ready, for checkpoints)."""
+  return {'loss': [float(summed.loss.total), float(summed.loss.count)],
+          'accuracy': [float(summed.accuracy.total), float(summed.accuracy.count)]}
+
+
+def add_sums(a: dict, b: dict) -> dict:
+  """The sums of metric_sums' dicts a and b (either may lack a name)."""
+  return {name: [a.get(name, [0.0, 0.0])[i] + b.get(name, [0.0, 0.0])[i] for i in (0, 1)]
+          for name in {**a, **b}}
+
+
+def mean_of_sums(sums: dict) -> dict[str, float]:
+  """{name: total / count}, leaving out names with nothing counted (never NaN)."""
+  return {name: total / count for name, (total, count) in sums.items() if count}
 
 
 @struct.dataclass
@@ -121,7 +134,7 @@ def create_train_state(ctx: StepContext, image_size: int) -> TrainState:
 
 
 def train_step(state: TrainState, images_u8: jax.Array, labels: jax.Array,
-               ctx: StepContext) -> tuple[TrainState, TrainMetrics]:
+               ctx: StepContext) -> tuple[TrainState, Metrics]:
   """One optimizer step on a global batch: augment, forward, backward, update.
 
   Args:
@@ -158,13 +171,13 @@ def train_step(state: TrainState, images_u8: jax.Array, labels: jax.Array,
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema_params)
   # The batch mean once per example, so that averages over steps weight every example alike.
-  step_metrics = TrainMetrics.single_from_model_output(
+  step_metrics = Metrics.single_from_model_output(
       loss=jnp.full(labels.shape, loss), logits=logits, labels=labels)
   return new_state, step_metrics
 
 
 def eval_step(variables: dict, images_u8: jax.Array, labels: jax.Array, mask: jax.Array,
-              ctx: StepContext) -> tuple[EvalMetrics, jax.Array]:
+              ctx: StepContext) -> tuple[Metrics, jax.Array]:
   """Metrics and predicted classes of one padded evaluation batch (mask marks real examples)."""
   config = ctx.config
   x = augment.eval_preprocess(images_u8, ctx.mean, ctx.std, ctx.dtype)
@@ -174,7 +187,7 @@ def eval_step(variables: dict, images_u8: jax.Array, labels: jax.Array, mask: ja
     logits = (logits + flipped) / 2
   targets = jax.nn.one_hot(labels, config.model.num_classes)
   loss = losses.cross_entropy(logits, targets, 0.0, weights=mask)
-  batch_metrics = EvalMetrics.single_from_model_output(
+  batch_metrics = Metrics.single_from_model_output(
       loss=jnp.full(labels.shape, loss), logits=logits, labels=labels, mask=mask)
   return batch_metrics, jnp.argmax(logits, axis=-1)
 
@@ -190,7 +203,7 @@ def _scan_train_steps(state, batches, batch_fn, ctx):
     first_bad_step = jnp.where(bad & (first_bad_step < 0), state.step, first_bad_step)
     return (new_state, summed.merge(step_metrics), first_bad_step), None
 
-  init = (state, TrainMetrics.empty(), jnp.asarray(-1, jnp.int32))
+  init = (state, Metrics.empty(), jnp.asarray(-1, jnp.int32))
   (state, summed, first_bad_step), _ = _scan(body, init, batches)
   return state, summed, first_bad_step
 
@@ -223,7 +236,7 @@ def evaluate_batches(variables, images_u8, labels, mask, ctx):
     batch_metrics, predictions = eval_step(variables, *batch, ctx)
     return summed.merge(batch_metrics), predictions
 
-  return _scan(body, EvalMetrics.empty(), (images_u8, labels, mask))
+  return _scan(body, Metrics.empty(), (images_u8, labels, mask))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,16 +309,20 @@ def compile_evaluate(ctx: StepContext, mesh: jax.sharding.Mesh) -> Callable:
                  out_shardings=(replicated, NamedSharding(mesh, P(None, 'data'))))
 
 
-def evaluate(evaluate_fn: Callable, variables: dict, eval_set: EvalSet) -> tuple[dict, np.ndarray]:
+def evaluate(evaluate_fn: Callable, variables: dict, eval_set: EvalSet, *,
+             with_predictions: bool = True) -> tuple[dict, Optional[np.ndarray]]:
   """{'loss', 'accuracy'} over a split and the predicted class of each of its examples.
 
   Args:
     evaluate_fn: `compile_evaluate`'s function, or anything called the same way.
     variables: {'params', 'batch_stats'}, replicated.
     eval_set: the split, from `make_eval_set`.
+    with_predictions: False skips gathering the predictions to the host (returns None for them).
   """
   summed, predictions = evaluate_fn(variables, eval_set.images, eval_set.labels, eval_set.mask)
   computed = {name: float(value) for name, value in summed.compute().items()}
+  if not with_predictions:
+    return computed, None
   predictions = np.asarray(multihost_utils.process_allgather(predictions, tiled=True))
   return computed, predictions.reshape(-1)[:eval_set.size]
 
@@ -374,8 +391,6 @@ def epoch_plan(config: ml_collections.ConfigDict, size: int, num_devices: int) -
   if steps < 1:
     raise UserError(f'config.batch_size={batch_size} leaves no training step for the {size} '
                     'training examples: lower it, or unset config.drop_remainder')
-  if config.steps_per_call < 0:
-    raise UserError(f'config.steps_per_call={config.steps_per_call} must be >= 0 (0 = auto)')
   num_full = size // batch_size
   partial = (size % batch_size) // num_devices * num_devices if steps > num_full else 0
   steps_per_call = config.steps_per_call or default_steps_per_call(num_full)
@@ -401,14 +416,26 @@ def _auto_steps_per_call(num_full: int) -> int:
 # Checkpoints.
 
 
-def checkpoint_manager(directory: str, *, read_only: bool = False) -> ocp.CheckpointManager:
+def checkpoint_manager(directory: epath.PathLike, *,
+                       read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+  return ocp.CheckpointManager(writers.as_path(directory), options=options,
                                item_names=('state', 'meta'))
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
-  manager.save(int(jax.device_get(state.step)), args=ocp.args.Composite(
+  """Saves state and meta at the state's step, unless a checkpoint of that step exists.
+
+  One exists when a SIGTERM came after an epoch's last call: the resumed run then reaches the
+  epoch's end at the step that checkpoint holds. Its training state is the same (a step is
+  deterministic); only the epoch's bookkeeping is missing from its meta, and a run resumed from it
+  redoes that (one evaluation). Keeping it, rather than deleting and rewriting it, means there is
+  never a moment without a checkpoint.
+  """
+  step = int(jax.device_get(state.step))
+  if step in manager.all_steps():
+    return
+  manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
 
@@ -433,8 +460,8 @@ def restore_run_checkpoint(run: 'Run', checkpoint: str = 'latest') -> tuple[Trai
   """The state and metadata of a run's latest or best checkpoint; UserError if there is none."""
   if checkpoint not in CHECKPOINTS:
     raise UserError(f'--checkpoint={checkpoint} is not one of {", ".join(CHECKPOINTS)}')
-  directory = os.path.join(run.workdir, 'checkpoints', checkpoint)
-  if not os.path.isdir(directory):
+  directory = writers.as_path(run.workdir) / 'checkpoints' / checkpoint
+  if not directory.is_dir():
     raise UserError(f'no checkpoint in {directory}: train first (python -m resnet_jax.main '
                     f'--workdir={run.workdir}), or check --workdir')
   manager = checkpoint_manager(directory, read_only=True)
@@ -513,8 +540,9 @@ def versions() -> dict:
 
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  path = writers.as_path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -528,6 +556,25 @@ class Run:
   mesh: jax.sharding.Mesh
   plan: EpochPlan
   resident: bool
+  host_batcher: Optional[input_pipeline.HostBatcher]  # None when the set is on the device
+
+
+def validate_run_config(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError, naming the key, for the first loop setting out of range."""
+  checks = [
+      ('num_epochs', config.num_epochs >= 1, 'must be >= 1'),
+      ('eval_batch_size', config.eval_batch_size >= 1, 'must be >= 1'),
+      ('eval_every_epochs', config.eval_every_epochs >= 1, 'must be >= 1'),
+      ('checkpoint_every_epochs', config.checkpoint_every_epochs >= 1, 'must be >= 1'),
+      ('log_every_steps', config.log_every_steps >= 1, 'must be >= 1'),
+      ('steps_per_call', config.steps_per_call >= 0, 'must be >= 0 (0 = auto)'),
+      ('ema_decay', 0 <= config.ema_decay < 1, 'must be in [0, 1) (0 = no EMA)'),
+      ('param_histograms_every_epochs', config.param_histograms_every_epochs >= 0,
+       'must be >= 0 (0 = none)'),
+  ]
+  for key, ok, rule in checks:
+    if not ok:
+      raise UserError(f'config.{key}={config[key]!r} is invalid: {rule}')
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str, splits=None) -> Run:
@@ -535,6 +582,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, splits=None) -> R
 
   `splits` (input_pipeline.Splits) skips loading the data again, e.g. for several benchmarks.
   """
+  validate_run_config(config)
   models.check_budget(config.model, config.data.image_size)
   augment.check_config(config.augment)
   if splits is None:
@@ -545,8 +593,11 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, splits=None) -> R
   ctx = StepContext(model=models.build_model(config.model), tx=optimizer.tx, config=config,
                     mean=tuple(float(m) for m in splits.mean),
                     std=tuple(float(s) for s in splits.std))
+  resident = resident_placement(config, splits.train_images)
+  host_batcher = None if resident else input_pipeline.HostBatcher(
+      splits.train_images, splits.train_labels, backend=config.data.host_backend)
   return Run(config=config, workdir=workdir, ctx=ctx, optimizer=optimizer, splits=splits,
-             mesh=mesh, plan=plan, resident=resident_placement(config, splits.train_images))
+             mesh=mesh, plan=plan, resident=resident, host_batcher=host_batcher)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -554,7 +605,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Args:
     config: a config from configs/ (see resnet_jax/defaults.py for every key).
-    workdir: where checkpoints, metrics, plots and the report go; a run found there resumes.
+    workdir: where checkpoints, metrics, plots and the report go (a local folder or a URL such
+      as gs://bucket/run); a run found there resumes.
 
   Returns:
     The results (what results.json holds), or {'preempted': True, ...} if SIGTERM stopped it.
@@ -569,11 +621,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                splits.source, 'device' if run.resident else 'host', run.mesh.devices.size,
                jax.devices()[0].device_kind, run.plan.steps, run.plan.steps_per_call)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
     _write_config(workdir, config)
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
-  latest_manager = checkpoint_manager(os.path.join(checkpoint_dir, 'latest'))
-  best_manager = checkpoint_manager(os.path.join(checkpoint_dir, 'best'))
+  checkpoint_dir = writers.as_path(workdir) / 'checkpoints'
+  latest_manager = checkpoint_manager(checkpoint_dir / 'latest')
+  best_manager = checkpoint_manager(checkpoint_dir / 'best')
   writer = writers.create_writer(workdir, is_main=jax.process_index() == 0)
   preempted, restore_signal = _preemption_flag()
   try:
@@ -586,19 +637,85 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
 
 
+def run_identity(run: Run) -> dict:
+  """What a checkpoint's run must share with the config resuming it (saved in its meta)."""
+  config, plan = run.config, run.plan
+  return {'config.batch_size': config.batch_size, 'config.num_epochs': config.num_epochs,
+          'config.seed': config.seed, 'training examples (config.data)': plan.size,
+          'steps an epoch': plan.steps}
+
+
+def check_same_run(run: Run, meta: dict, directory) -> None:
+  """UserError naming the first setting the config changed since the checkpoint was saved."""
+  for name, now in run_identity(run).items():
+    saved = meta.get('run', {}).get(name, now)  # Checkpoints from before the check lack it.
+    if saved != now:
+      raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, the '
+                      f'config gives {now}; resume with the original config, or use a new '
+                      '--workdir')
+
+
+@dataclasses.dataclass
+class _Progress:
+  """The host's running metric sums (`metric_sums` dicts) and the train-time mark of an epoch."""
+  epoch_sums: dict
+  last_log_step: int
+  window: dict = dataclasses.field(default_factory=dict)
+  mark: float = 0.0
+  compile_mark: float = 0.0
+
+
+def _resident_feed(run: Run, train_set: tuple, take: Callable, epoch: int,
+                   start_step: int) -> Callable:
+  """(first, count, batch size) -> a call's batch arguments, the set on the devices.
+
+  The epoch's batch indices go to the devices once; each call takes its rows there.
+  """
+  del start_step  # Each call names its first step.
+  config, plan = run.config, run.plan
+  sharding = NamedSharding(run.mesh, P(None, 'data'))
+  batches = input_pipeline.epoch_batch_indices(
+      plan.size, plan.batch_size, seed=config.seed, epoch=epoch,
+      drop_remainder=config.drop_remainder, multiple_of=plan.num_devices)
+  full = (put_global(np.stack(batches[:plan.num_full]).astype(np.int32), sharding)
+          if plan.num_full else None)
+  partial = (put_global(batches[plan.num_full][None].astype(np.int32), sharding)
+             if plan.partial else None)
+
+  def feed(first, count, batch_size):
+    del batch_size  # Given by the rows taken.
+    return (partial if first == plan.num_full else take(full, first, count)), *train_set
+
+  return feed
+
+
+def _streamed_feed(run: Run, epoch: int, start_step: int) -> Callable:
+  """(first, count, batch size) -> a call's batches, sent from this process's host."""
+  sharding = NamedSharding(run.mesh, P(None, 'data'))
+  stacked = _stacked_host_batches(run, epoch, start_step)
+
+  def feed(first, count, batch_size):
+    del first, count, batch_size  # The generator yields the calls in order.
+    return tuple(jax.make_array_from_process_local_data(sharding, local)
+                 for local in next(stacked))
+
+  return feed
+
+
 def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
                 preempted: threading.Event) -> dict:
   """The epoch loop of train_and_evaluate."""
   config, ctx, splits, mesh, plan = run.config, run.ctx, run.splits, run.mesh, run.plan
   replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(None, 'data'))
   compiled = _Compiled(clock)
 
-  meta = {'epoch': 0, 'step_in_epoch': 0, 'best_val_accuracy': -1.0, 'best_epoch': 0,
-          'history': []}
+  meta = {'epoch': 0, 'step_in_epoch': 0, 'train_sums': {}, 'best_val_accuracy': -1.0,
+          'best_epoch': 0, 'history': [], 'run': run_identity(run)}
   abstract_state = abstract_train_state(ctx, config.data.image_size, mesh)
   if latest_manager.latest_step() is not None:
     state, meta = restore_checkpoint(latest_manager, abstract_state)
+    check_same_run(run, meta, latest_manager.directory)
+    meta = dict(meta, run=run_identity(run))
     logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
                  latest_manager.directory, meta['epoch'] + 1, meta['step_in_epoch'],
                  int(state.step))
@@ -608,72 +725,68 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
 
   run_steps = jit_train_steps(ctx, mesh, resident=run.resident)
   if run.resident:
-    train_images = put_global(splits.train_images, replicated)
-    train_labels = put_global(splits.train_labels.astype(np.int32), replicated)
+    train_set = (put_global(splits.train_images, replicated),
+                 put_global(splits.train_labels.astype(np.int32), replicated))
+    take = jax.jit(functools.partial(lax.dynamic_slice_in_dim, axis=0), static_argnums=2,
+                   out_shardings=NamedSharding(mesh, P(None, 'data')))
+    epoch_feed = functools.partial(_resident_feed, run, train_set, take)
+  else:
+    epoch_feed = functools.partial(_streamed_feed, run)
   evaluate_fn = compile_evaluate(ctx, mesh)
   val_set = make_eval_set(splits.val_images, splits.val_labels, config.eval_batch_size, mesh)
+  # Validation on the test set (seed 000's protocol): the last epoch's evaluation is the test's.
+  val_is_test = splits.val_labels is splits.test_labels
+  final_test = None
 
-  def run_eval(variables, eval_set):
+  def run_eval(variables, eval_set, with_predictions=True):
     start = time.perf_counter()
     result = evaluate(functools.partial(compiled, ('eval', eval_set.images.shape), evaluate_fn),
-                      variables, eval_set)
+                      variables, eval_set, with_predictions=with_predictions)
     clock.eval_seconds += time.perf_counter() - start
     return result
 
-  last_log_step = int(state.step)
-  window = TrainMetrics.empty()
+  progress = _Progress(epoch_sums={}, last_log_step=int(state.step))
   for epoch in range(meta['epoch'], config.num_epochs):
     epoch_start = time.perf_counter()
-    start_step = meta['step_in_epoch'] if epoch == meta['epoch'] else 0
-    if run.resident:
-      batch_indices = input_pipeline.epoch_batch_indices(
-          plan.size, plan.batch_size, seed=config.seed, epoch=epoch,
-          drop_remainder=config.drop_remainder, multiple_of=plan.num_devices)
-    else:
-      streamed = _stacked_host_batches(run, epoch, start_step)
-    epoch_metrics = TrainMetrics.empty()
+    resumed = epoch == meta['epoch']
+    start_step = meta['step_in_epoch'] if resumed else 0
+    progress.epoch_sums = meta.get('train_sums', {}) if resumed else {}
+    progress.mark, progress.compile_mark = epoch_start, clock.compile_seconds
+    feed = epoch_feed(epoch, start_step)
+    in_flight = None
     for first, count, batch_size in plan.calls(start_step):
-      call_start, compile_seconds = time.perf_counter(), clock.compile_seconds
-      if run.resident:
-        indices = np.stack(batch_indices[first:first + count]).astype(np.int32)
-        state, summed, first_bad = compiled(
-            ('train', count, batch_size), run_steps, state,
-            put_global(indices, batch_sharding), train_images, train_labels)
-      else:
-        local_images, local_labels = next(streamed)
-        state, summed, first_bad = compiled(
-            ('train', count, batch_size), run_steps, state,
-            jax.make_array_from_process_local_data(batch_sharding, local_images),
-            jax.make_array_from_process_local_data(batch_sharding, local_labels))
-      summed, first_bad = jax.device_get((summed, first_bad))
-      if first_bad >= 0:
-        _raise_non_finite(run, epoch, int(first_bad) - epoch * plan.steps, meta)
-      clock.train_seconds += (time.perf_counter() - call_start
-                              - (clock.compile_seconds - compile_seconds))
-      clock.train_images += count * batch_size
-      epoch_metrics = epoch_metrics.merge(summed)
-      window = window.merge(summed)
-      step = int(state.step)
-      if step - last_log_step >= config.log_every_steps or first + count == plan.steps:
-        _log_progress(run, writer, state, window, epoch, step, clock)
-        window = TrainMetrics.empty()
-        last_log_step = step
+      # The next call is dispatched before the previous one's metrics are read, so the devices
+      # never wait for the host.
+      state, summed, first_bad = compiled(('train', count, batch_size), run_steps, state,
+                                          *feed(first, count, batch_size))
+      if in_flight:
+        _finish_call(run, clock, writer, state, epoch, progress, latest_manager, *in_flight)
+      in_flight = (first, count, batch_size, summed, first_bad)
       if _any_process(preempted.is_set()):
-        meta = dict(meta, epoch=epoch, step_in_epoch=first + count)
+        # The call in flight is checked (its loss finite) before anything is saved.
+        step = _finish_call(run, clock, writer, state, epoch, progress, latest_manager,
+                            *in_flight)
+        meta = dict(meta, epoch=epoch, step_in_epoch=first + count,
+                    train_sums=progress.epoch_sums)
         save_checkpoint(latest_manager, state, meta)
         latest_manager.wait_until_finished()
         print(f'SIGTERM: saved a checkpoint at epoch {epoch + 1}, step {first + count} of it '
               f'(global step {step}); resume with the same command: python -m resnet_jax.main '
               f'--config=<the same config> --workdir={run.workdir}', flush=True)
         return {'preempted': True, 'epoch': epoch, 'step': step}
+    if in_flight:
+      _finish_call(run, clock, writer, state, epoch, progress, latest_manager, *in_flight)
 
     record = {'epoch': epoch + 1, 'step': int(state.step),
-              **{f'train_{k}': float(v) for k, v in epoch_metrics.compute().items()},
-              'learning_rate': _learning_rate(run.optimizer, state),
+              **{f'train_{k}': v for k, v in mean_of_sums(progress.epoch_sums).items()},
+              'learning_rate': _learning_rate(run.optimizer, state, int(state.step)),
               'epoch_seconds': time.perf_counter() - epoch_start}
     is_last = epoch + 1 == config.num_epochs
     if (epoch + 1) % config.eval_every_epochs == 0 or is_last:
-      val, _ = run_eval(state.eval_variables(), val_set)
+      last_test = is_last and val_is_test
+      val, predictions = run_eval(state.eval_variables(), val_set, with_predictions=last_test)
+      if last_test:
+        final_test = val, predictions
       record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
       # Back on the devices: a host-side hook (reduce-on-plateau) may return host arrays.
       state = jax.device_put(
@@ -683,8 +796,9 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
     if config.param_histograms_every_epochs and (
         (epoch + 1) % config.param_histograms_every_epochs == 0):
       gradcam.write_param_histograms(writer, record['step'], state.params)
+    writer.flush()
     _log_epoch(config, record)
-    meta = dict(meta, epoch=epoch + 1, step_in_epoch=0, history=history)
+    meta = dict(meta, epoch=epoch + 1, step_in_epoch=0, train_sums={}, history=history)
     if record.get('val_accuracy', -1.0) > meta['best_val_accuracy']:
       meta.update(best_val_accuracy=record['val_accuracy'], best_epoch=epoch + 1)
       if config.keep_best_checkpoint:
@@ -692,12 +806,19 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last:
       save_checkpoint(latest_manager, state, meta)
 
-  test_set = make_eval_set(splits.test_images, splits.test_labels, config.eval_batch_size, mesh)
-  test, predictions = run_eval(state.eval_variables(), test_set)
-  best_test = None
+  if final_test is None:
+    test_set = make_eval_set(splits.test_images, splits.test_labels, config.eval_batch_size,
+                             mesh)
+    final_test = run_eval(state.eval_variables(), test_set)
+  test, predictions = final_test
+  best_test_accuracy = None
   if config.keep_best_checkpoint and best_manager.latest_step() is not None:
-    best_state, _ = restore_checkpoint(best_manager, abstract_state)
-    best_test, _ = run_eval(best_state.eval_variables(), test_set)
+    if val_is_test:  # The best checkpoint's validation score is its test score.
+      best_test_accuracy = meta['best_val_accuracy']
+    else:
+      best_state, _ = restore_checkpoint(best_manager, abstract_state)
+      best_test_accuracy = run_eval(best_state.eval_variables(), test_set,
+                                    with_predictions=False)[0]['accuracy']
   final_val = next((r for r in reversed(history) if 'val_accuracy' in r), {})
   results = run_results(run, models.count_params(state.params), test) | {
       'steps': int(state.step),
@@ -705,7 +826,7 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
       'final_val_loss': final_val.get('val_loss'),
       'best_val_accuracy': meta['best_val_accuracy'] if meta['best_val_accuracy'] >= 0 else None,
       'best_epoch': meta['best_epoch'],
-      'best_test_accuracy': best_test['accuracy'] if best_test else None,
+      'best_test_accuracy': best_test_accuracy,
       'wall_seconds': time.time() - clock.start,
       'compile_seconds': clock.compile_seconds,
       'train_seconds': clock.train_seconds,
@@ -713,11 +834,36 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
       'images_per_second': clock.train_images / max(clock.train_seconds, 1e-9),
   }
   if jax.process_index() == 0:
-    report.write_report(run.workdir, results, history,
+    report.write_report(writers.as_path(run.workdir), results, history,
                         confusion_matrix(splits.test_labels, predictions,
                                          config.model.num_classes),
                         write_plots=config.write_plots)
   return results
+
+
+def _finish_call(run: Run, clock: RunClock, writer, state, epoch: int, progress: _Progress,
+                 latest_manager, first: int, count: int, batch_size: int, summed,
+                 first_bad) -> int:
+  """Reads a finished call's metrics: checks its loss, adds them up, logs; its last global step.
+
+  `state` may already be a later call's; it is read only for the learning rate of a log line.
+  """
+  plan = run.plan
+  summed, first_bad = jax.device_get((summed, first_bad))
+  if first_bad >= 0:
+    _raise_non_finite(run, int(first_bad), latest_manager)
+  now = time.perf_counter()
+  clock.train_seconds += now - progress.mark - (clock.compile_seconds - progress.compile_mark)
+  progress.mark, progress.compile_mark = now, clock.compile_seconds
+  clock.train_images += count * batch_size
+  sums = metric_sums(summed)
+  progress.epoch_sums = add_sums(progress.epoch_sums, sums)
+  progress.window = add_sums(progress.window, sums)
+  step = epoch * plan.steps + first + count
+  if step - progress.last_log_step >= run.config.log_every_steps or first + count == plan.steps:
+    _log_progress(run, writer, state, progress.window, epoch, step, clock)
+    progress.window, progress.last_log_step = {}, step
+  return step
 
 
 def run_results(run: Run, parameters: int, test: dict) -> dict:
@@ -743,7 +889,7 @@ def run_results(run: Run, parameters: int, test: dict) -> dict:
       'seed': config.seed,
       'versions': versions(),
       'reference': config.reference.to_dict(),
-      'workdir': os.path.abspath(run.workdir),
+      'workdir': str(writers.as_path(run.workdir)),
       'command': ' '.join(sys.argv),
       'preempted': False,
   }
@@ -751,12 +897,11 @@ def run_results(run: Run, parameters: int, test: dict) -> dict:
 
 def _stacked_host_batches(run: Run, epoch: int, start_step: int):
   """Yields this process's share of each call's batches, stacked [steps, batch/processes, ...]."""
-  config, splits, plan = run.config, run.splits, run.plan
-  batches = input_pipeline.host_batches(
-      splits.train_images, splits.train_labels, plan.batch_size, seed=config.seed, epoch=epoch,
-      shuffle=True, drop_remainder=config.drop_remainder, start_step=start_step,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      backend=config.data.host_backend)
+  config, plan = run.config, run.plan
+  batches = run.host_batcher.epoch(
+      plan.batch_size, seed=config.seed, epoch=epoch, shuffle=True,
+      drop_remainder=config.drop_remainder, start_step=start_step,
+      process_index=jax.process_index(), process_count=jax.process_count())
   local_devices = jax.local_device_count()
   for _, count, batch_size in plan.calls(start_step):
     local = batch_size // jax.process_count()
@@ -769,20 +914,19 @@ def _stacked_host_batches(run: Run, epoch: int, start_step: int):
     yield np.stack(images), np.stack(labels)
 
 
-def _learning_rate(optimizer, state) -> float:
-  """The rate of the last step taken."""
-  last_step = jnp.maximum(state.step - 1, 0)
-  return float(jax.device_get(optimizer.learning_rate(last_step, state.opt_state)))
+def _learning_rate(optimizer, state, step: int) -> float:
+  """The rate of the step before global step `step` (the last one taken by then)."""
+  return float(jax.device_get(optimizer.learning_rate(max(step - 1, 0), state.opt_state)))
 
 
-def _log_progress(run: Run, writer, state, window, epoch, step, clock):
+def _log_progress(run: Run, writer, state, window: dict, epoch, step, clock):
   """The progress line (and its scalars): epoch, step, loss, accuracy, lr, images/s, ETA."""
   config = run.config
-  computed = {k: float(v) for k, v in window.compute().items()}
+  computed = mean_of_sums(window)
   total_steps = run.plan.steps * config.num_epochs
   images_per_second = clock.train_images / max(clock.train_seconds, 1e-9)
   eta = (total_steps - step) * config.batch_size / max(images_per_second, 1e-9)
-  learning_rate = _learning_rate(run.optimizer, state)
+  learning_rate = _learning_rate(run.optimizer, state, step)
   writer.write_scalars(step, {'train_loss': computed['loss'],
                               'train_accuracy': computed['accuracy'],
                               'learning_rate': learning_rate,
@@ -794,18 +938,26 @@ def _log_progress(run: Run, writer, state, window, epoch, step, clock):
 
 
 def _log_epoch(config, record: dict) -> None:
+  train = (f"train loss {record['train_loss']:.4f} acc {100 * record['train_accuracy']:.2f}%"
+           if 'train_loss' in record else 'no training metrics (a checkpoint without them)')
   val = (f", validation loss {record['val_loss']:.4f} acc {100 * record['val_accuracy']:.2f}%"
          if 'val_accuracy' in record else '')
-  logging.info('epoch %d/%d: train loss %.4f acc %.2f%%%s (%.1fs)', record['epoch'],
-               config.num_epochs, record['train_loss'], 100 * record['train_accuracy'], val,
+  logging.info('epoch %d/%d: %s%s (%.1fs)', record['epoch'], config.num_epochs, train, val,
                record['epoch_seconds'])
 
 
-def _raise_non_finite(run: Run, epoch: int, step_in_epoch: int, meta: dict):
-  kept = (f"the last good checkpoint (epoch {meta['epoch']}, step {meta['step_in_epoch']}) "
-          f'is kept in {run.workdir}/checkpoints/latest'
-          if meta['epoch'] or meta['step_in_epoch'] else 'no checkpoint had been saved yet')
+def _raise_non_finite(run: Run, bad_step: int, latest_manager):
+  """UserError for a non-finite loss at global step bad_step, naming the checkpoint on disk."""
+  steps = run.plan.steps
+  saved = latest_manager.latest_step()
+  if saved is None:
+    kept = 'no checkpoint had been saved yet'
+  else:
+    epochs, rest = divmod(saved, steps)
+    where = f'after epoch {epochs}' if not rest else f'epoch {epochs + 1}, step {rest} of it'
+    kept = f'the last good checkpoint ({where}) is kept in {latest_manager.directory}'
   raise UserError(
-      f'non-finite training loss at epoch {epoch + 1}, step {step_in_epoch + 1} of it; {kept}; '
-      f'try a lower config.optim.learning_rate (now {run.config.optim.learning_rate}), '
+      f'non-finite training loss at epoch {bad_step // steps + 1}, step {bad_step % steps + 1} '
+      f'of it; {kept}; try a lower config.optim.learning_rate (now '
+      f'{run.config.optim.learning_rate}), '
       "config.optim.clip_mode='global_norm' or config.model.dtype='float32'")

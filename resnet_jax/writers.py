@@ -1,154 +1,167 @@
-"""Metric writers: console, TensorBoard and a JSON-lines file, through clu.
+"""Metric writers (console, TensorBoard, a JSON-lines file) through clu, and the workdir's paths.
 
-clu's `metric_writers` package imports TensorFlow for its TensorBoard writer, and the GPU machines
-have no TensorFlow. Where TensorFlow is absent, importing this module registers a TensorFlow-free
-`clu.metric_writers.summary_writer` (TensorBoard event files through the `tensorboard` package)
-before clu loads, so `clu.metric_writers` and `clu.periodic_actions` work the same everywhere.
+clu's `metric_writers` package imports TensorFlow for its TensorBoard writer as it loads, and the
+GPU machines have no TensorFlow. Importing this module first registers a stand-in
+`clu.metric_writers.summary_writer` that picks the writer only when one is created: clu's
+TensorFlow writer where TensorFlow is installed (its GPUs hidden from it first, so that it takes
+no accelerator memory from JAX), else TensorBoard event files through the `tensorboard` package.
+So `clu.metric_writers` and `clu.periodic_actions` import the same everywhere, without TensorFlow.
 Import this module before either of them.
+
+Workdirs may be local folders or URLs (gs://... on Cloud TPU VMs, where checkpoints must outlive
+the VM): every file of a run goes through `etils.epath`.
 """
 
-import importlib.util
 import io
 import json
 import os
 import sys
+import tempfile
 import time
 import types
 from typing import Any, Mapping, Optional
 
+from absl import logging
+from etils import epath
 import numpy as np
 
+from resnet_jax import input_pipeline
+
 _SUMMARY_MODULE = 'clu.metric_writers.summary_writer'
-_INTERFACE_MODULE = 'clu.metric_writers.interface'
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
 
 
-def _load_clu_interface() -> types.ModuleType:
-  """clu's MetricWriter interface, loaded without running its package's TF import."""
-  if _INTERFACE_MODULE in sys.modules:
-    return sys.modules[_INTERFACE_MODULE]
-  clu_spec = importlib.util.find_spec('clu')
-  path = os.path.join(os.path.dirname(clu_spec.origin), 'metric_writers', 'interface.py')
-  spec = importlib.util.spec_from_file_location(_INTERFACE_MODULE, path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[_INTERFACE_MODULE] = module
-  spec.loader.exec_module(module)
-  return module
+def is_url(path: epath.PathLike) -> bool:
+  """Whether path names a remote store (gs://bucket/...) rather than a local file."""
+  return '://' in os.fspath(path)
 
 
-def _tensorflow_free_summary_module() -> types.ModuleType:
-  """A stand-in for clu's TF summary writer module, built on tensorboard's event writer."""
-  from tensorboard.compat.proto import event_pb2
-  from tensorboard.compat.proto import summary_pb2
-  from tensorboard.plugins.text import summary_v2 as text_summary
-  from tensorboard.summary.writer import event_file_writer
-
-  interface = _load_clu_interface()
-
-  class SummaryWriter(interface.MetricWriter):
-    """Writes TensorBoard event files without TensorFlow."""
-
-    def __init__(self, logdir: str):
-      super().__init__()
-      self._writer = event_file_writer.EventFileWriter(os.fspath(logdir))
-
-    def _add(self, step: int, values: list) -> None:
-      self._writer.add_event(event_pb2.Event(
-          wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
-
-    def write_summaries(self, step, values, metadata=None):
-      self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
-
-    def write_scalars(self, step, scalars):
-      self._add(step, [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-                       for k, v in scalars.items()])
-
-    def write_images(self, step, images):
-      from PIL import Image  # pylint: disable=g-import-not-at-top
-      values = []
-      for tag, image in images.items():
-        image = np.asarray(image)
-        if image.dtype != np.uint8:
-          image = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-        for index, single in enumerate(image if image.ndim == 4 else image[None]):
-          buffer = io.BytesIO()
-          Image.fromarray(single.squeeze()).save(buffer, format='PNG')
-          height, width = single.shape[:2]
-          channels = single.shape[2] if single.ndim == 3 else 1
-          name = tag if image.ndim == 3 else f'{tag}/{index}'
-          values.append(summary_pb2.Summary.Value(tag=name, image=summary_pb2.Summary.Image(
-              height=height, width=width, colorspace=channels,
-              encoded_image_string=buffer.getvalue())))
-      self._add(step, values)
-
-    def write_videos(self, step, videos):
-      del step, videos  # Not used by resnet-jax.
-
-    def write_audios(self, step, audios, *, sample_rate):
-      del step, audios, sample_rate  # Not used by resnet-jax.
-
-    def write_texts(self, step, texts):
-      self._writer.add_event(event_pb2.Event(
-          wall_time=time.time(), step=int(step),
-          summary=summary_pb2.Summary(value=[
-              v for tag, text in texts.items()
-              for v in text_summary.text_pb(tag, np.array(text)).value])))
-
-    def write_histograms(self, step, arrays, num_buckets=None):
-      values = []
-      for tag, array in arrays.items():
-        array = np.asarray(array, dtype=np.float64).ravel()
-        bins = (num_buckets or {}).get(tag) or 30
-        counts, edges = np.histogram(array, bins=bins)
-        values.append(summary_pb2.Summary.Value(tag=tag, histo=summary_pb2.HistogramProto(
-            min=float(array.min()), max=float(array.max()), num=float(array.size),
-            sum=float(array.sum()), sum_squares=float(np.square(array).sum()),
-            bucket_limit=[float(e) for e in edges[1:]], bucket=[float(c) for c in counts])))
-      self._add(step, values)
-
-    def write_hparams(self, hparams):
-      self.write_texts(0, {'hparams': json.dumps(dict(hparams), default=str, sort_keys=True)})
-
-    def flush(self):
-      self._writer.flush()
-
-    def close(self):
-      self._writer.close()
-
-  module = types.ModuleType(_SUMMARY_MODULE)
-  module.SummaryWriter = SummaryWriter
-  return module
+def as_path(path: epath.PathLike) -> epath.Path:
+  """path as an epath.Path: a local path made absolute, a URL kept as it is."""
+  path = os.fspath(path)
+  return epath.Path(path if is_url(path) else os.path.abspath(path))
 
 
-def _tensorflow_installed() -> bool:
-  if 'tensorflow' in sys.modules:  # None there means "blocked": tests simulate a TF-free machine so.
-    return sys.modules['tensorflow'] is not None
-  return importlib.util.find_spec('tensorflow') is not None
+def _summary_writer(logdir: str):
+  """clu's TensorFlow summary writer where TensorFlow is installed, else the TensorFlow-free one."""
+  if input_pipeline.tf_importable():
+    input_pipeline.import_tensorflow()  # Hides its GPUs.
+    from clu.metric_writers.tf import summary_writer  # pylint: disable=g-import-not-at-top
+    return summary_writer.SummaryWriter(logdir)
+  return TensorBoardWriter(logdir)
 
 
-def _ensure_clu_imports_without_tensorflow() -> None:
-  if _tensorflow_installed() or _SUMMARY_MODULE in sys.modules:
-    return
-  sys.modules[_SUMMARY_MODULE] = _tensorflow_free_summary_module()
+def _register_summary_writer() -> None:
+  if _SUMMARY_MODULE not in sys.modules:  # Else clu was imported first (with TensorFlow).
+    module = types.ModuleType(_SUMMARY_MODULE)
+    module.SummaryWriter = _summary_writer
+    sys.modules[_SUMMARY_MODULE] = module
 
 
-_ensure_clu_imports_without_tensorflow()
+_register_summary_writer()
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 from clu import metric_writers  # noqa: E402
-# pylint: enable=g-import-not-at-top,wrong-import-position
+# pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
+
+
+class TensorBoardWriter(metric_writers.MetricWriter):
+  """Writes TensorBoard event files without TensorFlow (tensorboard's own event writer)."""
+
+  def __init__(self, logdir: str):
+    super().__init__()
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.text import summary_v2 as text_summary
+    from tensorboard.summary.writer import event_file_writer
+    # pylint: enable=g-import-not-at-top
+    self._event_pb2, self._summary_pb2, self._text_summary = event_pb2, summary_pb2, text_summary
+    self._writer = event_file_writer.EventFileWriter(os.fspath(logdir))
+
+  def _add(self, step: int, values: list) -> None:
+    self._writer.add_event(self._event_pb2.Event(
+        wall_time=time.time(), step=int(step), summary=self._summary_pb2.Summary(value=values)))
+
+  def write_summaries(self, step, values, metadata=None):
+    self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
+
+  def write_scalars(self, step, scalars):
+    self._add(step, [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                     for k, v in scalars.items()])
+
+  def write_images(self, step, images):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    summary_pb2 = self._summary_pb2
+    values = []
+    for tag, image in images.items():
+      image = np.asarray(image)
+      if image.dtype != np.uint8:
+        image = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+      for index, single in enumerate(image if image.ndim == 4 else image[None]):
+        buffer = io.BytesIO()
+        Image.fromarray(single.squeeze()).save(buffer, format='PNG')
+        height, width = single.shape[:2]
+        channels = single.shape[2] if single.ndim == 3 else 1
+        name = tag if image.ndim == 3 else f'{tag}/{index}'
+        values.append(summary_pb2.Summary.Value(tag=name, image=summary_pb2.Summary.Image(
+            height=height, width=width, colorspace=channels,
+            encoded_image_string=buffer.getvalue())))
+    self._add(step, values)
+
+  def write_videos(self, step, videos):
+    del step, videos  # Not used by resnet-jax.
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate  # Not used by resnet-jax.
+
+  def write_texts(self, step, texts):
+    self._add(step, [value for tag, text in texts.items()
+                     for value in self._text_summary.text_pb(tag, np.array(text)).value])
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    summary_pb2 = self._summary_pb2
+    values = []
+    for tag, array in arrays.items():
+      array = np.asarray(array, dtype=np.float64).ravel()
+      bins = (num_buckets or {}).get(tag) or 30
+      counts, edges = np.histogram(array, bins=bins)
+      values.append(summary_pb2.Summary.Value(tag=tag, histo=summary_pb2.HistogramProto(
+          min=float(array.min()), max=float(array.max()), num=float(array.size),
+          sum=float(array.sum()), sum_squares=float(np.square(array).sum()),
+          bucket_limit=[float(e) for e in edges[1:]], bucket=[float(c) for c in counts])))
+    self._add(step, values)
+
+  def write_hparams(self, hparams):
+    self.write_texts(0, {'hparams': json.dumps(dict(hparams), default=str, sort_keys=True)})
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
 
 
 class JsonLinesWriter(metric_writers.MetricWriter):
-  """Appends one JSON object per `write_scalars` call: {"step": s, name: value, ...}."""
+  """One JSON object per `write_scalars` call ({"step": s, name: value, ...}), one a line.
 
-  def __init__(self, path: str):
+  Object stores (gs://) cannot append to a file, so the lines are kept in memory (a run writes a
+  few thousand at most) and `flush` rewrites the whole file; lines already in it (the earlier
+  part of a resumed run) are kept.
+  """
+
+  def __init__(self, path: epath.PathLike):
     super().__init__()
-    self._file = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+    self._path = epath.Path(path)
+    self._lines = ([line for line in self._path.read_text().splitlines() if line.strip()]
+                   if self._path.exists() else [])
+    self._written = len(self._lines)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {'step': int(step), 'time': time.time()}
     record.update({k: float(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + '\n')
+    self._lines.append(json.dumps(record))
 
   def write_summaries(self, step, values, metadata=None):
     self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
@@ -169,26 +182,54 @@ class JsonLinesWriter(metric_writers.MetricWriter):
     del step, arrays, num_buckets
 
   def write_hparams(self, hparams):
-    self._file.write(json.dumps({'hparams': dict(hparams)}, default=str) + '\n')
+    self._lines.append(json.dumps({'hparams': dict(hparams)}, default=str))
 
   def flush(self):
-    self._file.flush()
+    if len(self._lines) != self._written:
+      self._path.write_text(''.join(line + '\n' for line in self._lines))
+      self._written = len(self._lines)
 
   def close(self):
-    self._file.close()
+    self.flush()
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: epath.PathLike) -> list[dict]:
   """The records a JsonLinesWriter wrote, in order."""
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
 
 
-def create_writer(workdir: Optional[str], *, is_main: bool) -> metric_writers.MetricWriter:
-  """Console logging everywhere; TensorBoard events and metrics.jsonl in workdir on the main process."""
+def _fsspec_can_open(url: str) -> bool:
+  """Whether fsspec (which tensorboard uses without TensorFlow) has a filesystem for url."""
+  try:
+    import fsspec  # pylint: disable=g-import-not-at-top
+    return fsspec.get_filesystem_class(url.split('://', 1)[0]) is not None
+  except (ImportError, ValueError):
+    return False
+
+
+def tensorboard_dir(workdir: epath.PathLike) -> str:
+  """workdir/tensorboard, or a local temporary folder where events cannot be written there.
+
+  TensorBoard's event writer reaches a URL through TensorFlow's file system or, without
+  TensorFlow, through fsspec's (gcsfs for gs://); with neither, the events stay on this machine.
+  """
+  logdir = os.fspath(as_path(workdir) / TENSORBOARD_DIR)
+  tensorflow = input_pipeline.tf_importable()
+  if not is_url(logdir) or tensorflow or _fsspec_can_open(logdir):
+    return logdir
+  local = tempfile.mkdtemp(prefix='resnet_jax_tensorboard_')
+  logging.warning('TensorBoard events go to %s on this machine: writing them to %s needs '
+                  'TensorFlow or an fsspec file system for it (gcsfs for gs://)', local, logdir)
+  return local
+
+
+def create_writer(workdir: Optional[epath.PathLike], *,
+                  is_main: bool) -> metric_writers.MetricWriter:
+  """Console logging everywhere; TensorBoard events and metrics.jsonl on the main process."""
   writers = [metric_writers.LoggingWriter()]
   if is_main and workdir:
-    os.makedirs(workdir, exist_ok=True)
-    writers.append(metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')))
-    writers.append(JsonLinesWriter(os.path.join(workdir, 'metrics.jsonl')))
+    path = as_path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    writers.append(_summary_writer(tensorboard_dir(path)))
+    writers.append(JsonLinesWriter(path / METRICS_FILE))
   return metric_writers.MultiWriter(writers)

@@ -360,7 +360,7 @@ def test_steps_per_epoch():
 
 
 BACKENDS = ('numpy', pytest.param('tf', marks=pytest.mark.skipif(
-    not input_pipeline._tf_importable(), reason='TensorFlow is not installed')))
+    not input_pipeline.tf_importable(), reason='TensorFlow is not installed')))
 
 
 def epoch(n=103, batch_size=10, **kwargs):

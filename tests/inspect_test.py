@@ -1,7 +1,6 @@
 """inspect: a trained run's summary, Grad-CAM grid, parameter histograms and confusion matrix."""
 
 import concurrent.futures
-import json
 import os
 import pathlib
 import subprocess

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import report
+from writers_test import fake_bucket
 
 CLASSES = ['cat', 'dog', 'ship']
 REFERENCE = {'system': 'seed 000 best model', 'paper_accuracy': 96.04, 'pytorch_final': 92.38,
@@ -67,3 +68,14 @@ def test_no_plots_when_asked(tmp_path):
   markdown = (tmp_path / 'report.md').read_text()
   assert '| PyTorch reference, same data (REFERENCE.md) | - | - |' in markdown
   assert 'png' not in markdown
+
+
+def test_write_report_to_a_gs_workdir(tmp_path):
+  results, history, confusion = run_figures()
+  with fake_bucket(tmp_path):
+    report.write_report('gs://bucket/runs/best', results, history, confusion)
+  out = tmp_path / 'runs' / 'best'
+  assert json.loads((out / 'results.json').read_text())['confusion_matrix'] == confusion.tolist()
+  assert (out / 'report.md').read_text().startswith('# seed 000 best model')
+  for name in ('curves.png', 'confusion.png'):
+    assert (out / name).read_bytes().startswith(PNG_MAGIC), name

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ from resnet_jax import defaults
 from resnet_jax import errors
 from resnet_jax import train
 from resnet_jax import writers
+from writers_test import fake_bucket
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -24,7 +26,6 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 LEARNED_ACCURACY = 0.19
 # The short run: 1,000 images at batch 96 = 10 full steps + a partial batch of 40, 2 epochs.
 SHORT_STEPS_AN_EPOCH = 11
-SIGTERM_AT_STEP = SHORT_STEPS_AN_EPOCH + 4  # Mid-way through the second epoch.
 
 
 def tiny_config(data_dir, **overrides):
@@ -89,11 +90,50 @@ def learned_run(cifar_batches_dir, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def short_run(cifar_batches_dir, tmp_path_factory):
-  """The uninterrupted short run every other test compares with."""
+  """The uninterrupted short run every other test compares with (and its evaluations)."""
   workdir = tmp_path_factory.mktemp('short')
   config = short_config(cifar_batches_dir)
-  results = train.train_and_evaluate(config, str(workdir))
-  return results, workdir, restore_params(workdir, config)
+  evaluations = []
+  evaluate = train.evaluate
+
+  def counted(evaluate_fn, variables, eval_set, **kwargs):
+    evaluations.append((eval_set.size, kwargs.get('with_predictions', True)))
+    return evaluate(evaluate_fn, variables, eval_set, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train, 'evaluate', counted)
+    results = train.train_and_evaluate(config, str(workdir))
+  return results, workdir, restore_params(workdir, config), evaluations
+
+
+def writer_sending_sigterm(at_step):
+  """writers.create_writer, raising SIGTERM once the scalars of global step at_step are written."""
+  create_writer = writers.create_writer
+
+  def create(workdir, *, is_main):
+    writer = create_writer(workdir, is_main=is_main)
+    write_scalars = writer.write_scalars
+
+    def write(step, scalars):
+      write_scalars(step, scalars)
+      if step == at_step and 'epoch' not in scalars:
+        signal.raise_signal(signal.SIGTERM)  # As a TPU preemption would, between two calls.
+    writer.write_scalars = write
+    return writer
+
+  return create
+
+
+def loss_non_finite_from(step):
+  """train.train_step, its loss made infinite from global step `step` on."""
+  train_step = train.train_step
+
+  def patched(state, images_u8, labels, ctx):
+    new_state, metrics = train_step(state, images_u8, labels, ctx)
+    total = jnp.where(state.step >= step, jnp.inf, metrics.loss.total)
+    return new_state, metrics.replace(loss=metrics.loss.replace(total=total))
+
+  return patched
 
 
 def test_learns_on_real_images(learned_run):
@@ -108,53 +148,77 @@ def test_learns_on_real_images(learned_run):
 
 
 def test_short_run_counts_steps_and_partial_batch(short_run):
-  results, _, (_, meta, latest_step) = short_run
+  results, _, (_, meta, latest_step), _ = short_run
   assert results['steps'] == latest_step == 2 * SHORT_STEPS_AN_EPOCH
   assert [r['epoch'] for r in meta['history']] == [1, 2]
   assert results['placement'] == 'device'
+  assert meta['run'] == {'config.batch_size': 96, 'config.num_epochs': 2, 'config.seed': 0,
+                         'training examples (config.data)': 1000,
+                         'steps an epoch': SHORT_STEPS_AN_EPOCH}
+
+
+def test_validation_on_the_test_set_is_evaluated_once_an_epoch(short_run):
+  results, _, _, evaluations = short_run
+  # Validation is the test set (500 images): no separate final or best test evaluation, and
+  # predictions are gathered only in the last epoch's (for the confusion matrix).
+  assert evaluations == [(500, False), (500, True)]
+  assert results['final_test_accuracy'] == results['final_val_accuracy']
+  assert results['best_test_accuracy'] == results['best_val_accuracy']
 
 
 def test_same_seed_gives_identical_parameters(short_run, cifar_batches_dir, tmp_path):
-  _, _, (params, _, _) = short_run
+  _, _, (params, _, _), _ = short_run
   config = short_config(cifar_batches_dir)
   train.train_and_evaluate(config, str(tmp_path))
   assert_trees_equal(restore_params(tmp_path, config)[0], params)
 
 
-def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_path,
-                                                        monkeypatch, capsys):
-  _, _, (params, _, _) = short_run
+def test_sigterm_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_path,
+                                              monkeypatch, capsys):
+  _, _, (params, short_meta, _), _ = short_run
   config = short_config(cifar_batches_dir)
-  create_writer = writers.create_writer
+  # Each SIGTERM is seen with the next call in flight; that call is finished (and its loss
+  # checked) before the checkpoint. The first stop falls after the epoch's last call, the second
+  # mid-way through the second epoch.
+  for sigterm_at, saved_at in ((10, SHORT_STEPS_AN_EPOCH), (15, 17)):
+    monkeypatch.setattr(writers, 'create_writer', writer_sending_sigterm(sigterm_at))
+    stopped = train.train_and_evaluate(config, str(tmp_path))
+    assert stopped['preempted'] and stopped['step'] == saved_at
+    assert 'resume with the same command' in capsys.readouterr().out
+    _, meta, step = restore_params(tmp_path, config)
+    epoch, step_in_epoch = divmod(saved_at - 1, SHORT_STEPS_AN_EPOCH)
+    assert step == saved_at and (meta['epoch'], meta['step_in_epoch']) == (epoch, step_in_epoch + 1)
+    # The epoch's metric sums so far (10 full batches of 96 and one of 40 an epoch).
+    examples = 96 * min(step_in_epoch + 1, 10) + 40 * (step_in_epoch == 10)
+    assert meta['train_sums']['loss'][1] == examples
+    assert signal.getsignal(signal.SIGTERM) is not None  # The handler was put back.
 
-  def writer_sending_sigterm(workdir, *, is_main):
-    writer = create_writer(workdir, is_main=is_main)
-    write_scalars = writer.write_scalars
-
-    def write(step, scalars):
-      write_scalars(step, scalars)
-      if step == SIGTERM_AT_STEP:
-        signal.raise_signal(signal.SIGTERM)  # As a TPU preemption would, between two calls.
-    writer.write_scalars = write
-    return writer
-
-  monkeypatch.setattr(writers, 'create_writer', writer_sending_sigterm)
-  stopped = train.train_and_evaluate(config, str(tmp_path))
-  assert stopped['preempted'] and stopped['step'] == SIGTERM_AT_STEP
-  assert 'resume with the same command' in capsys.readouterr().out
-  _, meta, step = restore_params(tmp_path, config)
-  assert step == SIGTERM_AT_STEP
-  assert (meta['epoch'], meta['step_in_epoch']) == (1, SIGTERM_AT_STEP - SHORT_STEPS_AN_EPOCH)
-  assert signal.getsignal(signal.SIGTERM) is not None  # The handler was put back.
-
-  monkeypatch.setattr(writers, 'create_writer', create_writer)
+  monkeypatch.undo()
   resumed = train.train_and_evaluate(config, str(tmp_path))
   assert not resumed['preempted'] and resumed['steps'] == 2 * SHORT_STEPS_AN_EPOCH
-  assert_trees_equal(restore_params(tmp_path, config)[0], params)
+  resumed_params, resumed_meta, _ = restore_params(tmp_path, config)
+  assert_trees_equal(resumed_params, params)
+  # The resumed epochs' train metrics cover the whole epoch: the same as the uninterrupted run's.
+  without_time = lambda history: [{k: v for k, v in r.items() if k != 'epoch_seconds'}
+                                  for r in history]
+  assert without_time(resumed_meta['history']) == without_time(short_meta['history'])
+  records = writers.read_jsonl(tmp_path / 'metrics.jsonl')
+  assert all(np.isfinite(v) for r in records for v in r.values())
+  assert [r['epoch'] for r in records if 'epoch' in r] == [1, 2]
+
+
+@pytest.mark.parametrize('key,value', [('batch_size', 64), ('num_epochs', 3)])
+def test_resuming_with_a_changed_run_is_a_user_error(short_run, cifar_batches_dir, tmp_path, key,
+                                                     value):
+  _, workdir, _, _ = short_run
+  shutil.copytree(workdir / 'checkpoints', tmp_path / 'checkpoints')
+  with pytest.raises(errors.UserError, match=rf'trained with config\.{key} = \d+, the config '
+                     rf'gives {value}; resume with the original config, or use a new --workdir'):
+    train.train_and_evaluate(short_config(cifar_batches_dir, **{key: value}), str(tmp_path))
 
 
 def test_host_path_trains_like_the_device_path(short_run, cifar_batches_dir, tmp_path):
-  results, workdir, (params, _, _) = short_run
+  results, workdir, (params, _, _), _ = short_run
   config = short_config(cifar_batches_dir, **{'data.placement': 'host',
                                               'data.host_backend': 'numpy'})
   host_results = train.train_and_evaluate(config, str(tmp_path))
@@ -170,11 +234,11 @@ def test_host_path_trains_like_the_device_path(short_run, cifar_batches_dir, tmp
 
 
 def test_eight_devices_follow_the_one_device_loss_curve(short_run, cifar_batches_dir, tmp_path):
-  _, workdir, _ = short_run
+  _, workdir, _, _ = short_run
   script = (
-      'import sys; sys.path.insert(0, sys.argv[1]); import jax\n'
+      'import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]; import jax\n'
       'assert jax.device_count() == 8, jax.devices()\n'
-      'from tests import train_test\n'
+      'import train_test\n'
       'from resnet_jax import train\n'
       'train.train_and_evaluate(train_test.short_config(sys.argv[2], num_epochs=1), '
       'sys.argv[3])\n')
@@ -195,25 +259,24 @@ def test_eight_devices_follow_the_one_device_loss_curve(short_run, cifar_batches
   np.testing.assert_allclose([l for _, l in eight], [l for _, l in one], rtol=2e-3)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(short_run, cifar_batches_dir,
-                                                             tmp_path):
-  _, workdir, (params, _, latest_step) = short_run
-  shutil.copytree(workdir / 'checkpoints', tmp_path / 'checkpoints')
-  # A third epoch at an absurd learning rate: the loss overflows in it.
-  config = short_config(cifar_batches_dir, num_epochs=3, **{'optim.learning_rate': 1e30})
-  with pytest.raises(errors.UserError, match=r'non-finite training loss at epoch 3, step \d+ '
-                     r'.*last good checkpoint.*config\.optim\.learning_rate') as raised:
+def test_non_finite_loss_stops_and_names_the_checkpoint_on_disk(cifar_batches_dir, tmp_path,
+                                                                monkeypatch):
+  # Checkpoints every 2 epochs: after epoch 3 the last one on disk is still epoch 2's.
+  config = short_config(cifar_batches_dir, num_epochs=4, checkpoint_every_epochs=2)
+  monkeypatch.setattr(train, 'train_step', loss_non_finite_from(3 * SHORT_STEPS_AN_EPOCH + 3))
+  with pytest.raises(errors.UserError, match=r'non-finite training loss at epoch 4, step 4 of '
+                     r'it; the last good checkpoint \(after epoch 2\) is kept in .*checkpoints/'
+                     r'latest; .*config\.optim\.learning_rate') as raised:
     train.train_and_evaluate(config, str(tmp_path))
   assert '\n' not in str(raised.value)
-  kept, _, step = restore_params(tmp_path, config)
-  assert step == latest_step
-  assert_trees_equal(kept, params)
+  _, meta, step = restore_params(tmp_path, config)
+  assert (step, meta['epoch']) == (2 * SHORT_STEPS_AN_EPOCH, 2)
 
 
 # orbax's abandoned reads of the mismatched arrays are reported when collected; harmless.
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_incompatible_checkpoint_is_a_user_error(short_run, cifar_batches_dir, tmp_path):
-  _, workdir, _ = short_run
+  _, workdir, _, _ = short_run
   shutil.copytree(workdir / 'checkpoints', tmp_path / 'checkpoints')
   config = short_config(cifar_batches_dir, **{'model.channels': (8, 32)})
   with pytest.raises(errors.UserError, match='cannot be restored into this config'):
@@ -232,3 +295,40 @@ def test_epoch_plan_groups_calls_from_the_epoch_start():
   config.batch_size = 100
   with pytest.raises(errors.UserError, match='config.batch_size=100 must be a positive multiple'):
     train.epoch_plan(config, 1000, num_devices=8)
+
+
+@pytest.mark.parametrize('key,value', [
+    ('num_epochs', 0), ('eval_batch_size', 0), ('eval_every_epochs', 0),
+    ('checkpoint_every_epochs', -1), ('log_every_steps', 0), ('steps_per_call', -1),
+    ('ema_decay', 1.0), ('ema_decay', -0.1), ('param_histograms_every_epochs', -1)])
+def test_out_of_range_loop_setting_is_a_user_error(key, value):
+  config = defaults.base_config()
+  config[key] = value
+  with pytest.raises(errors.UserError, match=rf'^config\.{key}={value} is invalid: must be'):
+    train.validate_run_config(config)
+
+
+def test_setup_run_validates_before_loading_data(tmp_path):
+  config = defaults.base_config()
+  config.data.source, config.data.data_dir = 'cifar_batches', str(tmp_path / 'none')
+  config.eval_every_epochs = 0
+  with pytest.raises(errors.UserError, match='config.eval_every_epochs=0'):
+    train.setup_run(config, str(tmp_path))
+
+
+def test_metric_sums_add_up_on_the_host():
+  summed = train.Metrics.single_from_model_output(
+      loss=jnp.array([2.0, 2.0, 2.0]), logits=jnp.eye(3), labels=jnp.array([0, 1, 0]))
+  sums = train.metric_sums(jax.device_get(summed))
+  assert sums == {'loss': [6.0, 3.0], 'accuracy': [2.0, 3.0]}
+  both = train.add_sums(sums, {'loss': [1.0, 1.0]})
+  assert both == {'loss': [7.0, 4.0], 'accuracy': [2.0, 3.0]}
+  assert train.mean_of_sums(both) == {'loss': 1.75, 'accuracy': pytest.approx(2 / 3)}
+  assert train.mean_of_sums({'loss': [0.0, 0.0]}) == {}  # Nothing counted: no NaN.
+
+
+def test_config_is_written_to_a_gs_workdir(tmp_path):
+  config = defaults.base_config()
+  with fake_bucket(tmp_path):
+    train._write_config('gs://bucket/runs/a', config)  # pylint: disable=protected-access
+  assert json.loads((tmp_path / 'runs' / 'a' / 'config.json').read_text())['seed'] == config.seed

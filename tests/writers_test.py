@@ -1,28 +1,57 @@
-"""Writers: TensorBoard events and metrics.jsonl, with and without TensorFlow."""
+"""Writers: TensorBoard events and metrics.jsonl, with and without TensorFlow, local or gs://."""
 
+import contextlib
+import os
+import pathlib
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
+from etils import epath
 import numpy as np
+import pytest
 
 from resnet_jax import writers
 
-# Runs in a fresh interpreter where `import tensorflow` fails, as on the GPU machines.
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def fake_bucket(root):
+  """gs://bucket/... reads and writes the local folder root instead (epath's backends mocked)."""
+
+  def redirect(original, path, *args, **kwargs):
+    return original(os.fspath(path).replace('gs://bucket', os.fspath(root), 1), *args, **kwargs)
+
+  names = ('open', 'exists', 'isdir', 'listdir', 'makedirs', 'mkdir', 'remove', 'stat', 'glob',
+           'walk', 'rmtree')
+  # epath sends URLs to TensorFlow's file system wherever TensorFlow is installed.
+  with mock.patch.object(epath.gpath, '_is_tf_installed', lambda: False), \
+      epath.testing.mock_epath(**{name: redirect for name in names}):
+    yield
+
+
+# Runs in a fresh interpreter where `import tensorflow` fails, as on the GPU machines (and gcsfs
+# too, so that gs:// has no file system for TensorBoard's events).
 _WITHOUT_TF = textwrap.dedent("""
     import sys
     sys.modules['tensorflow'] = None
+    sys.modules['gcsfs'] = None
+    sys.path.insert(0, sys.argv[3])
     import numpy as np
     from resnet_jax import writers
     import clu.periodic_actions  # imports clu.metric_writers, which needs TF unless shimmed
+    from writers_test import fake_bucket
     assert 'tensorflow' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}
-    w = writers.create_writer(sys.argv[1], is_main=True)
-    w.write_scalars(3, {'loss': 0.25, 'accuracy': 0.5})
-    w.write_scalars(7, {'loss': 0.125})
-    w.write_images(7, {'grid': np.zeros((4, 4, 3), np.uint8)})
-    w.write_histograms(7, {'w': np.arange(100.0)})
-    w.write_texts(7, {'note': 'hello'})
-    w.close()
+    with fake_bucket(sys.argv[2]):
+      w = writers.create_writer(sys.argv[1], is_main=True)
+      w.write_scalars(3, {'loss': 0.25, 'accuracy': 0.5})
+      w.write_scalars(7, {'loss': 0.125})
+      w.write_images(7, {'grid': np.zeros((4, 4, 3), np.uint8)})
+      w.write_histograms(7, {'w': np.arange(100.0)})
+      w.write_texts(7, {'note': 'hello'})
+      w.close()
 """)
 
 
@@ -33,19 +62,66 @@ def _tensorboard_scalars(logdir):
   return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()['scalars']}, acc
 
 
-def test_tensorflow_free_writer_writes_events_and_jsonl(tmp_path):
-  result = subprocess.run([sys.executable, '-c', _WITHOUT_TF, str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-2000:]
-  scalars, acc = _tensorboard_scalars(tmp_path / 'tensorboard')
+def _write_without_tensorflow(workdir, bucket, tmp_path):
+  env = dict(os.environ, TMPDIR=str(tmp_path))
+  return subprocess.run([sys.executable, '-c', _WITHOUT_TF, str(workdir), str(bucket), str(TESTS)],
+                        capture_output=True, text=True, timeout=120, env=env)
+
+
+def _assert_written(logdir, metrics_file):
+  scalars, acc = _tensorboard_scalars(logdir)
   assert scalars['loss'] == [(3, 0.25), (7, 0.125)]
   assert scalars['accuracy'] == [(3, 0.5)]
   assert acc.Tags()['histograms'] == ['w']
   assert acc.Histograms('w')[0].histogram_value.num == 100
   assert acc.Tags()['images'] == ['grid']
-  records = writers.read_jsonl(tmp_path / 'metrics.jsonl')
+  records = writers.read_jsonl(metrics_file)
   assert [(r['step'], r['loss']) for r in records] == [(3, 0.25), (7, 0.125)]
   assert records[0]['accuracy'] == 0.5
+
+
+def test_tensorflow_free_writer_writes_events_and_jsonl(tmp_path):
+  result = _write_without_tensorflow(tmp_path / 'run', tmp_path / 'bucket', tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  _assert_written(tmp_path / 'run' / 'tensorboard', tmp_path / 'run' / 'metrics.jsonl')
+
+
+def test_gs_workdir_without_tensorflow_keeps_events_on_this_machine(tmp_path):
+  bucket, local = tmp_path / 'bucket', tmp_path / 'local'
+  local.mkdir()
+  result = _write_without_tensorflow('gs://bucket/run', bucket, local)
+  assert result.returncode == 0, result.stderr[-2000:]
+  (logdir,) = local.glob('resnet_jax_tensorboard_*')
+  assert f'TensorBoard events go to {logdir} on this machine' in result.stderr
+  assert 'gs://bucket/run/tensorboard' in result.stderr
+  _assert_written(logdir, bucket / 'run' / 'metrics.jsonl')
+  assert not (bucket / 'run' / 'tensorboard').exists()
+
+
+def test_jsonl_is_rewritten_whole_and_keeps_a_resumed_runs_lines(tmp_path):
+  with fake_bucket(tmp_path):
+    path = 'gs://bucket/run/metrics.jsonl'
+    writers.as_path('gs://bucket/run').mkdir(parents=True, exist_ok=True)
+    first = writers.JsonLinesWriter(path)
+    first.write_scalars(1, {'loss': np.float32(1.5)})
+    first.flush()
+    assert [r['loss'] for r in writers.read_jsonl(path)] == [1.5]
+    first.write_scalars(2, {'loss': 1.25})
+    first.close()
+    resumed = writers.JsonLinesWriter(path)
+    resumed.write_scalars(3, {'loss': 1.0})
+    resumed.close()
+    assert [(r['step'], r['loss']) for r in writers.read_jsonl(path)] == [(1, 1.5), (2, 1.25),
+                                                                          (3, 1.0)]
+  assert len((tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()) == 3
+
+
+def test_as_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert str(writers.as_path('gs://bucket/runs/best')) == 'gs://bucket/runs/best'
+  assert str(writers.as_path('runs/best')) == str(tmp_path / 'runs' / 'best')
+  assert writers.is_url('gs://bucket/x') and not writers.is_url(tmp_path)
+  assert writers.tensorboard_dir('runs/best') == str(tmp_path / 'runs' / 'best' / 'tensorboard')
 
 
 def test_non_main_process_writes_no_files(tmp_path):
@@ -53,3 +129,25 @@ def test_non_main_process_writes_no_files(tmp_path):
   w.write_scalars(1, {'loss': np.float32(1.5)})
   w.close()
   assert not (tmp_path / 'w').exists()
+
+
+_WITH_TF = textwrap.dedent("""
+    import sys
+    from resnet_jax import writers
+    import clu.periodic_actions
+    assert 'tensorflow' not in sys.modules, 'imported before a TensorBoard writer was made'
+    w = writers.create_writer(sys.argv[1], is_main=True)
+    import tensorflow as tf
+    assert tf.config.get_visible_devices('GPU') == []
+    print(type(w._writers[1]).__module__)
+    w.close()
+""")
+
+
+def test_tensorflow_is_imported_only_for_its_summary_writer(tmp_path):
+  pytest.importorskip('tensorflow')
+  result = subprocess.run([sys.executable, '-c', _WITH_TF, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ['clu.metric_writers.tf.summary_writer']
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
