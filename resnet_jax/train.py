@@ -449,7 +449,9 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
   except Exception as e:  # pylint: disable=broad-except
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise UserError(f'checkpoint {manager.directory}/{step} cannot be restored into this config '
-                    f'({reason}); use the config it was trained with, or a new --workdir') from e
+                    f'({reason}): it is damaged or was written by another config; use the config '
+                    'it was trained with, or move the checkpoint aside or use a new --workdir to '
+                    'start over') from e
   return restored.state, restored.meta
 
 

@@ -283,6 +283,17 @@ def test_incompatible_checkpoint_is_a_user_error(short_run, cifar_batches_dir, t
     train.train_and_evaluate(config, str(tmp_path))
 
 
+def test_damaged_checkpoint_is_a_user_error(short_run, cifar_batches_dir, tmp_path):
+  _, workdir, _, _ = short_run
+  shutil.copytree(workdir / 'checkpoints', tmp_path / 'checkpoints')
+  for path in (tmp_path / 'checkpoints' / 'latest').rglob('*'):
+    if path.is_file() and 'state' in path.parts:
+      path.write_bytes(b'\xcf not a checkpoint')
+  with pytest.raises(errors.UserError, match='cannot be restored.*damaged') as raised:
+    train.train_and_evaluate(short_config(cifar_batches_dir), str(tmp_path))
+  assert '\n' not in str(raised.value)
+
+
 def test_epoch_plan_groups_calls_from_the_epoch_start():
   config = defaults.base_config()
   config.batch_size, config.steps_per_call = 96, 4
