@@ -14,6 +14,7 @@ Two ways to feed a call, running the same `train_step`:
 
 import dataclasses
 import functools
+import json
 import platform
 import signal
 import sys
@@ -205,6 +206,11 @@ def _scan_train_steps(state, batches, batch_fn, ctx):
 
   init = (state, Metrics.empty(), jnp.asarray(-1, jnp.int32))
   (state, summed, first_bad_step), _ = _scan(body, init, batches)
+  # A step's loss is computed before its update: an update that overflows shows only in the
+  # parameters, so they are checked once a call (before anything can save them).
+  params_finite = jnp.isfinite(optax.global_norm(state.params))
+  first_bad_step = jnp.where((first_bad_step < 0) & ~params_finite, state.step - 1,
+                             first_bad_step)
   return state, summed, first_bad_step
 
 
@@ -426,11 +432,9 @@ def checkpoint_manager(directory: epath.PathLike, *,
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
   """Saves state and meta at the state's step, unless a checkpoint of that step exists.
 
-  One exists when a SIGTERM came after an epoch's last call: the resumed run then reaches the
-  epoch's end at the step that checkpoint holds. Its training state is the same (a step is
-  deterministic); only the epoch's bookkeeping is missing from its meta, and a run resumed from it
-  redoes that (one evaluation). Keeping it, rather than deleting and rewriting it, means there is
-  never a moment without a checkpoint.
+  One exists when a run that died without a clean stop (no SIGTERM) is resumed and replays steps
+  it had saved, e.g. a best checkpoint written after the latest one. The existing checkpoint is
+  kept rather than deleted and rewritten, so there is never a moment without one.
   """
   step = int(jax.device_get(state.step))
   if step in manager.all_steps():
@@ -717,6 +721,10 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
   if latest_manager.latest_step() is not None:
     state, meta = restore_checkpoint(latest_manager, abstract_state)
     check_same_run(run, meta, latest_manager.directory)
+    results_path = writers.as_path(run.workdir) / report.RESULTS_FILE
+    if meta['epoch'] >= config.num_epochs and results_path.exists():
+      logging.info('%s has finished already; its results: %s', run.workdir, results_path)
+      return json.loads(results_path.read_text())
     meta = dict(meta, run=run_identity(run))
     logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
                  latest_manager.directory, meta['epoch'] + 1, meta['step_in_epoch'],
@@ -748,6 +756,7 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
     return result
 
   progress = _Progress(epoch_sums={}, last_log_step=int(state.step))
+  stop_after_epoch = False
   for epoch in range(meta['epoch'], config.num_epochs):
     epoch_start = time.perf_counter()
     resumed = epoch == meta['epoch']
@@ -764,18 +773,18 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
       if in_flight:
         _finish_call(run, clock, writer, state, epoch, progress, latest_manager, *in_flight)
       in_flight = (first, count, batch_size, summed, first_bad)
-      if _any_process(preempted.is_set()):
+      if not stop_after_epoch and _any_process(preempted.is_set()):
         # The call in flight is checked (its loss finite) before anything is saved.
         step = _finish_call(run, clock, writer, state, epoch, progress, latest_manager,
                             *in_flight)
+        in_flight = None
+        if first + count == plan.steps:  # The epoch's last call: close the epoch, then stop.
+          stop_after_epoch = True
+          continue
         meta = dict(meta, epoch=epoch, step_in_epoch=first + count,
                     train_sums=progress.epoch_sums)
         save_checkpoint(latest_manager, state, meta)
-        latest_manager.wait_until_finished()
-        print(f'SIGTERM: saved a checkpoint at epoch {epoch + 1}, step {first + count} of it '
-              f'(global step {step}); resume with the same command: python -m resnet_jax.main '
-              f'--config=<the same config> --workdir={run.workdir}', flush=True)
-        return {'preempted': True, 'epoch': epoch, 'step': step}
+        return _stopped(run, latest_manager, epoch, first + count, step)
     if in_flight:
       _finish_call(run, clock, writer, state, epoch, progress, latest_manager, *in_flight)
 
@@ -805,8 +814,10 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
       meta.update(best_val_accuracy=record['val_accuracy'], best_epoch=epoch + 1)
       if config.keep_best_checkpoint:
         save_checkpoint(best_manager, state, meta)
-    if (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last:
+    if (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last or stop_after_epoch:
       save_checkpoint(latest_manager, state, meta)
+    if stop_after_epoch and not is_last:
+      return _stopped(run, latest_manager, epoch + 1, 0, record['step'])
 
   if final_test is None:
     test_set = make_eval_set(splits.test_images, splits.test_labels, config.eval_batch_size,
@@ -841,6 +852,15 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
                                          config.model.num_classes),
                         write_plots=config.write_plots)
   return results
+
+
+def _stopped(run: Run, latest_manager, epoch: int, step_in_epoch: int, step: int) -> dict:
+  """After a SIGTERM: waits for the checkpoint, says how to resume; train_and_evaluate's result."""
+  latest_manager.wait_until_finished()
+  print(f'SIGTERM: saved a checkpoint at epoch {epoch + 1}, step {step_in_epoch} of it '
+        f'(global step {step}); resume with the same command: python -m resnet_jax.main '
+        f'--config=<the same config> --workdir={run.workdir}', flush=True)
+  return {'preempted': True, 'epoch': epoch, 'step': step}
 
 
 def _finish_call(run: Run, clock: RunClock, writer, state, epoch: int, progress: _Progress,

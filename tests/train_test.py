@@ -136,6 +136,18 @@ def loss_non_finite_from(step):
   return patched
 
 
+def params_non_finite_at(step):
+  """train.train_step, its updated parameters made NaN at global step `step` (loss still finite)."""
+  train_step = train.train_step
+
+  def patched(state, images_u8, labels, ctx):
+    new_state, metrics = train_step(state, images_u8, labels, ctx)
+    poison = jnp.where(state.step == step, jnp.nan, 0.0)
+    return new_state.replace(params=jax.tree.map(lambda p: p + poison, new_state.params)), metrics
+
+  return patched
+
+
 def test_learns_on_real_images(learned_run):
   results, workdir = learned_run
   assert results['data_source'].startswith('cifar_batches')
@@ -178,19 +190,20 @@ def test_sigterm_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_
   _, _, (params, short_meta, _), _ = short_run
   config = short_config(cifar_batches_dir)
   # Each SIGTERM is seen with the next call in flight; that call is finished (and its loss
-  # checked) before the checkpoint. The first stop falls after the epoch's last call, the second
-  # mid-way through the second epoch.
+  # checked) before the checkpoint. The first stop falls after the epoch's last call, so the
+  # epoch is closed (evaluated, recorded) first; the second mid-way through the second epoch.
   for sigterm_at, saved_at in ((10, SHORT_STEPS_AN_EPOCH), (15, 17)):
     monkeypatch.setattr(writers, 'create_writer', writer_sending_sigterm(sigterm_at))
     stopped = train.train_and_evaluate(config, str(tmp_path))
     assert stopped['preempted'] and stopped['step'] == saved_at
     assert 'resume with the same command' in capsys.readouterr().out
     _, meta, step = restore_params(tmp_path, config)
-    epoch, step_in_epoch = divmod(saved_at - 1, SHORT_STEPS_AN_EPOCH)
-    assert step == saved_at and (meta['epoch'], meta['step_in_epoch']) == (epoch, step_in_epoch + 1)
+    assert step == saved_at
+    epoch, step_in_epoch = divmod(saved_at, SHORT_STEPS_AN_EPOCH)
+    assert (meta['epoch'], meta['step_in_epoch'], len(meta['history'])) == (
+        epoch, step_in_epoch, epoch)
     # The epoch's metric sums so far (10 full batches of 96 and one of 40 an epoch).
-    examples = 96 * min(step_in_epoch + 1, 10) + 40 * (step_in_epoch == 10)
-    assert meta['train_sums']['loss'][1] == examples
+    assert meta['train_sums'].get('loss', [0, 0])[1] == 96 * step_in_epoch
     assert signal.getsignal(signal.SIGTERM) is not None  # The handler was put back.
 
   monkeypatch.undo()
@@ -271,6 +284,26 @@ def test_non_finite_loss_stops_and_names_the_checkpoint_on_disk(cifar_batches_di
   assert '\n' not in str(raised.value)
   _, meta, step = restore_params(tmp_path, config)
   assert (step, meta['epoch']) == (2 * SHORT_STEPS_AN_EPOCH, 2)
+
+
+def test_non_finite_parameters_from_a_calls_last_step_stop_before_any_save(
+    cifar_batches_dir, tmp_path, monkeypatch):
+  # The run's very last step: its loss is finite, only the update it makes is not.
+  config = short_config(cifar_batches_dir)
+  monkeypatch.setattr(train, 'train_step', params_non_finite_at(2 * SHORT_STEPS_AN_EPOCH - 1))
+  with pytest.raises(errors.UserError, match='non-finite training loss at epoch 2'):
+    train.train_and_evaluate(config, str(tmp_path))
+  _, meta, step = restore_params(tmp_path, config)
+  assert (step, meta['epoch']) == (SHORT_STEPS_AN_EPOCH, 1)
+  assert not (tmp_path / 'results.json').exists()
+
+
+def test_a_finished_run_returns_its_results_without_retraining(short_run, cifar_batches_dir,
+                                                                monkeypatch):
+  _, workdir, _, _ = short_run
+  written = json.loads((workdir / 'results.json').read_text())
+  monkeypatch.setattr(train, 'evaluate', lambda *args, **kwargs: pytest.fail('evaluated again'))
+  assert train.train_and_evaluate(short_config(cifar_batches_dir), str(workdir)) == written
 
 
 # orbax's abandoned reads of the mismatched arrays are reported when collected; harmless.
