@@ -110,16 +110,12 @@ def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_cal
     config.data.placement = 'device'
   run = train.setup_run(config, workdir='', splits=splits)
   mesh, ctx, plan = run.mesh, run.ctx, run.plan
-  replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(None, 'data'))
   _, steps, batch_size = plan.calls(0)[0]
 
   state = train.initial_state(ctx, config.data.image_size, mesh)
-  train_images = train.put_global(splits.train_images, replicated)
-  train_labels = train.put_global(splits.train_labels.astype(np.int32), replicated)
-  batches = np.stack(input_pipeline.epoch_batch_indices(
-      plan.size, plan.batch_size, seed=config.seed, epoch=0,
-      drop_remainder=config.drop_remainder, multiple_of=plan.num_devices)[:steps])
+  train_images, train_labels = train.put_train_set(splits, mesh)
+  batches = np.stack(train.epoch_batches(run, epoch=0)[:steps])
   indices = train.put_global(batches.astype(np.int32), batch_sharding)
 
   run_steps = train.jit_train_steps(ctx, mesh, resident=True)

@@ -272,6 +272,20 @@ def jit_train_steps(ctx: StepContext, mesh: jax.sharding.Mesh, *, resident: bool
                  out_shardings=replicated, donate_argnums=0)
 
 
+def put_train_set(splits, mesh: jax.sharding.Mesh) -> tuple[jax.Array, jax.Array]:
+  """The training images (uint8) and labels (int32), whole on every device."""
+  replicated = NamedSharding(mesh, P())
+  return (put_global(splits.train_images, replicated),
+          put_global(splits.train_labels.astype(np.int32), replicated))
+
+
+def epoch_batches(run: 'Run', epoch: int) -> list[np.ndarray]:
+  """The global example indices of each of the epoch's steps, as the run trains them."""
+  return input_pipeline.epoch_batch_indices(
+      run.plan.size, run.plan.batch_size, seed=run.config.seed, epoch=epoch,
+      drop_remainder=run.config.drop_remainder, multiple_of=run.plan.num_devices)
+
+
 def create_mesh() -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
 
@@ -678,11 +692,9 @@ def _resident_feed(run: Run, train_set: tuple, take: Callable, epoch: int,
   The epoch's batch indices go to the devices once; each call takes its rows there.
   """
   del start_step  # Each call names its first step.
-  config, plan = run.config, run.plan
+  plan = run.plan
   sharding = NamedSharding(run.mesh, P(None, 'data'))
-  batches = input_pipeline.epoch_batch_indices(
-      plan.size, plan.batch_size, seed=config.seed, epoch=epoch,
-      drop_remainder=config.drop_remainder, multiple_of=plan.num_devices)
+  batches = epoch_batches(run, epoch)
   full = (put_global(np.stack(batches[:plan.num_full]).astype(np.int32), sharding)
           if plan.num_full else None)
   partial = (put_global(batches[plan.num_full][None].astype(np.int32), sharding)
@@ -735,8 +747,7 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
 
   run_steps = jit_train_steps(ctx, mesh, resident=run.resident)
   if run.resident:
-    train_set = (put_global(splits.train_images, replicated),
-                 put_global(splits.train_labels.astype(np.int32), replicated))
+    train_set = put_train_set(splits, mesh)
     take = jax.jit(functools.partial(lax.dynamic_slice_in_dim, axis=0), static_argnums=2,
                    out_shardings=NamedSharding(mesh, P(None, 'data')))
     epoch_feed = functools.partial(_resident_feed, run, train_set, take)
