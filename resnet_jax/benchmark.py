@@ -132,8 +132,8 @@ def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_cal
   holder = {'state': state}
 
   def one_call():
-    holder['state'], summed, _ = compiled(holder['state'], indices, train_images, train_labels)
-    return summed
+    holder['state'], result = compiled(holder['state'], indices, train_images, train_labels)
+    return result
 
   _timed(one_call, warmup_calls)
   train_rate = calls * steps * batch_size / _timed(one_call, calls)

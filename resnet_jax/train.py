@@ -12,6 +12,7 @@ Two ways to feed a call, running the same `train_step`:
 - streamed: `input_pipeline.host_batches` produces each process's share of every batch.
 """
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -106,6 +107,7 @@ class StepContext:
   """The static (trace-time) inputs of the compiled steps."""
   model: Any
   tx: optax.GradientTransformation
+  learning_rate: Callable[[Any, optax.OptState], jax.Array]  # optim.Optimizer.learning_rate
   config: ml_collections.ConfigDict
   mean: tuple
   std: tuple
@@ -193,7 +195,22 @@ def eval_step(variables: dict, images_u8: jax.Array, labels: jax.Array, mask: ja
   return batch_metrics, jnp.argmax(logits, axis=-1)
 
 
-def _scan_train_steps(state, batches, batch_fn, ctx):
+@struct.dataclass
+class CallResult:
+  """What a compiled train call reports besides the new state, all on the device.
+
+  Attributes:
+    metrics: Metrics summed over the call's steps.
+    first_bad_step: the global step of the first non-finite loss (or parameters), else -1.
+    learning_rate: the rate of the call's last step (read for log lines without waiting for a
+      later call, which owns the donated state by then).
+  """
+  metrics: Metrics
+  first_bad_step: jax.Array
+  learning_rate: jax.Array
+
+
+def _scan_train_steps(state, batches, batch_fn, ctx) -> tuple[TrainState, CallResult]:
   """Runs train_step over the leading axis of `batches`; also finds the first non-finite loss."""
 
   def body(carry, batch):
@@ -211,7 +228,8 @@ def _scan_train_steps(state, batches, batch_fn, ctx):
   params_finite = jnp.isfinite(optax.global_norm(state.params))
   first_bad_step = jnp.where((first_bad_step < 0) & ~params_finite, state.step - 1,
                              first_bad_step)
-  return state, summed, first_bad_step
+  learning_rate = jnp.asarray(ctx.learning_rate(state.step - 1, state.opt_state), jnp.float32)
+  return state, CallResult(summed, first_bad_step, learning_rate)
 
 
 def _scan(body, init, xs):
@@ -451,7 +469,10 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dic
   kept rather than deleted and rewritten, so there is never a moment without one.
   """
   step = int(jax.device_get(state.step))
-  if step in manager.all_steps():
+  exists = step in manager.all_steps()
+  if jax.process_count() > 1:  # Process 0's listing decides, so no process waits alone in save.
+    exists = bool(multihost_utils.broadcast_one_to_all(np.asarray(exists)))
+  if exists:
     return
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -516,35 +537,67 @@ class RunClock:
   eval_seconds: float = 0.0
 
 
+def _abstract(leaf):
+  if isinstance(leaf, jax.Array):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding,
+                                weak_type=leaf.weak_type)
+  return leaf
+
+
 class _Compiled:
-  """Ahead-of-time compiled functions, one per input shape, with compile time accounted."""
+  """Ahead-of-time compiled functions, one per name and batch shapes, compiled on worker threads.
+
+  `prepare` starts a compile without waiting, so that shapes needed later (the epoch's partial
+  last batch, evaluation) compile together at the start instead of one after another while the
+  devices idle. The clock's compile_seconds counts the time the loop waited for a compiler.
+  """
 
   def __init__(self, clock: RunClock):
     self._clock = clock
-    self._cache = {}
+    self._futures = {}
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4,
+                                                       thread_name_prefix='compile')
 
-  def __call__(self, key, jitted, *args):
-    if key not in self._cache:
+  @staticmethod
+  def _key(name: str, args) -> tuple:
+    # args[0] (the state or the variables) has one shape a run; the batches vary.
+    return name, tuple((leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(args[1:]))
+
+  def prepare(self, name: str, jitted, *args) -> None:
+    """Starts compiling jitted for args (arrays or ShapeDtypeStructs) unless it has been."""
+    key = self._key(name, args)
+    if key not in self._futures:
+      abstract_args = jax.tree.map(_abstract, args)
+      self._futures[key] = self._pool.submit(lambda: jitted.lower(*abstract_args).compile())
+
+  def __call__(self, name: str, jitted, *args):
+    self.prepare(name, jitted, *args)
+    future = self._futures[self._key(name, args)]
+    if not future.done():
       start = time.perf_counter()
-      self._cache[key] = jitted.lower(*args).compile()
+      concurrent.futures.wait([future])
       self._clock.compile_seconds += time.perf_counter() - start
-    return self._cache[key](*args)
+    return future.result()(*args)
+
+  def close(self) -> None:
+    self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _preemption_flag() -> tuple[threading.Event, Callable[[], None]]:
-  """An event SIGTERM sets (main thread only) and a function restoring the old handler."""
+def _preemption_check() -> tuple[Callable[[int], bool], Callable[[], None]]:
+  """(call index -> stop after this call?, a function restoring what it changed).
+
+  Every process answers alike for the same call. One process: a SIGTERM handler sets a flag.
+  Several: JAX's preemption service (started by jax.distributed.initialize, which hears SIGTERM
+  itself) agrees on the call at which all stop, through the coordinator, without a device
+  collective that would wait for the call in flight.
+  """
+  if jax.process_count() > 1:
+    return multihost_utils.reached_preemption_sync_point, lambda: None
   event = threading.Event()
   if threading.current_thread() is not threading.main_thread():
-    return event, lambda: None
+    return lambda call: event.is_set(), lambda: None
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
-  return event, lambda: signal.signal(signal.SIGTERM, previous)
-
-
-def _any_process(flag: bool) -> bool:
-  """True if the flag is set on any process (so every process stops at the same step)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+  return lambda call: event.is_set(), lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -610,7 +663,8 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, splits=None) -> R
   mesh = create_mesh()
   plan = epoch_plan(config, len(splits.train_labels), mesh.devices.size)
   optimizer = optim.create_optimizer(config, plan.steps)
-  ctx = StepContext(model=models.build_model(config.model), tx=optimizer.tx, config=config,
+  ctx = StepContext(model=models.build_model(config.model), tx=optimizer.tx,
+                    learning_rate=optimizer.learning_rate, config=config,
                     mean=tuple(float(m) for m in splits.mean),
                     std=tuple(float(s) for s in splits.std))
   resident = resident_placement(config, splits.train_images)
@@ -646,10 +700,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latest_manager = checkpoint_manager(checkpoint_dir / 'latest')
   best_manager = checkpoint_manager(checkpoint_dir / 'best')
   writer = writers.create_writer(workdir, is_main=jax.process_index() == 0)
-  preempted, restore_signal = _preemption_flag()
+  should_stop, restore_signal = _preemption_check()
+  compiled = _Compiled(clock)
   try:
-    return _train_loop(run, clock, latest_manager, best_manager, writer, preempted)
+    return _train_loop(run, clock, compiled, latest_manager, best_manager, writer, should_stop)
   finally:
+    compiled.close()
     restore_signal()
     for manager in (latest_manager, best_manager):
       manager.wait_until_finished()
@@ -683,6 +739,7 @@ class _Progress:
   window: dict = dataclasses.field(default_factory=dict)
   mark: float = 0.0
   compile_mark: float = 0.0
+  learning_rate: float = float('nan')  # of the last step read back
 
 
 def _resident_feed(run: Run, train_set: tuple, take: Callable, epoch: int,
@@ -707,6 +764,19 @@ def _resident_feed(run: Run, train_set: tuple, take: Callable, epoch: int,
   return feed
 
 
+def _batch_specs(run: Run, train_set: Optional[tuple], count: int, batch_size: int) -> tuple:
+  """The batch arguments of a train call of `count` steps (resident if train_set is given)."""
+  sharding = NamedSharding(run.mesh, P(None, 'data'))
+  if train_set is not None:
+    indices = jax.ShapeDtypeStruct((count, batch_size), jnp.int32, sharding=sharding)
+    return indices, *train_set
+  labels = jax.ShapeDtypeStruct((count, batch_size), jnp.int32, sharding=sharding)
+  size = run.config.data.image_size
+  images = jax.ShapeDtypeStruct((count, batch_size, size, size, 3), jnp.uint8,
+                                sharding=sharding)
+  return images, labels
+
+
 def _streamed_feed(run: Run, epoch: int, start_step: int) -> Callable:
   """(first, count, batch size) -> a call's batches, sent from this process's host."""
   sharding = NamedSharding(run.mesh, P(None, 'data'))
@@ -720,12 +790,11 @@ def _streamed_feed(run: Run, epoch: int, start_step: int) -> Callable:
   return feed
 
 
-def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
-                preempted: threading.Event) -> dict:
+def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, best_manager,
+                writer, should_stop: Callable[[int], bool]) -> dict:
   """The epoch loop of train_and_evaluate."""
   config, ctx, splits, mesh, plan = run.config, run.ctx, run.splits, run.mesh, run.plan
   replicated = NamedSharding(mesh, P())
-  compiled = _Compiled(clock)
 
   meta = {'epoch': 0, 'step_in_epoch': 0, 'train_sums': {}, 'best_val_accuracy': -1.0,
           'best_epoch': 0, 'history': [], 'run': run_identity(run)}
@@ -752,6 +821,7 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
                    out_shardings=NamedSharding(mesh, P(None, 'data')))
     epoch_feed = functools.partial(_resident_feed, run, train_set, take)
   else:
+    train_set = None
     epoch_feed = functools.partial(_streamed_feed, run)
   evaluate_fn = compile_evaluate(ctx, mesh)
   val_set = make_eval_set(splits.val_images, splits.val_labels, config.eval_batch_size, mesh)
@@ -761,13 +831,20 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
 
   def run_eval(variables, eval_set, with_predictions=True):
     start = time.perf_counter()
-    result = evaluate(functools.partial(compiled, ('eval', eval_set.images.shape), evaluate_fn),
+    result = evaluate(functools.partial(compiled, 'eval', evaluate_fn),
                       variables, eval_set, with_predictions=with_predictions)
     clock.eval_seconds += time.perf_counter() - start
     return result
 
+  # Every shape the run needs starts compiling now, side by side.
+  for _, count, batch_size in plan.calls(meta['step_in_epoch']) + plan.calls(0):
+    compiled.prepare('train', run_steps, state, *_batch_specs(run, train_set, count, batch_size))
+  compiled.prepare('eval', evaluate_fn, state.eval_variables(), val_set.images, val_set.labels,
+                   val_set.mask)
+
   progress = _Progress(epoch_sums={}, last_log_step=int(state.step))
   stop_after_epoch = False
+  calls_made = 0
   for epoch in range(meta['epoch'], config.num_epochs):
     epoch_start = time.perf_counter()
     resumed = epoch == meta['epoch']
@@ -779,15 +856,14 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
     for first, count, batch_size in plan.calls(start_step):
       # The next call is dispatched before the previous one's metrics are read, so the devices
       # never wait for the host.
-      state, summed, first_bad = compiled(('train', count, batch_size), run_steps, state,
-                                          *feed(first, count, batch_size))
+      state, result = compiled('train', run_steps, state, *feed(first, count, batch_size))
       if in_flight:
-        _finish_call(run, clock, writer, state, epoch, progress, latest_manager, *in_flight)
-      in_flight = (first, count, batch_size, summed, first_bad)
-      if not stop_after_epoch and _any_process(preempted.is_set()):
+        _finish_call(run, clock, writer, epoch, progress, latest_manager, *in_flight)
+      in_flight = (first, count, batch_size, result)
+      calls_made += 1
+      if not stop_after_epoch and should_stop(calls_made):
         # The call in flight is checked (its loss finite) before anything is saved.
-        step = _finish_call(run, clock, writer, state, epoch, progress, latest_manager,
-                            *in_flight)
+        step = _finish_call(run, clock, writer, epoch, progress, latest_manager, *in_flight)
         in_flight = None
         if first + count == plan.steps:  # The epoch's last call: close the epoch, then stop.
           stop_after_epoch = True
@@ -797,11 +873,11 @@ def _train_loop(run: Run, clock: RunClock, latest_manager, best_manager, writer,
         save_checkpoint(latest_manager, state, meta)
         return _stopped(run, latest_manager, epoch, first + count, step)
     if in_flight:
-      _finish_call(run, clock, writer, state, epoch, progress, latest_manager, *in_flight)
+      _finish_call(run, clock, writer, epoch, progress, latest_manager, *in_flight)
 
     record = {'epoch': epoch + 1, 'step': int(state.step),
               **{f'train_{k}': v for k, v in mean_of_sums(progress.epoch_sums).items()},
-              'learning_rate': _learning_rate(run.optimizer, state, int(state.step)),
+              'learning_rate': progress.learning_rate,
               'epoch_seconds': time.perf_counter() - epoch_start}
     is_last = epoch + 1 == config.num_epochs
     if (epoch + 1) % config.eval_every_epochs == 0 or is_last:
@@ -874,27 +950,25 @@ def _stopped(run: Run, latest_manager, epoch: int, step_in_epoch: int, step: int
   return {'preempted': True, 'epoch': epoch, 'step': step}
 
 
-def _finish_call(run: Run, clock: RunClock, writer, state, epoch: int, progress: _Progress,
-                 latest_manager, first: int, count: int, batch_size: int, summed,
-                 first_bad) -> int:
-  """Reads a finished call's metrics: checks its loss, adds them up, logs; its last global step.
-
-  `state` may already be a later call's; it is read only for the learning rate of a log line.
-  """
+def _finish_call(run: Run, clock: RunClock, writer, epoch: int, progress: _Progress,
+                 latest_manager, first: int, count: int, batch_size: int,
+                 result: CallResult) -> int:
+  """Reads a finished call's results: checks its loss, adds them up, logs; its last global step."""
   plan = run.plan
-  summed, first_bad = jax.device_get((summed, first_bad))
-  if first_bad >= 0:
-    _raise_non_finite(run, int(first_bad), latest_manager)
+  result = jax.device_get(result)
+  if result.first_bad_step >= 0:
+    _raise_non_finite(run, int(result.first_bad_step), latest_manager)
+  progress.learning_rate = float(result.learning_rate)
   now = time.perf_counter()
   clock.train_seconds += now - progress.mark - (clock.compile_seconds - progress.compile_mark)
   progress.mark, progress.compile_mark = now, clock.compile_seconds
   clock.train_images += count * batch_size
-  sums = metric_sums(summed)
+  sums = metric_sums(result.metrics)
   progress.epoch_sums = add_sums(progress.epoch_sums, sums)
   progress.window = add_sums(progress.window, sums)
   step = epoch * plan.steps + first + count
   if step - progress.last_log_step >= run.config.log_every_steps or first + count == plan.steps:
-    _log_progress(run, writer, state, progress.window, epoch, step, clock)
+    _log_progress(run, writer, progress, epoch, step, clock)
     progress.window, progress.last_log_step = {}, step
   return step
 
@@ -947,19 +1021,14 @@ def _stacked_host_batches(run: Run, epoch: int, start_step: int):
     yield np.stack(images), np.stack(labels)
 
 
-def _learning_rate(optimizer, state, step: int) -> float:
-  """The rate of the step before global step `step` (the last one taken by then)."""
-  return float(jax.device_get(optimizer.learning_rate(max(step - 1, 0), state.opt_state)))
-
-
-def _log_progress(run: Run, writer, state, window: dict, epoch, step, clock):
+def _log_progress(run: Run, writer, progress: _Progress, epoch, step, clock):
   """The progress line (and its scalars): epoch, step, loss, accuracy, lr, images/s, ETA."""
   config = run.config
-  computed = mean_of_sums(window)
+  computed = mean_of_sums(progress.window)
   total_steps = run.plan.steps * config.num_epochs
   images_per_second = clock.train_images / max(clock.train_seconds, 1e-9)
   eta = (total_steps - step) * config.batch_size / max(images_per_second, 1e-9)
-  learning_rate = _learning_rate(run.optimizer, state, step)
+  learning_rate = progress.learning_rate
   writer.write_scalars(step, {'train_loss': computed['loss'],
                               'train_accuracy': computed['accuracy'],
                               'learning_rate': learning_rate,

@@ -7,9 +7,11 @@ import importlib.util
 import os
 import pathlib
 import pickle
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -141,8 +143,13 @@ def test_two_processes_initialize_and_exchange_data(tmp_path):
     assert result['global_sum'] == 1 + 2 + 11 + 12
 
 
-def test_two_processes_train_identically_on_disjoint_shares(tmp_path):
-  results = _run_processes('train', tmp_path, timeout=400)
+@pytest.fixture(scope='module')
+def two_process_run(tmp_path_factory):
+  return _run_processes('train', tmp_path_factory.mktemp('two_process_run'), timeout=400)
+
+
+def test_two_processes_train_identically_on_disjoint_shares(two_process_run):
+  results = two_process_run
   first, second = results
   assert first['steps'] == second['steps'] == EPOCHS * TRAIN_EXAMPLES // BATCH_SIZE
   for epoch in range(EPOCHS):
@@ -156,6 +163,19 @@ def test_two_processes_train_identically_on_disjoint_shares(tmp_path):
   for replica in replicas[1:]:
     for leaf, reference in zip(replica, replicas[0]):
       np.testing.assert_array_equal(leaf, reference)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resume_is_bitwise(two_process_run,
+                                                                              tmp_path):
+  stopped = _run_processes('preempt', tmp_path, timeout=400)
+  assert stopped[0]['preempted'] and stopped[1]['preempted']
+  assert stopped[0]['step'] == stopped[1]['step'] < EPOCHS * TRAIN_EXAMPLES // BATCH_SIZE
+  resumed = _run_processes('train', tmp_path, timeout=400)
+  for result, uninterrupted in zip(resumed, two_process_run):
+    assert result['steps'] == uninterrupted['steps']
+    for replica, reference in zip(result['params'], uninterrupted['params']):
+      for leaf, expected in zip(replica, reference):
+        np.testing.assert_array_equal(leaf, expected)
 
 
 # What each process runs.
@@ -188,8 +208,13 @@ def _training_config():
   return config
 
 
-def _train(workdir: str) -> dict:
-  """Trains, recording the examples this process fed and its final parameters."""
+def _train(workdir: str, sigterm_process: int = -1) -> dict:
+  """Trains, recording the examples this process fed and its last saved parameters.
+
+  Process `sigterm_process` sends itself SIGTERM at its first batch (as a preemption notice
+  reaching one host) and waits a few seconds, so that JAX's preemption service (which polls
+  for the signal) has told every process before training goes on.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
@@ -202,6 +227,9 @@ def _train(workdir: str) -> dict:
   stacked_host_batches = train._stacked_host_batches  # pylint: disable=protected-access
 
   def recording_batches(run, epoch, start_step):
+    if jax.process_index() == sigterm_process and not fed:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(4)
     for images, labels in stacked_host_batches(run, epoch, start_step):
       fed.setdefault(epoch, []).extend(
           example_index[image.tobytes()] for image in images.reshape(-1, *images.shape[2:]))
@@ -218,7 +246,8 @@ def _train(workdir: str) -> dict:
   train.save_checkpoint = recording_save
   results = train.train_and_evaluate(config, workdir)
   by_device = list(zip(*saved['params']))  # [device][leaf]
-  return dict(steps=results['steps'], fed=[fed[epoch] for epoch in range(EPOCHS)],
+  return dict(steps=results.get('steps'), preempted=results['preempted'],
+              step=results.get('step'), fed=[fed.get(epoch) for epoch in range(EPOCHS)],
               params=[list(leaves) for leaves in by_device])
 
 
@@ -243,7 +272,7 @@ def _worker(mode: str, out_path: str, workdir: str) -> None:
         mesh, jax.sharding.PartitionSpec()))(sharded)
     result['global_sum'] = int(np.asarray(total.addressable_data(0)))
   else:
-    result.update(_train(os.path.join(workdir, 'run')))
+    result.update(_train(os.path.join(workdir, 'run'), sigterm_process=1 if mode == 'preempt' else -1))
   pathlib.Path(out_path).write_bytes(pickle.dumps(result))
 
 

@@ -178,6 +178,21 @@ def test_validation_on_the_test_set_is_evaluated_once_an_epoch(short_run):
   assert results['best_test_accuracy'] == results['best_val_accuracy']
 
 
+def test_logged_learning_rate_is_the_last_step_of_each_call(short_run):
+  _, workdir, _, _ = short_run
+  records = writers.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  logged = [(r['step'], r['learning_rate']) for r in records
+            if 'learning_rate' in r and 'epoch' not in r]
+  assert [step for step, _ in logged] == [2, 4, 6, 8, 10, 11, 13, 15, 17, 19, 21, 22]
+  # Per-epoch cosine over 2 epochs from 0.05: 0.05 in epoch 1, 0.025 in epoch 2. Step 11 (the
+  # partial batch) is epoch 1's last: a rate read one step late would be epoch 2's.
+  for step, rate in logged:
+    epoch = (step - 1) // SHORT_STEPS_AN_EPOCH
+    assert rate == pytest.approx(0.05 * (1 + np.cos(np.pi * epoch / 2)) / 2, rel=1e-6), step
+  epochs = [r for r in records if 'epoch' in r]
+  assert [r['learning_rate'] for r in epochs] == pytest.approx([0.05, 0.025], rel=1e-6)
+
+
 def test_same_seed_gives_identical_parameters(short_run, cifar_batches_dir, tmp_path):
   _, _, (params, _, _), _ = short_run
   config = short_config(cifar_batches_dir)
@@ -325,6 +340,23 @@ def test_damaged_checkpoint_is_a_user_error(short_run, cifar_batches_dir, tmp_pa
   with pytest.raises(errors.UserError, match='cannot be restored.*damaged') as raised:
     train.train_and_evaluate(short_config(cifar_batches_dir), str(tmp_path))
   assert '\n' not in str(raised.value)
+
+
+def test_compiles_started_ahead_are_the_ones_calls_use():
+  clock = train.RunClock()
+  compiled = train._Compiled(clock)  # pylint: disable=protected-access
+  scale = jax.jit(lambda state, batch: state * batch.sum())
+  state = jnp.float32(2.0)
+  compiled.prepare('scale', scale, state, jax.ShapeDtypeStruct((3,), jnp.float32))
+  compiled.prepare('scale', scale, state, jax.ShapeDtypeStruct((5,), jnp.float32))
+  # A shape prepared but never called costs a compile, never a wrong result.
+  compiled.prepare('scale', scale, state, jax.ShapeDtypeStruct((4, 2), jnp.float32))
+  assert float(compiled('scale', scale, state, jnp.ones(3))) == 6.0
+  assert float(compiled('scale', scale, state, jnp.ones(5))) == 10.0
+  assert float(compiled('scale', scale, state, jnp.ones(7))) == 14.0  # Not prepared: compiled now.
+  assert len(compiled._futures) == 4  # pylint: disable=protected-access
+  assert clock.compile_seconds > 0  # The unprepared shape was waited for.
+  compiled.close()
 
 
 def test_epoch_plan_groups_calls_from_the_epoch_start():
