@@ -93,6 +93,14 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
   _save_figure(fig, path)
 
 
+def first_reaching(history: Sequence[dict], accuracy: float) -> Optional[dict]:
+  """{'epoch', 'elapsed_seconds'} of the first epoch whose validation accuracy >= accuracy."""
+  for record in history:
+    if record.get('val_accuracy', -1.0) >= accuracy:
+      return {'epoch': record['epoch'], 'elapsed_seconds': record.get('elapsed_seconds')}
+  return None
+
+
 def _percent(value: Optional[float]) -> str:
   return '-' if value is None else f'{100 * value:.2f}%'
 
@@ -136,6 +144,11 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
               f"{results.get('images_per_second', 0):,.0f} training images/s; compile "
               f"{results.get('compile_seconds', 0):.1f} s; wall {results.get('wall_seconds', 0):.0f}"
               ' s.', '']
+  reached = results.get('reference_reached')
+  if reached and reached.get('elapsed_seconds') is not None:
+    lines += [f"Reached the PyTorch reference's final {reference['pytorch_final']:.2f}% at epoch "
+              f"{reached['epoch']}, {reached['elapsed_seconds']:.0f} s into the run (compile and "
+              'evaluation included).', '']
   if per_class:
     lines += ['| class | test accuracy |', '|---|---|']
     lines += [f'| {name} | {100 * value:.1f}% |' for name, value in per_class.items()]

@@ -797,7 +797,7 @@ def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, 
   replicated = NamedSharding(mesh, P())
 
   meta = {'epoch': 0, 'step_in_epoch': 0, 'train_sums': {}, 'best_val_accuracy': -1.0,
-          'best_epoch': 0, 'history': [], 'run': run_identity(run)}
+          'best_epoch': 0, 'history': [], 'run': run_identity(run), 'elapsed_seconds': 0.0}
   abstract_state = abstract_train_state(ctx, config.data.image_size, mesh)
   if latest_manager.latest_step() is not None:
     state, meta = restore_checkpoint(latest_manager, abstract_state)
@@ -813,6 +813,9 @@ def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, 
   else:
     state = initial_state(ctx, config.data.image_size, mesh)
   history = meta['history']
+  # The run's wall time so far, summed over the processes that trained it (resumes included).
+  elapsed_before = meta.get('elapsed_seconds', 0.0)
+  elapsed = lambda: elapsed_before + time.time() - clock.start
 
   run_steps = jit_train_steps(ctx, mesh, resident=run.resident)
   if run.resident:
@@ -869,7 +872,7 @@ def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, 
           stop_after_epoch = True
           continue
         meta = dict(meta, epoch=epoch, step_in_epoch=first + count,
-                    train_sums=progress.epoch_sums)
+                    train_sums=progress.epoch_sums, elapsed_seconds=elapsed())
         save_checkpoint(latest_manager, state, meta)
         return _stopped(run, latest_manager, epoch, first + count, step)
     if in_flight:
@@ -889,6 +892,7 @@ def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, 
       # Back on the devices: a host-side hook (reduce-on-plateau) may return host arrays.
       state = jax.device_put(
           state.replace(opt_state=run.optimizer.on_epoch_end(state.opt_state, val)), replicated)
+    record['elapsed_seconds'] = elapsed()
     history.append(record)
     writer.write_scalars(record['step'], {k: v for k, v in record.items() if k != 'step'})
     if config.param_histograms_every_epochs and (
@@ -896,7 +900,8 @@ def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, 
       gradcam.write_param_histograms(writer, record['step'], state.params)
     writer.flush()
     _log_epoch(config, record)
-    meta = dict(meta, epoch=epoch + 1, step_in_epoch=0, train_sums={}, history=history)
+    meta = dict(meta, epoch=epoch + 1, step_in_epoch=0, train_sums={}, history=history,
+                elapsed_seconds=record['elapsed_seconds'])
     if record.get('val_accuracy', -1.0) > meta['best_val_accuracy']:
       meta.update(best_val_accuracy=record['val_accuracy'], best_epoch=epoch + 1)
       if config.keep_best_checkpoint:
@@ -928,6 +933,10 @@ def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, 
       'best_epoch': meta['best_epoch'],
       'best_test_accuracy': best_test_accuracy,
       'wall_seconds': time.time() - clock.start,
+      'elapsed_seconds': elapsed(),
+      # When validation (the test set) first scored the PyTorch reference's final accuracy.
+      'reference_reached': report.first_reaching(history, config.reference.pytorch_final / 100)
+                           if val_is_test and config.reference.pytorch_final else None,
       'compile_seconds': clock.compile_seconds,
       'train_seconds': clock.train_seconds,
       'eval_seconds': clock.eval_seconds,

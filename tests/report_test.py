@@ -79,3 +79,21 @@ def test_write_report_to_a_gs_workdir(tmp_path):
   assert (out / 'report.md').read_text().startswith('# seed 000 best model')
   for name in ('curves.png', 'confusion.png'):
     assert (out / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+def test_first_reaching_is_the_first_epoch_at_or_over_the_accuracy():
+  history = [{'epoch': 1, 'val_accuracy': 0.5, 'elapsed_seconds': 10.0},
+             {'epoch': 2, 'train_loss': 1.0, 'elapsed_seconds': 15.0},  # not evaluated
+             {'epoch': 3, 'val_accuracy': 0.9238, 'elapsed_seconds': 20.0},
+             {'epoch': 4, 'val_accuracy': 0.95, 'elapsed_seconds': 25.0}]
+  assert report.first_reaching(history, 0.9238) == {'epoch': 3, 'elapsed_seconds': 20.0}
+  assert report.first_reaching(history, 0.94) == {'epoch': 4, 'elapsed_seconds': 25.0}
+  assert report.first_reaching(history, 0.96) is None
+
+
+def test_report_says_when_the_reference_accuracy_was_reached(tmp_path):
+  results, history, confusion = run_figures()
+  results['reference_reached'] = {'epoch': 150, 'elapsed_seconds': 183.4}
+  report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
+  assert ("Reached the PyTorch reference's final 92.38% at epoch 150, 183 s into the run"
+          in (tmp_path / 'report.md').read_text())

@@ -53,7 +53,8 @@ def short_config(data_dir, **overrides):
   """2 epochs of 1,000 images, 2 steps a call, every call's loss logged."""
   return tiny_config(data_dir, **{'data.train_subset': 1000, 'data.test_subset': 500,
                                   'batch_size': 96, 'num_epochs': 2, 'steps_per_call': 2,
-                                  'log_every_steps': 1, **overrides})
+                                  'log_every_steps': 1, 'reference.pytorch_final': 1.0,
+                                  **overrides})
 
 
 def restore_params(workdir, config):
@@ -193,6 +194,16 @@ def test_logged_learning_rate_is_the_last_step_of_each_call(short_run):
   assert [r['learning_rate'] for r in epochs] == pytest.approx([0.05, 0.025], rel=1e-6)
 
 
+def test_results_say_when_the_reference_accuracy_was_reached(short_run):
+  results, _, (_, meta, _), _ = short_run
+  history = meta['history']
+  # short_config's reference is 1%: the first evaluation reaches it.
+  assert results['reference_reached'] == {'epoch': 1,
+                                          'elapsed_seconds': history[0]['elapsed_seconds']}
+  assert 0 < history[0]['elapsed_seconds'] < history[1]['elapsed_seconds']
+  assert history[1]['elapsed_seconds'] <= results['elapsed_seconds']
+
+
 def test_same_seed_gives_identical_parameters(short_run, cifar_batches_dir, tmp_path):
   _, _, (params, _, _), _ = short_run
   config = short_config(cifar_batches_dir)
@@ -207,6 +218,7 @@ def test_sigterm_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_
   # Each SIGTERM is seen with the next call in flight; that call is finished (and its loss
   # checked) before the checkpoint. The first stop falls after the epoch's last call, so the
   # epoch is closed (evaluated, recorded) first; the second mid-way through the second epoch.
+  saved_elapsed = 0.0
   for sigterm_at, saved_at in ((10, SHORT_STEPS_AN_EPOCH), (15, 17)):
     monkeypatch.setattr(writers, 'create_writer', writer_sending_sigterm(sigterm_at))
     stopped = train.train_and_evaluate(config, str(tmp_path))
@@ -219,15 +231,19 @@ def test_sigterm_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_
         epoch, step_in_epoch, epoch)
     # The epoch's metric sums so far (10 full batches of 96 and one of 40 an epoch).
     assert meta['train_sums'].get('loss', [0, 0])[1] == 96 * step_in_epoch
+    assert meta['elapsed_seconds'] > saved_elapsed  # The run's time goes on across processes.
+    saved_elapsed = meta['elapsed_seconds']
     assert signal.getsignal(signal.SIGTERM) is not None  # The handler was put back.
 
   monkeypatch.undo()
   resumed = train.train_and_evaluate(config, str(tmp_path))
   assert not resumed['preempted'] and resumed['steps'] == 2 * SHORT_STEPS_AN_EPOCH
+  assert resumed['elapsed_seconds'] >= saved_elapsed + resumed['wall_seconds']
   resumed_params, resumed_meta, _ = restore_params(tmp_path, config)
   assert_trees_equal(resumed_params, params)
   # The resumed epochs' train metrics cover the whole epoch: the same as the uninterrupted run's.
-  without_time = lambda history: [{k: v for k, v in r.items() if k != 'epoch_seconds'}
+  timings = ('epoch_seconds', 'elapsed_seconds')
+  without_time = lambda history: [{k: v for k, v in r.items() if k not in timings}
                                   for r in history]
   assert without_time(resumed_meta['history']) == without_time(short_meta['history'])
   records = writers.read_jsonl(tmp_path / 'metrics.jsonl')
