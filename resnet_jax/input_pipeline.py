@@ -567,13 +567,14 @@ class HostBatcher:
 
   def epoch(self, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
             drop_remainder: bool = False, start_step: int = 0, process_index: int = 0,
-            process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            process_count: int = 1,
+            multiple_of: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One epoch of uint8 NHWC batches for this process, in `epoch_permutation` order.
 
     Every process computes the same global batches (`epoch_batch_indices`) and yields its own
     contiguous share, batch_size // process_count examples. Without drop_remainder each example
     is seen exactly once an epoch, except that the partial last batch is cut to a multiple of
-    process_count; with it, the n % batch_size examples at the end of the permutation (different
+    `multiple_of`; with it, the n % batch_size examples at the end of the permutation (different
     ones each epoch) are skipped.
 
     Args:
@@ -585,6 +586,9 @@ class HostBatcher:
       start_step: batches already trained this epoch, skipped (mid-epoch resume).
       process_index: this process.
       process_count: processes sharing each global batch.
+      multiple_of: what the partial last batch is cut to a multiple of: the global device count,
+        so that the batch is the one the resident path trains (`epoch_batch_indices` with the
+        same argument); a multiple of process_count. 0: process_count.
 
     Returns:
       An iterator of (images uint8, labels int32), this process's share of each batch.
@@ -592,9 +596,13 @@ class HostBatcher:
     if batch_size <= 0 or batch_size % process_count:
       raise UserError(f'config.batch_size={batch_size} must be a positive multiple of the '
                       f'process count ({process_count})')
+    multiple_of = multiple_of or process_count
+    if multiple_of % process_count:
+      raise ValueError(f'multiple_of={multiple_of} is not a multiple of the {process_count} '
+                       'processes')
     global_batches = epoch_batch_indices(len(self.labels), batch_size, seed=seed, epoch=epoch,
                                          shuffle=shuffle, drop_remainder=drop_remainder,
-                                         multiple_of=process_count)
+                                         multiple_of=multiple_of)
     local_batches = []
     for indices in global_batches[start_step:]:
       share = len(indices) // process_count
@@ -609,6 +617,7 @@ class HostBatcher:
 def host_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int,
                  epoch: int, shuffle: bool = True, drop_remainder: bool = False,
                  start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                 multiple_of: int = 0,
                  backend: str = 'auto') -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """One epoch of `HostBatcher(images, labels, backend).epoch(batch_size, ...)`.
 
@@ -617,4 +626,5 @@ def host_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, see
   """
   return HostBatcher(images, labels, backend).epoch(
       batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_remainder=drop_remainder,
-      start_step=start_step, process_index=process_index, process_count=process_count)
+      start_step=start_step, process_index=process_index, process_count=process_count,
+      multiple_of=multiple_of)

@@ -1017,16 +1017,14 @@ def _stacked_host_batches(run: Run, epoch: int, start_step: int):
   batches = run.host_batcher.epoch(
       plan.batch_size, seed=config.seed, epoch=epoch, shuffle=True,
       drop_remainder=config.drop_remainder, start_step=start_step,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  local_devices = jax.local_device_count()
-  for _, count, batch_size in plan.calls(start_step):
-    local = batch_size // jax.process_count()
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      multiple_of=plan.num_devices)
+  for _, count, _ in plan.calls(start_step):
     images, labels = [], []
     for _ in range(count):
       batch_images, batch_labels = next(batches)
-      cut = min(local, len(batch_labels)) // local_devices * local_devices
-      images.append(np.asarray(batch_images)[:cut])
-      labels.append(np.asarray(batch_labels)[:cut].astype(np.int32))
+      images.append(np.asarray(batch_images))
+      labels.append(np.asarray(batch_labels).astype(np.int32))
     yield np.stack(images), np.stack(labels)
 
 

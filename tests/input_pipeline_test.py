@@ -412,6 +412,19 @@ def test_host_batches_process_shares_partition_global_batches(backend):
     assert len(global_batches[-1]) == 7 // count * count  # 103 % 12 = 7, cut to the count.
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_process_shares_cut_to_the_device_count_are_the_resident_batches(backend):
+  # 2 processes of 4 devices: the resident path's batches (epoch_batch_indices over the 8
+  # devices) are what the streamed path's two shares make up, the partial last one included.
+  resident = input_pipeline.epoch_batch_indices(107, 16, seed=0, epoch=0, multiple_of=8)
+  assert len(resident[-1]) == 8  # 107 % 16 = 11, cut to 8
+  shares = [epoch(107, batch_size=16, backend=backend, process_index=i, process_count=2,
+                  multiple_of=8) for i in range(2)]
+  for step, indices in enumerate(resident):
+    np.testing.assert_array_equal(np.concatenate([s[step][1] for s in shares]), indices)
+  assert all(len(s) == len(resident) for s in shares)
+
+
 def test_tf_and_numpy_backends_agree():
   pytest.importorskip('tensorflow')
   for kwargs in (dict(), dict(drop_remainder=True, epoch=3, seed=7),
