@@ -15,6 +15,7 @@ Two ways to feed a call, running the same `train_step`:
 import concurrent.futures
 import dataclasses
 import functools
+import itertools
 import json
 import platform
 import signal
@@ -548,8 +549,8 @@ class _Compiled:
   """Ahead-of-time compiled functions, one per name and batch shapes, compiled on worker threads.
 
   `prepare` starts a compile without waiting, so that shapes needed later (the epoch's partial
-  last batch, evaluation) compile together at the start instead of one after another while the
-  devices idle. The clock's compile_seconds counts the time the loop waited for a compiler.
+  last batch, evaluation) compile while the devices train instead of stalling them when first
+  called. The clock's compile_seconds counts the time the loop waited for a compiler.
   """
 
   def __init__(self, clock: RunClock):
@@ -563,12 +564,24 @@ class _Compiled:
     # args[0] (the state or the variables) has one shape a run; the batches vary.
     return name, tuple((leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(args[1:]))
 
-  def prepare(self, name: str, jitted, *args) -> None:
-    """Starts compiling jitted for args (arrays or ShapeDtypeStructs) unless it has been."""
+  def prepare(self, name: str, jitted, *args,
+              after: Optional[concurrent.futures.Future] = None) -> concurrent.futures.Future:
+    """Starts compiling jitted for args (arrays or ShapeDtypeStructs) unless it has been.
+
+    `after`: a compile to finish first. On a GPU, XLA times candidate kernels while compiling
+    (autotuning); the main step's timings should not be taken beside other compiles.
+    """
     key = self._key(name, args)
     if key not in self._futures:
       abstract_args = jax.tree.map(_abstract, args)
-      self._futures[key] = self._pool.submit(lambda: jitted.lower(*abstract_args).compile())
+
+      def lower_and_compile():
+        if after is not None:
+          concurrent.futures.wait([after])
+        return jitted.lower(*abstract_args).compile()
+
+      self._futures[key] = self._pool.submit(lower_and_compile)
+    return self._futures[key]
 
   def __call__(self, name: str, jitted, *args):
     self.prepare(name, jitted, *args)
@@ -583,8 +596,13 @@ class _Compiled:
     self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _preemption_check() -> tuple[Callable[[int], bool], Callable[[], None]]:
-  """(call index -> stop after this call?, a function restoring what it changed).
+# JAX's preemption sync point counts calls over the whole process, which may train several runs
+# (a sweep): the ids given to it must keep rising from one run to the next.
+_PREEMPTION_CALL_IDS = itertools.count(1)
+
+
+def _preemption_check() -> tuple[Callable[[], bool], Callable[[], None]]:
+  """(stop after the call just made?, a function restoring what it changed); once a call.
 
   Every process answers alike for the same call. One process: a SIGTERM handler sets a flag.
   Several: JAX's preemption service (started by jax.distributed.initialize, which hears SIGTERM
@@ -592,12 +610,13 @@ def _preemption_check() -> tuple[Callable[[int], bool], Callable[[], None]]:
   collective that would wait for the call in flight.
   """
   if jax.process_count() > 1:
-    return multihost_utils.reached_preemption_sync_point, lambda: None
+    return (lambda: multihost_utils.reached_preemption_sync_point(next(_PREEMPTION_CALL_IDS)),
+            lambda: None)
   event = threading.Event()
   if threading.current_thread() is not threading.main_thread():
-    return lambda call: event.is_set(), lambda: None
+    return event.is_set, lambda: None
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
-  return lambda call: event.is_set(), lambda: signal.signal(signal.SIGTERM, previous)
+  return event.is_set, lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -791,7 +810,7 @@ def _streamed_feed(run: Run, epoch: int, start_step: int) -> Callable:
 
 
 def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, best_manager,
-                writer, should_stop: Callable[[int], bool]) -> dict:
+                writer, should_stop: Callable[[], bool]) -> dict:
   """The epoch loop of train_and_evaluate."""
   config, ctx, splits, mesh, plan = run.config, run.ctx, run.splits, run.mesh, run.plan
   replicated = NamedSharding(mesh, P())
@@ -839,15 +858,19 @@ def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, 
     clock.eval_seconds += time.perf_counter() - start
     return result
 
-  # Every shape the run needs starts compiling now, side by side.
-  for _, count, batch_size in plan.calls(meta['step_in_epoch']) + plan.calls(0):
-    compiled.prepare('train', run_steps, state, *_batch_specs(run, train_set, count, batch_size))
+  # The first call's shape compiles alone; every other shape the run needs, after it, while the
+  # devices train.
+  calls = plan.calls(meta['step_in_epoch']) + plan.calls(0)
+  first = compiled.prepare('train', run_steps, state,
+                           *_batch_specs(run, train_set, *calls[0][1:]))
+  for _, count, batch_size in calls[1:]:
+    compiled.prepare('train', run_steps, state, *_batch_specs(run, train_set, count, batch_size),
+                     after=first)
   compiled.prepare('eval', evaluate_fn, state.eval_variables(), val_set.images, val_set.labels,
-                   val_set.mask)
+                   val_set.mask, after=first)
 
   progress = _Progress(epoch_sums={}, last_log_step=int(state.step))
   stop_after_epoch = False
-  calls_made = 0
   for epoch in range(meta['epoch'], config.num_epochs):
     epoch_start = time.perf_counter()
     resumed = epoch == meta['epoch']
@@ -863,8 +886,7 @@ def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, 
       if in_flight:
         _finish_call(run, clock, writer, epoch, progress, latest_manager, *in_flight)
       in_flight = (first, count, batch_size, result)
-      calls_made += 1
-      if not stop_after_epoch and should_stop(calls_made):
+      if not stop_after_epoch and should_stop():
         # The call in flight is checked (its loss finite) before anything is saved.
         step = _finish_call(run, clock, writer, epoch, progress, latest_manager, *in_flight)
         in_flight = None

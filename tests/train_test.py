@@ -7,6 +7,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -409,6 +411,49 @@ def test_compiles_started_ahead_are_the_ones_calls_use():
   assert float(compiled('scale', scale, state, jnp.ones(7))) == 14.0  # Not prepared: compiled now.
   assert len(compiled._futures) == 4  # pylint: disable=protected-access
   assert clock.compile_seconds > 0  # The unprepared shape was waited for.
+  compiled.close()
+
+
+def test_preemption_call_ids_keep_rising_across_runs_of_one_process(monkeypatch):
+  # On several processes JAX's sync point counts over the process's life (a sweep trains many
+  # runs in one): ids restarting with each run would miss a SIGTERM or stop at a wrong call.
+  seen = []
+  monkeypatch.setattr(train.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(train.multihost_utils, 'reached_preemption_sync_point',
+                      lambda call_id: seen.append(call_id) or False)
+  for _ in range(2):  # two runs
+    should_stop, restore = train._preemption_check()  # pylint: disable=protected-access
+    assert not any(should_stop() for _ in range(3))
+    restore()
+  assert len(seen) == 6 and seen == sorted(set(seen))
+
+
+def test_a_compile_prepared_after_another_starts_once_that_one_is_done():
+  compiled = train._Compiled(train.RunClock())  # pylint: disable=protected-access
+  gate, order = threading.Event(), []
+
+  class Jitted:  # What prepare uses of a jitted function: lower(...).compile().
+
+    def __init__(self, name, wait=False):
+      self.name, self.wait = name, wait
+
+    def lower(self, *args):
+      del args
+      if self.wait:
+        gate.wait(timeout=30)
+      order.append(self.name)
+      return self
+
+    def compile(self):
+      return lambda *args: self.name
+
+  first = compiled.prepare('a', Jitted('first', wait=True), None, np.zeros(1))
+  later = compiled.prepare('b', Jitted('later'), None, np.zeros(2), after=first)
+  time.sleep(0.2)
+  assert order == [] and not later.done()  # Held back while the first is still compiling.
+  gate.set()
+  assert compiled('b', None, None, np.zeros(2)) == 'later'
+  assert order == ['first', 'later']
   compiled.close()
 
 
