@@ -462,6 +462,19 @@ def checkpoint_manager(directory: epath.PathLike, *,
                                item_names=('state', 'meta'))
 
 
+def _process_zero_decides(value: Optional[int]) -> Optional[int]:
+  """Process 0's value (an int >= 0, or None) on every process.
+
+  What each process reads of shared storage (a bucket's listing) may differ for a moment; a
+  decision that sent processes down different paths would leave some waiting in a collective.
+  """
+  if jax.process_count() == 1:
+    return value
+  agreed = int(multihost_utils.broadcast_one_to_all(
+      np.asarray(-1 if value is None else value, np.int32)))
+  return None if agreed < 0 else agreed
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
   """Saves state and meta at the state's step, unless a checkpoint of that step exists.
 
@@ -470,10 +483,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, meta: dic
   kept rather than deleted and rewritten, so there is never a moment without one.
   """
   step = int(jax.device_get(state.step))
-  exists = step in manager.all_steps()
-  if jax.process_count() > 1:  # Process 0's listing decides, so no process waits alone in save.
-    exists = bool(multihost_utils.broadcast_one_to_all(np.asarray(exists)))
-  if exists:
+  if _process_zero_decides(int(step in manager.all_steps())):
     return
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -818,11 +828,12 @@ def _train_loop(run: Run, clock: RunClock, compiled: _Compiled, latest_manager, 
   meta = {'epoch': 0, 'step_in_epoch': 0, 'train_sums': {}, 'best_val_accuracy': -1.0,
           'best_epoch': 0, 'history': [], 'run': run_identity(run), 'elapsed_seconds': 0.0}
   abstract_state = abstract_train_state(ctx, config.data.image_size, mesh)
-  if latest_manager.latest_step() is not None:
-    state, meta = restore_checkpoint(latest_manager, abstract_state)
+  latest_step = _process_zero_decides(latest_manager.latest_step())
+  if latest_step is not None:
+    state, meta = restore_checkpoint(latest_manager, abstract_state, latest_step)
     check_same_run(run, meta, latest_manager.directory)
     results_path = writers.as_path(run.workdir) / report.RESULTS_FILE
-    if meta['epoch'] >= config.num_epochs and results_path.exists():
+    if meta['epoch'] >= config.num_epochs and _process_zero_decides(int(results_path.exists())):
       logging.info('%s has finished already; its results: %s', run.workdir, results_path)
       return json.loads(results_path.read_text())
     meta = dict(meta, run=run_identity(run))

@@ -428,6 +428,18 @@ def test_preemption_call_ids_keep_rising_across_runs_of_one_process(monkeypatch)
   assert len(seen) == 6 and seen == sorted(set(seen))
 
 
+def test_on_several_processes_process_zeros_view_of_storage_decides(monkeypatch):
+  monkeypatch.setattr(train.jax, 'process_count', lambda: 2)
+  process_zero_sees = {'value': 7}
+  monkeypatch.setattr(train.multihost_utils, 'broadcast_one_to_all',
+                      lambda mine: np.asarray(process_zero_sees['value'], mine.dtype))
+  assert train._process_zero_decides(None) == 7  # pylint: disable=protected-access
+  process_zero_sees['value'] = -1  # Process 0 found no checkpoint.
+  assert train._process_zero_decides(5) is None  # pylint: disable=protected-access
+  process_zero_sees['value'] = 0
+  assert train._process_zero_decides(1) == 0  # pylint: disable=protected-access
+
+
 def test_a_compile_prepared_after_another_starts_once_that_one_is_done():
   compiled = train._Compiled(train.RunClock())  # pylint: disable=protected-access
   gate, order = threading.Event(), []
