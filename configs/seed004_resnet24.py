@@ -30,3 +30,10 @@ def get_config():
   config.reference.system = 'seed 004 ResNet24 (Nesterov SGD, mixup)'
   config.reference.paper_accuracy = 94.43
   return config
+
+
+def get_config_without_mixup():
+  """The base of seed 004's figure sweeps (configs/sweeps/s004_*.py): this recipe, no mixup."""
+  config = get_config()
+  config.augment.mixup_alpha = 0.0
+  return config

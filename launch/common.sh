@@ -15,3 +15,31 @@ die() {
   echo "${SCRIPT_NAME}: $*" >&2
   exit 2
 }
+
+# The options every launch script has, with their defaults (take_main_option sets them).
+# shellcheck disable=SC2034  # used by the scripts that source this file
+{
+  config="${RESNET_JAX_CONFIG:-configs/best.py}"
+  workdir="${RESNET_JAX_WORKDIR:-}"
+  dry_run=false
+  main_flags=()
+}
+
+# Takes the options every launch script has from the front of "$@": --config FILE,
+# --config.KEY=VALUE (kept in main_flags for python -m resnet_jax.main), --workdir DIR,
+# --dry-run and -- (the rest goes to main_flags). Sets config, workdir, main_flags, dry_run,
+# and `taken` to the number of words used (0: not one of these).
+# shellcheck disable=SC2034  # the variables are the calling script's
+take_main_option() {
+  taken=1
+  case "$1" in
+    --config) config="${2:?--config needs a file}"; taken=2 ;;
+    --config=*) config="${1#*=}" ;;
+    --config.*) main_flags+=("$1") ;;
+    --workdir) workdir="${2:?--workdir needs a directory or gs:// path}"; taken=2 ;;
+    --workdir=*) workdir="${1#*=}" ;;
+    --dry-run) dry_run=true ;;
+    --) main_flags+=("${@:2}"); taken=$# ;;
+    *) taken=0 ;;
+  esac
+}

@@ -28,21 +28,14 @@ SCRIPT_NAME=local_gpus.sh
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-config="${RESNET_JAX_CONFIG:-configs/best.py}"
-workdir="${RESNET_JAX_WORKDIR:-}"
 num_gpus="${RESNET_JAX_NUM_GPUS:-}"
 port="${RESNET_JAX_PORT:-12355}"
 python="${RESNET_JAX_PYTHON:-python3}"
 process_per_gpu=false
-dry_run=false
-main_flags=()
 while (($#)); do
+  take_main_option "$@"
+  if ((taken)); then shift "$taken"; continue; fi
   case "$1" in
-    --config) config="${2:?--config needs a file}"; shift ;;
-    --config=*) config="${1#*=}" ;;
-    --config.*) main_flags+=("$1") ;;
-    --workdir) workdir="${2:?--workdir needs a directory}"; shift ;;
-    --workdir=*) workdir="${1#*=}" ;;
     --num-gpus) num_gpus="${2:?--num-gpus needs a number}"; shift ;;
     --num-gpus=*) num_gpus="${1#*=}" ;;
     --port) port="${2:?--port needs a number}"; shift ;;
@@ -50,9 +43,7 @@ while (($#)); do
     --python) python="${2:?--python needs an interpreter}"; shift ;;
     --python=*) python="${1#*=}" ;;
     --process-per-gpu) process_per_gpu=true ;;
-    --dry-run) dry_run=true ;;
     -h|--help) usage; exit 0 ;;
-    --) shift; main_flags+=("$@"); break ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
   shift

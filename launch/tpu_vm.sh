@@ -48,17 +48,15 @@ project="${RESNET_JAX_PROJECT:-}"
 zone="${RESNET_JAX_ZONE:-}"
 accelerator_type="${RESNET_JAX_ACCELERATOR_TYPE:-v5litepod-8}"
 version="${RESNET_JAX_TPU_VERSION:-v2-alpha-tpuv5-lite}"
-config="${RESNET_JAX_CONFIG:-configs/best.py}"
-workdir="${RESNET_JAX_WORKDIR:-}"
 git_url="${RESNET_JAX_GIT_URL:-}"
 git_ref="${RESNET_JAX_GIT_REF:-}"
 spot=false
 skip_setup=false
 delete_after=false
 delete_only=false
-dry_run=false
-main_flags=()
 while (($#)); do
+  take_main_option "$@"
+  if ((taken)); then shift "$taken"; continue; fi
   case "$1" in
     --name) name="${2:?--name needs a value}"; shift ;;
     --name=*) name="${1#*=}" ;;
@@ -70,11 +68,6 @@ while (($#)); do
     --accelerator-type=*) accelerator_type="${1#*=}" ;;
     --version) version="${2:?--version needs a value}"; shift ;;
     --version=*) version="${1#*=}" ;;
-    --config) config="${2:?--config needs a file}"; shift ;;
-    --config=*) config="${1#*=}" ;;
-    --config.*) main_flags+=("$1") ;;
-    --workdir) workdir="${2:?--workdir needs a bucket path}"; shift ;;
-    --workdir=*) workdir="${1#*=}" ;;
     --git) git_url="${2:?--git needs a URL}"; shift ;;
     --git=*) git_url="${1#*=}" ;;
     --git-ref) git_ref="${2:?--git-ref needs a branch or tag}"; shift ;;
@@ -83,9 +76,7 @@ while (($#)); do
     --skip-setup) skip_setup=true ;;
     --delete-after) delete_after=true ;;
     --delete) delete_only=true ;;
-    --dry-run) dry_run=true ;;
     -h|--help) usage; exit 0 ;;
-    --) shift; main_flags+=("$@"); break ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
   shift

@@ -289,7 +289,6 @@ def train_preprocess(rng, images, labels, aug_cfg, mean, std, num_classes: int, 
     (x, targets): x (B, H, W, C) normalised in dtype; targets float32 (B, num_classes) soft
     labels summing to one.
   """
-  check_config(aug_cfg)
   keys = dict(zip(_OPS, jax.random.split(rng, len(_OPS))))
   x = images
   if aug_cfg.crop_padding:

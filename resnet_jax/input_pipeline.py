@@ -541,7 +541,7 @@ def _tf_batches(tensors, local_batches):
 
 
 class HostBatcher:
-  """Host batches of one training set, epoch after epoch (`host_batches` is one epoch of one).
+  """Host batches of one training set, epoch after epoch.
 
   The tf.data backend copies the arrays into TensorFlow on the first epoch that needs them and
   reuses that copy for every later epoch.
@@ -612,19 +612,3 @@ class HostBatcher:
     if self._tensors is None:
       self._tensors = _tf_tensors(self.images, self.labels)
     return _tf_batches(self._tensors, local_batches)
-
-
-def host_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int,
-                 epoch: int, shuffle: bool = True, drop_remainder: bool = False,
-                 start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                 multiple_of: int = 0,
-                 backend: str = 'auto') -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """One epoch of `HostBatcher(images, labels, backend).epoch(batch_size, ...)`.
-
-  For many epochs of the same arrays, keep one `HostBatcher`: with tf.data this copies the
-  arrays into TensorFlow on every call.
-  """
-  return HostBatcher(images, labels, backend).epoch(
-      batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_remainder=drop_remainder,
-      start_step=start_step, process_index=process_index, process_count=process_count,
-      multiple_of=multiple_of)

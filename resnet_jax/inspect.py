@@ -68,7 +68,7 @@ def _update_from_saved(section: config_dict.ConfigDict, saved: dict, where: str)
 
 def config_from_workdir(workdir: str) -> config_dict.ConfigDict:
   """The config a run was trained with, from the config.json the trainer wrote in workdir."""
-  path = os.path.join(workdir, 'config.json')
+  path = os.path.join(workdir, train.CONFIG_FILE)
   if not os.path.isfile(path):
     raise UserError(f'no {path}: check --workdir, or pass --config=<the config file the run was '
                     'trained with>')

@@ -335,7 +335,7 @@ def _markdown(rows: Sequence[dict], keys: Sequence[str]) -> str:
 
 def validation_curve(run_dir: str) -> tuple[list[int], list[float]]:
   """(epochs, validation accuracy) from a run's metrics.jsonl; the last record of an epoch wins."""
-  path = os.path.join(run_dir, 'metrics.jsonl')
+  path = os.path.join(run_dir, writers.METRICS_FILE)
   if not os.path.isfile(path):
     return [], []
   by_epoch = {int(r['epoch']): r['val_accuracy'] for r in writers.read_jsonl(path)

@@ -9,7 +9,7 @@ its loss is finite) while the next one runs.
 Two ways to feed a call, running the same `train_step`:
 - resident (the fast path): the whole uint8 training set is replicated on every device and a call
   receives only the batch indices (the host's `input_pipeline.epoch_permutation`);
-- streamed: `input_pipeline.host_batches` produces each process's share of every batch.
+- streamed: `input_pipeline.HostBatcher` produces each process's share of every batch.
 """
 
 import concurrent.futures
@@ -53,6 +53,8 @@ from clu import metrics  # pylint: disable=g-bad-import-order
 MAX_RESIDENT_BYTES = 4 << 30
 # Steps fused in one compiled call when config.steps_per_call is 0 (on a CPU: 1).
 AUTO_STEPS_PER_CALL = 32
+# The resolved config a run was started with, in its workdir.
+CONFIG_FILE = 'config.json'
 
 
 @struct.dataclass
@@ -644,7 +646,7 @@ def versions() -> dict:
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   path = writers.as_path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  (path / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -364,11 +364,12 @@ BACKENDS = ('numpy', pytest.param('tf', marks=pytest.mark.skipif(
 
 
 def epoch(n=103, batch_size=10, **kwargs):
-  """One epoch of host_batches over images whose pixels and labels are their index."""
+  """One epoch of HostBatcher batches over images whose pixels and labels are their index."""
   images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 2, 2, 3))
   kwargs.setdefault('seed', 0)
   kwargs.setdefault('epoch', 0)
-  return list(input_pipeline.host_batches(images, np.arange(n), batch_size, **kwargs))
+  backend = kwargs.pop('backend', 'auto')
+  return list(input_pipeline.HostBatcher(images, np.arange(n), backend).epoch(batch_size, **kwargs))
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
@@ -437,7 +438,7 @@ def test_tf_and_numpy_backends_agree():
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
-def test_host_batcher_epochs_match_host_batches(backend, monkeypatch):
+def test_a_reused_host_batcher_matches_fresh_ones(backend, monkeypatch):
   copies = []
   tf_tensors = input_pipeline._tf_tensors  # pylint: disable=protected-access
   monkeypatch.setattr(input_pipeline, '_tf_tensors', lambda *a: copies.append(1) or tf_tensors(*a))
@@ -456,9 +457,9 @@ def test_host_batcher_epochs_match_host_batches(backend, monkeypatch):
 
 def test_host_batches_errors():
   images, labels = np.zeros((10, 2, 2, 3), np.uint8), np.zeros(10)
-  assert_user_error(lambda: input_pipeline.host_batches(
-      images, labels, 10, seed=0, epoch=0, process_count=3), 'config.batch_size')
-  assert_user_error(lambda: input_pipeline.host_batches(
-      images, labels, 10, seed=0, epoch=0, backend='torch'), 'config.data.host_backend')
+  assert_user_error(lambda: input_pipeline.HostBatcher(images, labels).epoch(
+      10, seed=0, epoch=0, process_count=3), 'config.batch_size')
+  assert_user_error(lambda: input_pipeline.HostBatcher(images, labels, 'torch'),
+                    'config.data.host_backend')
   assert_user_error(lambda: input_pipeline.HostBatcher(images, labels).epoch(
       0, seed=0, epoch=0), 'config.batch_size')

@@ -10,8 +10,6 @@ from configs import seed004_resnet24
 
 
 def get_config():
-  base = seed004_resnet24.get_config()
-  base.augment.mixup_alpha = 0.0
-  return sweep.sweep_config(base, grid={
+  return sweep.sweep_config(seed004_resnet24.get_config_without_mixup(), grid={
       'model.activation': ('relu', 'relu6', 'leaky_relu', 'elu', 'swish'),
   })

@@ -20,9 +20,7 @@ OPTIMIZERS = (
 
 
 def get_config():
-  base = seed004_resnet24.get_config()
-  base.augment.mixup_alpha = 0.0
-  return sweep.sweep_config(base, grid={
+  return sweep.sweep_config(seed004_resnet24.get_config_without_mixup(), grid={
       'model': tuple(models.preset(name) for name in ARCHITECTURES),
       'optim': OPTIMIZERS,
   })

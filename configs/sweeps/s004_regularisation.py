@@ -11,9 +11,7 @@ from configs import seed004_resnet24
 
 
 def get_config():
-  base = seed004_resnet24.get_config()
-  base.augment.mixup_alpha = 0.0
-  return sweep.sweep_config(base, grid={
+  return sweep.sweep_config(seed004_resnet24.get_config_without_mixup(), grid={
       'optim.weight_decay': (0.0, 1e-4, 1e-3),
       'optim.l1': (0.0, 1e-5, 1e-4),
   })

@@ -19,6 +19,4 @@ SCHEDULES = (
 
 
 def get_config():
-  base = seed004_resnet24.get_config()
-  base.augment.mixup_alpha = 0.0
-  return sweep.sweep_config(base, grid={'schedule': SCHEDULES})
+  return sweep.sweep_config(seed004_resnet24.get_config_without_mixup(), grid={'schedule': SCHEDULES})
