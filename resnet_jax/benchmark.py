@@ -13,7 +13,6 @@ the training plan's. Prints a table and writes JSON.
 import dataclasses
 import functools
 import json
-import platform
 import time
 from typing import Optional, Sequence
 
@@ -21,15 +20,16 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 
 from resnet_jax import errors
+from resnet_jax import evaluator
+from resnet_jax import feed
 from resnet_jax import input_pipeline
 from resnet_jax import main as main_lib  # Its --config flag and parser.
-from resnet_jax import train
+from resnet_jax import report
+from resnet_jax import runs
 
 # Dense peak FLOP/s by device kind and compute dtype (vendor datasheets; float32 on NVIDIA GPUs
 # means TF32 tensor cores, which XLA uses for float32 convolutions by default).
@@ -102,30 +102,30 @@ def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_cal
   """Measures one configuration as training runs it.
 
   Batch size, dtype and steps per compiled call are config.batch_size, config.model.dtype and
-  the training plan's (`train.epoch_plan`: config.steps_per_call, 0 = as training picks it).
+  the training plan's (`feed.epoch_plan`: config.steps_per_call, 0 = as training picks it).
   Timed is the first call of an epoch, the training set on the devices.
   """
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.data.placement = 'device'
-  run = train.setup_run(config, workdir='', splits=splits)
+  run = runs.setup_run(config, workdir='', splits=splits)
   mesh, ctx, plan = run.mesh, run.ctx, run.plan
-  batch_sharding = NamedSharding(mesh, P(None, 'data'))
+  batch_sharding = feed.batch_sharded(mesh)
   _, steps, batch_size = plan.calls(0)[0]
 
-  state = train.initial_state(ctx, config.data.image_size, mesh)
-  train_images, train_labels = train.put_train_set(splits, mesh)
-  batches = np.stack(train.epoch_batches(run, epoch=0)[:steps])
-  indices = train.put_global(batches.astype(np.int32), batch_sharding)
+  state = feed.initial_state(ctx, config.data.image_size, mesh)
+  train_images, train_labels = feed.put_train_set(splits.train_images, splits.train_labels, mesh)
+  batches = np.stack(plan.epoch_batches(epoch=0)[:steps])
+  indices = feed.put_global(batches.astype(np.int32), batch_sharding)
 
-  run_steps = train.jit_train_steps(ctx, mesh, resident=True)
+  run_steps = feed.jit_train_steps(ctx, mesh, resident=True)
   start = time.perf_counter()
   compiled = run_steps.lower(state, indices, train_images, train_labels).compile()
   compile_seconds = time.perf_counter() - start
   # XLA's cost analysis counts a loop body once, whatever its trip count, so a call of several
   # steps (a lax.scan off the CPU) would count one of them: the FLOPs are a one-step call's.
   one_step = compiled if steps == 1 else run_steps.lower(
-      state, train.put_global(batches[:1].astype(np.int32), batch_sharding), train_images,
+      state, feed.put_global(batches[:1].astype(np.int32), batch_sharding), train_images,
       train_labels).compile()
   flops_per_step = _flops(one_step)
 
@@ -138,13 +138,12 @@ def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_cal
   _timed(one_call, warmup_calls)
   train_rate = calls * steps * batch_size / _timed(one_call, calls)
 
-  eval_set = train.make_eval_set(splits.test_images, splits.test_labels, config.eval_batch_size,
-                                 mesh)
+  eval_set = evaluator.make_eval_set(splits.test_images, splits.test_labels,
+                                     config.eval_batch_size, mesh)
   variables = holder['state'].eval_variables()
-  evaluate_compiled = train.compile_evaluate(ctx, mesh).lower(
-      variables, eval_set.images, eval_set.labels, eval_set.mask).compile()
-  call_eval = lambda: evaluate_compiled(variables, eval_set.images, eval_set.labels,
-                                        eval_set.mask)
+  evaluate_compiled = evaluator.compile_evaluate(ctx, mesh).lower(
+      variables, *eval_set.arrays()).compile()
+  call_eval = lambda: evaluate_compiled(variables, *eval_set.arrays())
   _timed(call_eval, 1)
   eval_rate = eval_repeats * eval_set.size / _timed(call_eval, eval_repeats)
 
@@ -192,7 +191,7 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_sizes: Sequence[int],
       'device_kind': device.device_kind,
       'platform': device.platform,
       'device_count': jax.device_count(),
-      'versions': train.versions() | {'python': platform.python_version()},
+      'versions': report.versions(),
       'augment': config.augment.to_dict(),
       'results': [dataclasses.asdict(r) for r in rows],
       'table': format_table(rows),

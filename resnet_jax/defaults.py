@@ -43,12 +43,9 @@ def model_config(**overrides) -> config_dict.ConfigDict:
   return cfg
 
 
-def base_config() -> config_dict.ConfigDict:
-  config = config_dict.ConfigDict()
-  config.seed = 0
-  config.model = model_config()
-
-  config.data = config_dict.ConfigDict(dict(
+def data_config() -> config_dict.ConfigDict:
+  """Where the images come from, and how they are split, normalised and placed."""
+  return config_dict.ConfigDict(dict(
       # auto | tfds | cifar_batches | jpeg_npz | folder | synthetic
       source='auto',
       data_dir='',                # where the source looks; '' = its default search path
@@ -64,7 +61,10 @@ def base_config() -> config_dict.ConfigDict:
       image_size=32,
   ))
 
-  config.augment = config_dict.ConfigDict(dict(
+
+def augment_config() -> config_dict.ConfigDict:
+  """Training augmentation, run on the device inside the compiled step."""
+  return config_dict.ConfigDict(dict(
       crop_padding=4,             # zero (black) padding before the random crop; 0 = no crop
       hflip=0.5,                  # probability of a horizontal flip
       vflip=0.0,
@@ -78,7 +78,10 @@ def base_config() -> config_dict.ConfigDict:
       mixup_alpha=0.0,            # >0: mixup with Beta(alpha, alpha), soft labels
   ))
 
-  config.optim = config_dict.ConfigDict(dict(
+
+def optim_config() -> config_dict.ConfigDict:
+  """The optimizer chain: direction, weight decay, clipping, Lookahead."""
+  return config_dict.ConfigDict(dict(
       optimizer='sgd',            # sgd | adam | adamw | adagrad | adadelta
       learning_rate=0.1,
       momentum=0.9,
@@ -97,7 +100,10 @@ def base_config() -> config_dict.ConfigDict:
       lookahead_alpha=0.5,
   ))
 
-  config.schedule = config_dict.ConfigDict(dict(
+
+def schedule_config() -> config_dict.ConfigDict:
+  """The learning-rate schedule."""
+  return config_dict.ConfigDict(dict(
       # constant | cosine | warmup_cosine | onecycle | exponential | step | multistep
       # | cosine_restarts | plateau
       name='cosine',
@@ -121,6 +127,28 @@ def base_config() -> config_dict.ConfigDict:
       plateau_mode='min',         # plateau watches validation loss ('min') or accuracy ('max')
   ))
 
+
+def reference_config() -> config_dict.ConfigDict:
+  """What the report sets the run beside (REFERENCE.md and the seed papers); 0 = none known."""
+  return config_dict.ConfigDict(dict(
+      system='',                  # e.g. "seed 000 best model"
+      paper_accuracy=0.0,         # the seed paper's own reported test accuracy (%)
+      pytorch_final=0.0,          # the PyTorch reference on the JPEG CIFAR-10 copy (%)
+      pytorch_best=0.0,
+      pytorch_epoch_seconds=0.0,
+  ))
+
+
+def base_config() -> config_dict.ConfigDict:
+  """Every key a run reads, locked."""
+  config = config_dict.ConfigDict()
+  config.seed = 0
+  config.model = model_config()
+  config.data = data_config()
+  config.augment = augment_config()
+  config.optim = optim_config()
+  config.schedule = schedule_config()
+
   config.label_smoothing = 0.0
   config.batch_size = 128          # global, across every device and host
   config.eval_batch_size = 1000
@@ -136,13 +164,6 @@ def base_config() -> config_dict.ConfigDict:
   config.write_plots = True
   config.param_histograms_every_epochs = 0  # >0: TensorBoard histograms of every parameter array
 
-  # What the report sets the run beside (REFERENCE.md and the seed papers); 0 = none known.
-  config.reference = config_dict.ConfigDict(dict(
-      system='',                  # e.g. "seed 000 best model"
-      paper_accuracy=0.0,         # the seed paper's own reported test accuracy (%)
-      pytorch_final=0.0,          # the PyTorch reference on the JPEG CIFAR-10 copy (%)
-      pytorch_best=0.0,
-      pytorch_epoch_seconds=0.0,
-  ))
+  config.reference = reference_config()
   config.lock()
   return config

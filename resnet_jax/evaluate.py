@@ -16,19 +16,21 @@ import time
 from absl import app
 from absl import flags
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 
+from resnet_jax import checkpoints
 from resnet_jax import distributed
 from resnet_jax import errors
+from resnet_jax import evaluator
+from resnet_jax import feed
 from resnet_jax import main as main_lib
 from resnet_jax import models
 from resnet_jax import report
+from resnet_jax import runs
 from resnet_jax import torch_import
-from resnet_jax import train
 
 
-CHECKPOINT = flags.DEFINE_enum('checkpoint', 'latest', train.CHECKPOINTS,
+CHECKPOINT = flags.DEFINE_enum('checkpoint', 'latest', checkpoints.CHECKPOINTS,
                                'Which checkpoint of the workdir to use.')
 _TORCH_STATE_DICT = flags.DEFINE_string(
     'torch_state_dict', None, 'Score this PyTorch state_dict (torch.save file) instead.')
@@ -75,32 +77,29 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
     UserError: no such checkpoint, an incompatible checkpoint or state_dict, missing data.
   """
   start = time.time()
-  run = train.setup_run(config, workdir)
-  replicated = NamedSharding(run.mesh, P())
+  run = runs.setup_run(config, workdir)
   history = []
   if torch_state_dict:
     variables = torch_import.variables_from_torch(
         load_torch_state_dict(torch_state_dict), config.model, config.data.image_size)
-    variables = jax.device_put(variables, replicated)
+    variables = jax.device_put(variables, feed.replicated(run.mesh))
     source = 'torch'
   else:
-    state, meta = train.restore_run_checkpoint(run, checkpoint)
+    state, meta = runs.restore(run, checkpoint)
     directory = os.path.join(workdir, 'checkpoints', checkpoint)
     variables = state.eval_variables()
-    history = meta['history']
+    history = meta.history
     source = checkpoint
-  test_set = train.make_eval_set(run.splits.test_images, run.splits.test_labels,
-                                 config.eval_batch_size, run.mesh)
-  test, predictions = train.evaluate(train.compile_evaluate(run.ctx, run.mesh), variables,
-                                     test_set)
-  results = train.run_results(run, models.count_params(variables['params']), test) | {
+  test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size).score_split(
+      variables, run.splits.test_images, run.splits.test_labels)
+  results = report.run_results(run, models.count_params(variables['params']), test) | {
       'evaluated': torch_state_dict if torch_state_dict else directory,
       'wall_seconds': time.time() - start,
   }
   if jax.process_index() == 0:
     report.write_report(
         output_dir or os.path.join(workdir, f'evaluate_{source}'), results, history,
-        train.confusion_matrix(run.splits.test_labels, predictions, config.model.num_classes),
+        report.confusion_matrix(run.splits.test_labels, predictions, config.model.num_classes),
         write_plots=config.write_plots)
   return results
 

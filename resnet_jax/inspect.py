@@ -30,12 +30,14 @@ from resnet_jax import augment
 from resnet_jax import defaults
 from resnet_jax import distributed
 from resnet_jax import errors
+from resnet_jax import checkpoints
 from resnet_jax import evaluate  # Its --checkpoint and --output_dir flags.
+from resnet_jax import evaluator
 from resnet_jax import gradcam
 from resnet_jax import main as main_lib
 from resnet_jax import models
 from resnet_jax import report
-from resnet_jax import train
+from resnet_jax import runs
 from resnet_jax import writers
 from resnet_jax.errors import UserError
 
@@ -68,7 +70,7 @@ def _update_from_saved(section: config_dict.ConfigDict, saved: dict, where: str)
 
 def config_from_workdir(workdir: str) -> config_dict.ConfigDict:
   """The config a run was trained with, from the config.json the trainer wrote in workdir."""
-  path = os.path.join(workdir, train.CONFIG_FILE)
+  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
   if not os.path.isfile(path):
     raise UserError(f'no {path}: check --workdir, or pass --config=<the config file the run was '
                     'trained with>')
@@ -114,8 +116,8 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
   """
   if num_images < 1:
     raise UserError(f'--num_images={num_images} must be at least 1')
-  run = train.setup_run(config, workdir)
-  state, _ = train.restore_run_checkpoint(run, checkpoint)
+  run = runs.setup_run(config, workdir)
+  state, _ = runs.restore(run, checkpoint)
   variables = state.eval_variables()
   splits, image_size = run.splits, config.data.image_size
   model = run.ctx.model
@@ -132,11 +134,9 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
   gradcam.write_param_histograms(writer, int(state.step), variables['params'])
   writer.close()
 
-  test_set = train.make_eval_set(splits.test_images, splits.test_labels, config.eval_batch_size,
-                                 run.mesh)
-  test, predictions = train.evaluate(train.compile_evaluate(run.ctx, run.mesh), variables,
-                                     test_set)
-  confusion = train.confusion_matrix(splits.test_labels, predictions, config.model.num_classes)
+  test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size).score_split(
+      variables, splits.test_images, splits.test_labels)
+  confusion = report.confusion_matrix(splits.test_labels, predictions, config.model.num_classes)
   report.plot_confusion(confusion, splits.class_names,
                         os.path.join(output_dir, report.CONFUSION_FILE))
 

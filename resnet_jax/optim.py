@@ -84,13 +84,8 @@ def _fail(key: str, value: Any, problem: str) -> None:
   raise errors.UserError(f'config.{key}={value!r}: {problem}')
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError, naming the key, for the first bad optimizer or schedule value."""
-  o, s = config.optim, config.schedule
-  if o.optimizer not in OPTIMIZERS:
-    _fail('optim.optimizer', o.optimizer, f'unknown optimizer; use one of {", ".join(OPTIMIZERS)}')
-  if s.name not in SCHEDULES:
-    _fail('schedule.name', s.name, f'unknown schedule; use one of {", ".join(SCHEDULES)}')
+def _optimizer_checks(o: ml_collections.ConfigDict) -> list:
+  """(key, ok, problem) of every optimizer setting."""
   checks = [
       ('optim.learning_rate', o.learning_rate >= 0, 'must be >= 0'),
       ('optim.weight_decay', o.weight_decay >= 0, 'must be >= 0'),
@@ -106,8 +101,6 @@ def _validate(config: ml_collections.ConfigDict) -> None:
        'must be an integer >= 0 (0 = no Lookahead)'),
       ('optim.lookahead_alpha', o.lookahead_k == 0 or 0 < o.lookahead_alpha <= 1,
        'must be in (0, 1]'),
-      ('schedule.unit', s.unit in ('epoch', 'step'), "use 'epoch' or 'step'"),
-      ('schedule.min_lr', s.min_lr >= 0, 'must be >= 0'),
   ]
   if o.optimizer == 'sgd':
     checks += [('optim.momentum', 0 <= o.momentum < 1, 'must be in [0, 1)'),
@@ -122,6 +115,14 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if o.optimizer == 'adadelta':
     checks += [('optim.rho', 0 <= o.rho <= 1, 'must be in [0, 1]'),
                ('optim.adadelta_eps', o.adadelta_eps > 0, 'must be > 0')]
+  return checks
+
+
+def _schedule_checks(config: ml_collections.ConfigDict) -> list:
+  """(key, ok, problem) of every schedule setting."""
+  s = config.schedule
+  checks = [('schedule.unit', s.unit in ('epoch', 'step'), "use 'epoch' or 'step'"),
+            ('schedule.min_lr', s.min_lr >= 0, 'must be >= 0')]
   if s.name not in ('constant', 'plateau'):
     checks += [('num_epochs', config.num_epochs > 0, f'schedule {s.name!r} needs num_epochs > 0')]
   if s.name in ('cosine', 'warmup_cosine'):
@@ -154,6 +155,18 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                ('schedule.final_div_factor', s.final_div_factor > 0, 'must be > 0'),
                ('schedule.anneal_strategy', s.anneal_strategy in ('cos', 'linear'),
                 "use 'cos' or 'linear'")]
+  return checks
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError, naming the key, for the first bad optimizer or schedule value."""
+  o, s = config.optim, config.schedule
+  if o.optimizer not in OPTIMIZERS:
+    _fail('optim.optimizer', o.optimizer, f'unknown optimizer; use one of {", ".join(OPTIMIZERS)}')
+  if s.name not in SCHEDULES:
+    _fail('schedule.name', s.name, f'unknown schedule; use one of {", ".join(SCHEDULES)}')
+  # The optimizer's checks come first, as a user fixes them first.
+  checks = _optimizer_checks(o) + _schedule_checks(config)
   key = {'optim': o, 'schedule': s, '': config}
   for name, ok, problem in checks:
     if not ok:

@@ -7,21 +7,71 @@ seed-000 recipe, the PyTorch reference measured on the same data (REFERENCE.md).
 
 import io
 import json
+import platform
+import sys
 from typing import Optional, Sequence
 
 from etils import epath
+import flax
+import jax
 import matplotlib
 
 matplotlib.use('Agg')  # Files only; never a display.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib import pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+
+from resnet_jax import runs  # noqa: E402
+from resnet_jax import writers  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 RESULTS_FILE = 'results.json'
 CURVES_FILE = 'curves.png'
 CONFUSION_FILE = 'confusion.png'
 REPORT_FILE = 'report.md'
+
+
+def versions() -> dict:
+  return {'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
+          'orbax_checkpoint': getattr(ocp, '__version__', ''),
+          'python': platform.python_version()}
+
+
+def run_results(run: runs.Run, parameters: int, test: dict) -> dict:
+  """The results fields every report has: the system, its test score, data and machine."""
+  config, splits = run.config, run.splits
+  device = jax.devices()[0]
+  return {
+      'model': config.model.name,
+      'parameters': parameters,
+      'epochs': config.num_epochs,
+      'final_test_accuracy': test['accuracy'],
+      'final_test_loss': test['loss'],
+      'device_kind': device.device_kind,
+      'platform': device.platform,
+      'device_count': jax.device_count(),
+      'process_count': jax.process_count(),
+      'placement': run.placement,
+      'data_source': splits.source,
+      'train_examples': len(splits.train_labels),
+      'val_examples': len(splits.val_labels),
+      'test_examples': len(splits.test_labels),
+      'class_names': [str(name) for name in splits.class_names],
+      'seed': config.seed,
+      'versions': versions(),
+      'reference': config.reference.to_dict(),
+      'workdir': str(writers.as_path(run.workdir)),
+      'command': ' '.join(sys.argv),
+      'preempted': False,
+  }
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """counts[true, predicted]."""
+  flat = labels.astype(np.int64) * num_classes + predictions.astype(np.int64)
+  return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 from resnet_jax import benchmark
 from resnet_jax import defaults
 from resnet_jax import input_pipeline
-from resnet_jax import train
+from resnet_jax import feed
 
 from conftest import REPO
 
@@ -66,8 +66,8 @@ def scan_rows():
   config.data.train_subset = 320
   splits = input_pipeline.load_splits(config.data, config.seed)
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train.jax, 'default_backend', lambda: 'gpu')
-    plan = train.epoch_plan(config, len(splits.train_labels), num_devices=1)
+    patch.setattr(feed.jax, 'default_backend', lambda: 'gpu')
+    plan = feed.epoch_plan(config, len(splits.train_labels), num_devices=1)
     rows = {}
     for steps_per_call in (0, 1):
       config.steps_per_call = steps_per_call

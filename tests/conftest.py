@@ -1,12 +1,20 @@
 """Shared fixtures: the real CIFAR-10 images (JPEG copy in ../shared), skipped where absent."""
 
+import contextlib
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
+from etils import epath
+import jax
+import numpy as np
 import pytest
+
+from resnet_jax import defaults
+from resnet_jax import runs
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # JAX's persistent compilation cache, shared by every test and the subprocesses they start: the
@@ -47,3 +55,87 @@ def cifar_batches_dir(tmp_path_factory, shared_data_dir) -> pathlib.Path:
   subprocess.run([sys.executable, str(shared_data_dir / 'to_cifar_batches.py'), str(out),
                   '--subset', str(SUBSET)], check=True, capture_output=True)
   return out
+
+
+@contextlib.contextmanager
+def fake_bucket(root):
+  """gs://bucket/... reads and writes the local folder root instead (epath's backends mocked)."""
+
+  def redirect(original, path, *args, **kwargs):
+    return original(os.fspath(path).replace('gs://bucket', os.fspath(root), 1), *args, **kwargs)
+
+  names = ('open', 'exists', 'isdir', 'listdir', 'makedirs', 'mkdir', 'remove', 'stat', 'glob',
+           'walk', 'rmtree')
+  # epath sends URLs to TensorFlow's file system wherever TensorFlow is installed.
+  with mock.patch.object(epath.gpath, '_is_tf_installed', lambda: False), \
+      epath.testing.mock_epath(**{name: redirect for name in names}):
+    yield
+
+
+def histogram_events(logdir) -> dict:
+  """tag -> [(step, number of values)] of the histograms in a TensorBoard folder.
+
+  Reads both encodings: `HistogramProto` (the TensorFlow-free writer) and TensorFlow's
+  (k, 3) tensor of (left edge, right edge, count) rows.
+  """
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
+  found = {}
+  for path in sorted(pathlib.Path(logdir).glob('events.out.tfevents.*')):
+    for event in event_file_loader.EventFileLoader(str(path)).Load():
+      for value in event.summary.value:
+        if value.HasField('histo'):
+          count = value.histo.num
+        elif value.metadata.plugin_data.plugin_name == 'histograms':
+          count = tensor_util.make_ndarray(value.tensor)[:, 2].sum()
+        else:
+          continue
+        found.setdefault(value.tag, []).append((event.step, int(count)))
+  return found
+
+
+def tiny_config(data_dir, **overrides):
+  """A two-layer ResNet (8 and 16 channels, 5,266 parameters) on the real-image subset."""
+  config = defaults.base_config()
+  config.model = defaults.model_config(
+      name='tiny', num_blocks=(1, 1), channels=(8, 16), kernel_sizes=(3, 3),
+      shortcut_kernel_sizes=(1, 1), stem_channels=8, se='none')
+  config.data.source = 'cifar_batches'
+  config.data.data_dir = str(data_dir)
+  config.optim.learning_rate = 0.05
+  config.eval_batch_size = 500
+  config.log_every_steps = 1000
+  config.write_plots = False
+  for key, value in overrides.items():
+    section = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      section = section[parent]
+    section[leaf] = value
+  return config
+
+
+def short_config(data_dir, **overrides):
+  """2 epochs of 1,000 images, 2 steps a call, every call's loss logged."""
+  return tiny_config(data_dir, **{'data.train_subset': 1000, 'data.test_subset': 500,
+                                  'batch_size': 96, 'num_epochs': 2, 'steps_per_call': 2,
+                                  'log_every_steps': 1, 'reference.pytorch_final': 1.0,
+                                  **overrides})
+
+
+def restore_state(workdir, config, checkpoint='latest'):
+  """The state and meta of a workdir's latest (or best) checkpoint."""
+  return runs.restore(runs.setup_run(config, str(workdir)), checkpoint)
+
+
+def restore_params(workdir, config):
+  """The parameters of a workdir's latest checkpoint (as numpy), its meta and its step."""
+  state, meta = restore_state(workdir, config)
+  return jax.tree.map(np.asarray, jax.device_get(state.params)), meta, int(state.step)
+
+
+def assert_trees_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)

@@ -217,6 +217,8 @@ def _train(workdir: str, sigterm_process: int = -1) -> dict:
   """
   import jax  # pylint: disable=g-import-not-at-top
   from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from resnet_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from resnet_jax import feed  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
 
   config = _training_config()
@@ -224,13 +226,13 @@ def _train(workdir: str, sigterm_process: int = -1) -> dict:
   example_index = {image.tobytes(): i for i, image in enumerate(splits.train_images)}
   assert len(example_index) == TRAIN_EXAMPLES
   fed, saved = {}, {}
-  stacked_host_batches = train._stacked_host_batches  # pylint: disable=protected-access
+  host_call_batches = feed.StreamedFeed.host_call_batches
 
-  def recording_batches(run, epoch, start_step):
+  def recording_batches(streamed_feed, epoch, start_step):
     if jax.process_index() == sigterm_process and not fed:
       os.kill(os.getpid(), signal.SIGTERM)
       time.sleep(4)
-    for images, labels in stacked_host_batches(run, epoch, start_step):
+    for images, labels in host_call_batches(streamed_feed, epoch, start_step):
       fed.setdefault(epoch, []).extend(
           example_index[image.tobytes()] for image in images.reshape(-1, *images.shape[2:]))
       yield images, labels
@@ -241,9 +243,9 @@ def _train(workdir: str, sigterm_process: int = -1) -> dict:
                        for leaf in jax.tree.leaves(state.params)]
     return save_checkpoint(manager, state, meta)
 
-  save_checkpoint = train.save_checkpoint
-  train._stacked_host_batches = recording_batches  # pylint: disable=protected-access
-  train.save_checkpoint = recording_save
+  save_checkpoint = checkpoints.save_checkpoint
+  feed.StreamedFeed.host_call_batches = recording_batches
+  checkpoints.save_checkpoint = recording_save
   results = train.train_and_evaluate(config, workdir)
   by_device = list(zip(*saved['params']))  # [device][leaf]
   return dict(steps=results.get('steps'), preempted=results['preempted'],

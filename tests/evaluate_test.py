@@ -11,7 +11,7 @@ from resnet_jax import errors
 from resnet_jax import evaluate
 from resnet_jax import torch_import
 from resnet_jax import train
-from train_test import short_config
+from conftest import restore_state, short_config
 
 torch = pytest.importorskip('torch')
 
@@ -64,10 +64,7 @@ def test_checkpoint_reproduces_the_reported_accuracy(trained, checkpoint, report
 
 def test_torch_state_dict_of_the_same_network_scores_the_same(trained, tmp_path):
   config, workdir, results = trained
-  run = train.setup_run(config, str(workdir))
-  manager = train.checkpoint_manager(str(workdir / 'checkpoints' / 'latest'), read_only=True)
-  state, _ = train.restore_checkpoint(manager, train.abstract_train_state(run.ctx, 32, run.mesh))
-  manager.close()
+  state, _ = restore_state(workdir, config)
   path = tmp_path / 'model.pt'
   torch.save(torch_state_dict(state.eval_variables()), path)
   scored = evaluate.evaluate_run(config, str(tmp_path / 'torch_run'), torch_state_dict=str(path))

@@ -122,28 +122,6 @@ def test_grid_png_has_a_row_an_image_and_a_column_a_layer(tmp_path):
   assert height == pytest.approx(one_height * 3, rel=0.05)
 
 
-def histogram_events(logdir) -> dict:
-  """tag -> [(step, number of values)] of the histograms in a TensorBoard folder.
-
-  Reads both encodings: `HistogramProto` (the TensorFlow-free writer) and TensorFlow's
-  (k, 3) tensor of (left edge, right edge, count) rows.
-  """
-  from tensorboard.backend.event_processing import event_file_loader
-  from tensorboard.util import tensor_util
-  found = {}
-  for path in sorted(pathlib.Path(logdir).glob('events.out.tfevents.*')):
-    for event in event_file_loader.EventFileLoader(str(path)).Load():
-      for value in event.summary.value:
-        if value.HasField('histo'):
-          count = value.histo.num
-        elif value.metadata.plugin_data.plugin_name == 'histograms':
-          count = tensor_util.make_ndarray(value.tensor)[:, 2].sum()
-        else:
-          continue
-        found.setdefault(value.tag, []).append((event.step, int(count)))
-  return found
-
-
 def test_param_histograms_cover_every_parameter_array(tmp_path):
   model = models.build_model(_model_cfg())
   params = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False)['params']

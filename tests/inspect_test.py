@@ -17,7 +17,7 @@ from resnet_jax import train
 from resnet_jax import writers
 from resnet_jax.errors import UserError
 
-from gradcam_test import histogram_events  # pylint: disable=g-bad-import-order
+from conftest import histogram_events  # pylint: disable=g-bad-import-order
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import report
-from writers_test import fake_bucket
+from conftest import fake_bucket
 
 CLASSES = ['cat', 'dog', 'ship']
 REFERENCE = {'system': 'seed 000 best model', 'paper_accuracy': 96.04, 'pytorch_final': 92.38,

@@ -14,22 +14,9 @@ import pytest
 
 from resnet_jax import writers
 
+from conftest import fake_bucket  # pylint: disable=g-bad-import-order
+
 TESTS = pathlib.Path(__file__).resolve().parent
-
-
-@contextlib.contextmanager
-def fake_bucket(root):
-  """gs://bucket/... reads and writes the local folder root instead (epath's backends mocked)."""
-
-  def redirect(original, path, *args, **kwargs):
-    return original(os.fspath(path).replace('gs://bucket', os.fspath(root), 1), *args, **kwargs)
-
-  names = ('open', 'exists', 'isdir', 'listdir', 'makedirs', 'mkdir', 'remove', 'stat', 'glob',
-           'walk', 'rmtree')
-  # epath sends URLs to TensorFlow's file system wherever TensorFlow is installed.
-  with mock.patch.object(epath.gpath, '_is_tf_installed', lambda: False), \
-      epath.testing.mock_epath(**{name: redirect for name in names}):
-    yield
 
 
 # Runs in a fresh interpreter where `import tensorflow` fails, as on the GPU machines (and gcsfs
@@ -42,7 +29,7 @@ _WITHOUT_TF = textwrap.dedent("""
     import numpy as np
     from resnet_jax import writers
     import clu.periodic_actions  # imports clu.metric_writers, which needs TF unless shimmed
-    from writers_test import fake_bucket
+    from conftest import fake_bucket
     assert 'tensorflow' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}
     with fake_bucket(sys.argv[2]):
       w = writers.create_writer(sys.argv[1], is_main=True)

@@ -1,0 +1,178 @@
+"""Checkpoints of a run: save and restore, what a resume must share, and when to stop (SIGTERM).
+
+A run's workdir holds `checkpoints/latest` (every epoch, and at a SIGTERM) and
+`checkpoints/best` (the best by validation accuracy), orbax managers keeping one step each. A
+checkpoint is the `steps.TrainState` and a `CheckpointMeta`: the position in the epoch, the
+epoch's running metric sums, the history and the run's identity, so a resumed run continues
+bitwise. On several processes, process 0's view of storage decides every question about it.
+"""
+
+import dataclasses
+import itertools
+import signal
+import threading
+from typing import Callable, Optional
+
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from resnet_jax import steps
+from resnet_jax import writers
+from resnet_jax.errors import UserError
+
+CHECKPOINTS = ('latest', 'best')
+# The resolved config a run was started with, in its workdir.
+CONFIG_FILE = 'config.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointMeta:
+  """What a checkpoint holds besides the state (saved as JSON).
+
+  Attributes:
+    epoch: epochs finished.
+    step_in_epoch: steps of the next epoch already trained (a mid-epoch stop).
+    train_sums: that epoch's running metric sums (`steps.metric_sums` dicts).
+    best_val_accuracy: the best validation accuracy so far (-1: none yet).
+    best_epoch: the epoch that scored it.
+    history: one record per finished epoch.
+    run: the run's identity (`run_identity`), checked on resume.
+    elapsed_seconds: the run's wall time so far, summed over the processes that trained it.
+  """
+  epoch: int = 0
+  step_in_epoch: int = 0
+  train_sums: dict = dataclasses.field(default_factory=dict)
+  best_val_accuracy: float = -1.0
+  best_epoch: int = 0
+  history: list = dataclasses.field(default_factory=list)
+  run: dict = dataclasses.field(default_factory=dict)
+  elapsed_seconds: float = 0.0
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, saved: dict) -> 'CheckpointMeta':
+    """The meta of a saved dict; fields that older checkpoints lack take their defaults."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{name: value for name, value in saved.items() if name in names})
+
+
+def checkpoint_manager(directory: epath.PathLike, *,
+                       read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(writers.as_path(directory), options=options,
+                               item_names=('state', 'meta'))
+
+
+def process_zero_decides(value: Optional[int]) -> Optional[int]:
+  """Process 0's value (an int >= 0, or None) on every process.
+
+  What each process reads of shared storage (a bucket's listing) may differ for a moment; a
+  decision that sent processes down different paths would leave some waiting in a collective.
+  """
+  if jax.process_count() == 1:
+    return value
+  agreed = int(multihost_utils.broadcast_one_to_all(
+      np.asarray(-1 if value is None else value, np.int32)))
+  return None if agreed < 0 else agreed
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: steps.TrainState,
+                    meta: CheckpointMeta) -> None:
+  """Saves state and meta at the state's step, unless a checkpoint of that step exists.
+
+  One exists when a run that died without a clean stop (no SIGTERM) is resumed and replays steps
+  it had saved, e.g. a best checkpoint written after the latest one. The existing checkpoint is
+  kept rather than deleted and rewritten, so there is never a moment without one.
+  """
+  step = int(jax.device_get(state.step))
+  if process_zero_decides(int(step in manager.all_steps())):
+    return
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta.to_json())), force=True)
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: steps.TrainState,
+                       step: Optional[int] = None) -> tuple[steps.TrainState, CheckpointMeta]:
+  """The state and metadata saved at `step` (default: the latest); UserError if unusable."""
+  step = manager.latest_step() if step is None else step
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise UserError(f'checkpoint {manager.directory}/{step} cannot be restored into this config '
+                    f'({reason}): it is damaged or was written by another config; use the config '
+                    'it was trained with, or move the checkpoint aside or use a new --workdir to '
+                    'start over') from e
+  return restored.state, CheckpointMeta.from_json(restored.meta)
+
+
+def restore_named(workdir: str, checkpoint: str, abstract_state: steps.TrainState
+                  ) -> tuple[steps.TrainState, CheckpointMeta]:
+  """A run's latest or best checkpoint; UserError if there is none."""
+  if checkpoint not in CHECKPOINTS:
+    raise UserError(f'--checkpoint={checkpoint} is not one of {", ".join(CHECKPOINTS)}')
+  directory = writers.as_path(workdir) / 'checkpoints' / checkpoint
+  if not directory.is_dir():
+    raise UserError(f'no checkpoint in {directory}: train first (python -m resnet_jax.main '
+                    f'--workdir={workdir}), or check --workdir')
+  manager = checkpoint_manager(directory, read_only=True)
+  try:
+    if manager.latest_step() is None:
+      raise UserError(f'no checkpoint in {directory}: train first, or check --workdir')
+    return restore_checkpoint(manager, abstract_state)
+  finally:
+    manager.close()
+
+
+def run_identity(config: ml_collections.ConfigDict, size: int, steps_an_epoch: int) -> dict:
+  """What a checkpoint's run must share with the config resuming it (saved in its meta)."""
+  return {'config.batch_size': config.batch_size, 'config.num_epochs': config.num_epochs,
+          'config.seed': config.seed, 'training examples (config.data)': size,
+          'steps an epoch': steps_an_epoch}
+
+
+def check_same_run(identity: dict, meta: CheckpointMeta, directory) -> None:
+  """UserError naming the first setting the config changed since the checkpoint was saved."""
+  for name, now in identity.items():
+    saved = meta.run.get(name, now)  # Checkpoints from before the check lack it.
+    if saved != now:
+      raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, the '
+                      f'config gives {now}; resume with the original config, or use a new '
+                      '--workdir')
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """The resolved config, as `CONFIG_FILE` in workdir."""
+  path = writers.as_path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+
+# JAX's preemption sync point counts calls over the whole process, which may train several runs
+# (a sweep): the ids given to it must keep rising from one run to the next.
+_PREEMPTION_CALL_IDS = itertools.count(1)
+
+
+def preemption_check() -> tuple[Callable[[], bool], Callable[[], None]]:
+  """(stop after the call just made?, a function restoring what it changed); once a call.
+
+  Every process answers alike for the same call. One process: a SIGTERM handler sets a flag.
+  Several: JAX's preemption service (started by jax.distributed.initialize, which hears SIGTERM
+  itself) agrees on the call at which all stop, through the coordinator, without a device
+  collective that would wait for the call in flight.
+  """
+  if jax.process_count() > 1:
+    return (lambda: multihost_utils.reached_preemption_sync_point(next(_PREEMPTION_CALL_IDS)),
+            lambda: None)
+  event = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    return event.is_set, lambda: None
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+  return event.is_set, lambda: signal.signal(signal.SIGTERM, previous)

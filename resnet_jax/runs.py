@@ -1,0 +1,90 @@
+"""A run set up from its config: checked config, data, mesh, epoch plan, model and optimizer.
+
+`setup_run` is what every command does first (train, evaluate, inspect, benchmark); the `Run`
+record it returns is what they pass on. It never touches the workdir.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+
+from resnet_jax import augment
+from resnet_jax import checkpoints
+from resnet_jax import feed
+from resnet_jax import input_pipeline
+from resnet_jax import models
+from resnet_jax import optim
+from resnet_jax import steps
+from resnet_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What a command sets up before it trains or scores."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  ctx: steps.StepContext
+  optimizer: Any  # optim.Optimizer
+  splits: input_pipeline.Splits
+  mesh: jax.sharding.Mesh
+  plan: feed.EpochPlan
+  resident: bool  # the training set on the devices (feed.resident_placement)
+
+  @property
+  def placement(self) -> str:
+    return 'device' if self.resident else 'host'
+
+  def abstract_state(self) -> steps.TrainState:
+    return feed.abstract_train_state(self.ctx, self.config.data.image_size, self.mesh)
+
+  def identity(self) -> dict:
+    """What a checkpoint of this run must share with a config resuming it."""
+    return checkpoints.run_identity(self.config, self.plan.size, self.plan.steps)
+
+
+def validate_run_config(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError, naming the key, for the first loop setting out of range."""
+  checks = [
+      ('num_epochs', config.num_epochs >= 1, 'must be >= 1'),
+      ('eval_batch_size', config.eval_batch_size >= 1, 'must be >= 1'),
+      ('eval_every_epochs', config.eval_every_epochs >= 1, 'must be >= 1'),
+      ('checkpoint_every_epochs', config.checkpoint_every_epochs >= 1, 'must be >= 1'),
+      ('log_every_steps', config.log_every_steps >= 1, 'must be >= 1'),
+      ('steps_per_call', config.steps_per_call >= 0, 'must be >= 0 (0 = auto)'),
+      ('ema_decay', 0 <= config.ema_decay < 1, 'must be in [0, 1) (0 = no EMA)'),
+      ('param_histograms_every_epochs', config.param_histograms_every_epochs >= 0,
+       'must be >= 0 (0 = none)'),
+  ]
+  for key, ok, rule in checks:
+    if not ok:
+      raise UserError(f'config.{key}={config[key]!r} is invalid: {rule}')
+
+
+def setup_run(config: ml_collections.ConfigDict, workdir: str,
+              splits: input_pipeline.Splits = None) -> Run:
+  """Checks the config, loads the data and builds model and optimizer; UserError on mistakes.
+
+  `splits` skips loading the data again, e.g. for several benchmarks.
+  """
+  validate_run_config(config)
+  models.check_budget(config.model, config.data.image_size)
+  augment.check_config(config.augment)
+  if splits is None:
+    splits = input_pipeline.load_splits(config.data, config.seed)
+  mesh = feed.create_mesh()
+  plan = feed.epoch_plan(config, len(splits.train_labels), mesh.devices.size)
+  optimizer = optim.create_optimizer(config, plan.steps)
+  ctx = steps.StepContext(model=models.build_model(config.model), tx=optimizer.tx,
+                          learning_rate=optimizer.learning_rate, config=config,
+                          mean=tuple(float(m) for m in splits.mean),
+                          std=tuple(float(s) for s in splits.std))
+  return Run(config=config, workdir=workdir, ctx=ctx, optimizer=optimizer, splits=splits,
+             mesh=mesh, plan=plan, resident=feed.resident_placement(config, splits.train_images))
+
+
+def restore(run: Run, checkpoint: str = 'latest') -> tuple[steps.TrainState,
+                                                          checkpoints.CheckpointMeta]:
+  """The state and metadata of the run's latest or best checkpoint; UserError if there is none."""
+  return checkpoints.restore_named(run.workdir, checkpoint, run.abstract_state())

@@ -1,0 +1,43 @@
+"""checkpoints: process 0 decides, preemption call ids, config.json on gs://."""
+
+import json
+
+import numpy as np
+
+from resnet_jax import checkpoints
+from resnet_jax import defaults
+
+from conftest import fake_bucket  # pylint: disable=g-bad-import-order
+
+
+def test_preemption_call_ids_keep_rising_across_runs_of_one_process(monkeypatch):
+  # On several processes JAX's sync point counts over the process's life (a sweep trains many
+  # runs in one): ids restarting with each run would miss a SIGTERM or stop at a wrong call.
+  seen = []
+  monkeypatch.setattr(checkpoints.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(checkpoints.multihost_utils, 'reached_preemption_sync_point',
+                      lambda call_id: seen.append(call_id) or False)
+  for _ in range(2):  # two runs
+    should_stop, restore = checkpoints.preemption_check()
+    assert not any(should_stop() for _ in range(3))
+    restore()
+  assert len(seen) == 6 and seen == sorted(set(seen))
+
+
+def test_on_several_processes_process_zeros_view_of_storage_decides(monkeypatch):
+  monkeypatch.setattr(checkpoints.jax, 'process_count', lambda: 2)
+  process_zero_sees = {'value': 7}
+  monkeypatch.setattr(checkpoints.multihost_utils, 'broadcast_one_to_all',
+                      lambda mine: np.asarray(process_zero_sees['value'], mine.dtype))
+  assert checkpoints.process_zero_decides(None) == 7
+  process_zero_sees['value'] = -1  # Process 0 found no checkpoint.
+  assert checkpoints.process_zero_decides(5) is None
+  process_zero_sees['value'] = 0
+  assert checkpoints.process_zero_decides(1) == 0
+
+
+def test_config_is_written_to_a_gs_workdir(tmp_path):
+  config = defaults.base_config()
+  with fake_bucket(tmp_path):
+    checkpoints.write_config('gs://bucket/runs/a', config)
+  assert json.loads((tmp_path / 'runs' / 'a' / 'config.json').read_text())['seed'] == config.seed
