@@ -23,13 +23,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from resnet_jax import cli
 from resnet_jax import errors
 from resnet_jax import evaluator
 from resnet_jax import feed
 from resnet_jax import input_pipeline
-from resnet_jax import main as main_lib  # Its --config flag and parser.
 from resnet_jax import report
 from resnet_jax import runs
+from resnet_jax import writers
 
 # Dense peak FLOP/s by device kind and compute dtype (vendor datasheets; float32 on NVIDIA GPUs
 # means TF32 tensor cores, which XLA uses for float32 convolutions by default).
@@ -175,7 +176,7 @@ def format_table(rows: Sequence[Measurement]) -> str:
 def run_benchmark(config: ml_collections.ConfigDict, batch_sizes: Sequence[int],
                   dtypes: Sequence[str], calls: int) -> dict:
   """Measures every (batch size, dtype) pair; returns what the JSON file holds."""
-  splits = input_pipeline.load_splits(config.data, config.seed)
+  splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
   rows = []
   for dtype in dtypes:
     for batch_size in batch_sizes:
@@ -209,7 +210,8 @@ _OUTPUT = flags.DEFINE_string('output', 'benchmark.json', 'Where the JSON goes.'
 
 def _main(argv):
   del argv
-  config = main_lib.CONFIG.value
+  config = cli.CONFIG.value
+  writers.check_writable(_OUTPUT.value, '--output', is_file=True)
   try:
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
   except ValueError as e:
@@ -230,4 +232,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=functools.partial(main_lib.parse_flags, require_workdir=False))
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_workdir=False))

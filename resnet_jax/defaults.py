@@ -48,7 +48,8 @@ def data_config() -> config_dict.ConfigDict:
   return config_dict.ConfigDict(dict(
       # auto | tfds | cifar_batches | jpeg_npz | folder | synthetic
       source='auto',
-      data_dir='',                # where the source looks; '' = its default search path
+      data_dir='',                # used or refused where set; '' = auto searches ./data,
+                                  # $RESNET_JAX_DATA, ../shared/data/cifar10_jpeg
       tfds_name='cifar10',
       validation='test',          # 'test' (seed 000) or a held-out fraction of train, e.g. '0.1'
       normalization='constants',  # 'constants' (mean/std below) | 'computed' (from the train split)

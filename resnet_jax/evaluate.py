@@ -19,15 +19,16 @@ import jax
 import ml_collections
 
 from resnet_jax import checkpoints
+from resnet_jax import cli
 from resnet_jax import distributed
 from resnet_jax import errors
 from resnet_jax import evaluator
 from resnet_jax import feed
-from resnet_jax import main as main_lib
 from resnet_jax import models
 from resnet_jax import report
 from resnet_jax import runs
 from resnet_jax import torch_import
+from resnet_jax import writers
 
 
 CHECKPOINT = flags.DEFINE_enum('checkpoint', 'latest', checkpoints.CHECKPOINTS,
@@ -48,7 +49,7 @@ def load_torch_state_dict(path: str) -> dict:
     loaded = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     raise errors.UserError(f'--torch_state_dict={path} cannot be read by torch.load '
-                           f'({main_lib.one_line(e)}); save it with '
+                           f'({cli.one_line(e)}); save it with '
                            'torch.save(model.state_dict(), path)') from e
   if isinstance(loaded, dict) and isinstance(loaded.get('state_dict'), dict):
     loaded = loaded['state_dict']
@@ -104,7 +105,16 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
   return results
 
 
+def check_output_writable(workdir: str, output_dir: str | None) -> None:
+  """UserError unless the outputs can be written: to output_dir, else inside workdir."""
+  if output_dir:
+    writers.check_writable(output_dir, '--output_dir')
+  else:
+    writers.check_writable(workdir, '--workdir')
+
+
 def run_evaluation(config, workdir: str) -> None:
+  check_output_writable(workdir, OUTPUT_DIR.value)
   distributed.initialize_from_env()
   results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
                          torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
@@ -115,8 +125,8 @@ def run_evaluation(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  errors.exit_on_user_error(run_evaluation, main_lib.CONFIG.value, main_lib.WORKDIR.value)
+  errors.exit_on_user_error(run_evaluation, cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=main_lib.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

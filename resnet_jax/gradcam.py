@@ -23,6 +23,9 @@ from matplotlib import figure
 
 from resnet_jax.errors import UserError
 
+# Rows of a Grad-CAM grid: its figure, and the batch of maps behind it, grow with every image.
+MAX_GRID_IMAGES = 64
+
 
 def feature_layers(model: nn.Module, variables: Mapping, image_shape: Sequence[int]) -> list[str]:
   """Names of the model's top-level modules whose output is a feature map, in call order.
@@ -117,6 +120,13 @@ def grad_cam(model: nn.Module, variables: Mapping, images: jax.Array, layer: str
   return jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1.0), 0.0), logits
 
 
+def check_grid_images(num_images: int) -> None:
+  """UserError unless num_images is in [1, MAX_GRID_IMAGES]."""
+  if not 1 <= num_images <= MAX_GRID_IMAGES:
+    raise UserError(f'--num_images={num_images} must be in [1, {MAX_GRID_IMAGES}] (a row of '
+                    'the Grad-CAM grid an image)')
+
+
 def save_gradcam_grid(path: str, images: np.ndarray, maps: Mapping[str, np.ndarray],
                       predicted: Sequence[int], labels: Sequence[int],
                       class_names: Sequence[str]) -> None:
@@ -130,6 +140,7 @@ def save_gradcam_grid(path: str, images: np.ndarray, maps: Mapping[str, np.ndarr
     class_names: names of the classes.
   """
   num_images, columns = len(images), 1 + len(maps)
+  check_grid_images(num_images)
   fig = figure.Figure(figsize=(1.8 * columns, 1.9 * num_images), layout='constrained')
   axes = fig.subplots(num_images, columns, squeeze=False)
   for row, (image, pred, label) in enumerate(zip(images, predicted, labels)):

@@ -1,8 +1,12 @@
 """Data sources, train/validation/test splits, normalisation constants and host-side batches.
 
-Every source yields uint8 NHWC images and int32 labels. `load_splits` picks the source named by
-`config.data.source`, cuts subsets, holds out validation and computes the normalisation;
+Every source yields uint8 NHWC images and integer labels. `load_splits` picks the source named by
+`config.data.source`, checks every split it returns with `validate_split` (one check for every
+source, TFDS included), cuts subsets, holds out validation and computes the normalisation;
 augmentation happens later, on the device (`augment.py`).
+
+An explicit `config.data.data_dir` is used or refused: `auto` searches ./data, $RESNET_JAX_DATA
+and ../shared/data/cifar10_jpeg only where data_dir is empty.
 
 Each epoch's order comes from `epoch_permutation` alone, whichever path consumes it: the host
 iterators here (NumPy, or tf.data where TensorFlow is installed) and the trainer's device-resident
@@ -38,7 +42,8 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.ppm', '.
 CIFAR_BATCHES_FOLDER = 'cifar-10-batches-py'
 CIFAR_TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
 JPEG_NPZ_FILES = ('train.npz', 'test.npz')
-# `auto` looks in config.data.data_dir, ./data, $RESNET_JAX_DATA, then the shared JPEG copy.
+# `auto` looks in config.data.data_dir alone where it is set, else in ./data, $RESNET_JAX_DATA,
+# then the shared JPEG copy.
 DATA_ENV_VAR = 'RESNET_JAX_DATA'
 SHARED_DATA_DIR = os.path.join('..', 'shared', 'data', 'cifar10_jpeg')
 SYNTHETIC_SIZES = (50_000, 10_000)
@@ -63,12 +68,17 @@ class Splits(NamedTuple):
   source: str
 
 
+class _Split(NamedTuple):
+  """One split as a source read it, unchecked; `where` names its file or folder in errors."""
+  images: np.ndarray
+  labels: np.ndarray
+  where: str
+
+
 class _Loaded(NamedTuple):
-  """What a source reads: train and test arrays, class names, a description for the report."""
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
+  """What a source reads: train and test splits, class names, a description for the report."""
+  train: _Split
+  test: _Split
   class_names: tuple[str, ...]
   source: str
 
@@ -137,15 +147,15 @@ def _load_tfds(data_cfg) -> _Loaded:
       ds, info = tfds.load(name, split=f'{split}[:{subset}]' if subset > 0 else split,
                            data_dir=data_dir, download=False, with_info=True)
       batches = list(tfds.as_numpy(ds.batch(10_000)))
-      arrays[split] = (np.concatenate([b['image'] for b in batches]),
-                       np.concatenate([b['label'] for b in batches]))
+      arrays[split] = _Split(np.concatenate([b['image'] for b in batches]),
+                             np.concatenate([b['label'] for b in batches]),
+                             f'TFDS {name} {split} split')
   except (AssertionError, ValueError, OSError, KeyError, tf.errors.OpError) as e:
     raise UserError(
         f'TFDS dataset {name!r} is not prepared in {data_dir or "the default TFDS data_dir"} '
         f'({_one_line(e)}); prepare it with `tfds build {name} --data_dir=DIR` and set '
         'config.data.data_dir=DIR, or use config.data.source=cifar_batches|jpeg_npz') from None
-  return _Loaded(*arrays['train'], *arrays['test'],
-                 tuple(info.features['label'].names),
+  return _Loaded(arrays['train'], arrays['test'], tuple(info.features['label'].names),
                  f'tfds {name} ({data_dir or "default data_dir"})')
 
 
@@ -175,7 +185,7 @@ def _read_cifar_batch(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   try:
     content = _read_pickle(path)
     data = np.asarray(content['data'])
-    labels = np.asarray(content['labels'], dtype=np.int64)
+    labels = np.asarray(content['labels'])  # validate_split checks the type.
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
       raise ValueError(f'data has shape {data.shape} and dtype {data.dtype}, '
                        'expected (N, 3072) uint8')
@@ -186,7 +196,7 @@ def _read_cifar_batch(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     raise UserError(f'{path} is not a readable CIFAR-10 batch ({_one_line(e)}); re-extract '
                     'cifar-10-python.tar.gz (or rerun to_cifar_batches.py) there, or point '
                     'config.data.data_dir at a good copy') from None
-  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int32)
+  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def _cifar_batches_folder(path: pathlib.Path) -> pathlib.Path | None:
@@ -217,8 +227,11 @@ def _load_cifar_batches(path: pathlib.Path) -> _Loaded:
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
       raise UserError(f'{folder / "batches.meta"} is unreadable ({_one_line(e)}); delete it '
                       '(the CIFAR-10 class names are then used) or re-extract the data') from None
-  return _Loaded(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
-                 test_images, test_labels, class_names, f'cifar_batches {folder}')
+  return _Loaded(_Split(np.concatenate([t[0] for t in train]),
+                        np.concatenate([t[1] for t in train]),
+                        str(folder / 'data_batch_[1-5]')),
+                 _Split(test_images, test_labels, str(folder / 'test_batch')),
+                 class_names, f'cifar_batches {folder}')
 
 
 def _to_rgb_array(image: Image.Image, image_size: int) -> np.ndarray:
@@ -276,7 +289,7 @@ def _read_jpeg_npz(path: pathlib.Path, order_seed: int, limit: int, image_size: 
                     'config.data.data_dir to a good copy') from None
   order = _fixed_order(len(labels), order_seed, limit)
   files = [io.BytesIO(jpeg[offsets[i]:offsets[i + 1]]) for i in order]
-  return _decode_images(files, image_size, path), labels[order].astype(np.int32)
+  return _Split(_decode_images(files, image_size, path), labels[order], str(path))
 
 
 def _load_jpeg_npz(path: pathlib.Path, data_cfg) -> _Loaded:
@@ -286,7 +299,7 @@ def _load_jpeg_npz(path: pathlib.Path, data_cfg) -> _Loaded:
                     'holding train.npz and test.npz (e.g. ../shared/data/cifar10_jpeg)')
   train = _read_jpeg_npz(path / 'train.npz', 0, data_cfg.train_subset, data_cfg.image_size)
   test = _read_jpeg_npz(path / 'test.npz', 1, data_cfg.test_subset, data_cfg.image_size)
-  return _Loaded(*train, *test, CIFAR10_CLASSES, f'jpeg_npz {path}')
+  return _Loaded(train, test, CIFAR10_CLASSES, f'jpeg_npz {path}')
 
 
 def _folder_split(root: pathlib.Path, class_names, order_seed, limit, image_size):
@@ -302,7 +315,7 @@ def _folder_split(root: pathlib.Path, class_names, order_seed, limit, image_size
                     f'{root}; config.data.data_dir must hold train/<class>/* and test/<class>/*')
   order = _fixed_order(len(files), order_seed, limit)
   images = _decode_images([files[i] for i in order], image_size, root)
-  return images, np.asarray(labels, np.int32)[order]
+  return _Split(images, np.asarray(labels, np.int32)[order], str(root))
 
 
 def _load_folder(path: pathlib.Path, data_cfg) -> _Loaded:
@@ -319,7 +332,7 @@ def _load_folder(path: pathlib.Path, data_cfg) -> _Loaded:
                     'class folder names in train/ and test/')
   train = _folder_split(train_root, class_names, 0, data_cfg.train_subset, data_cfg.image_size)
   test = _folder_split(test_root, class_names, 1, data_cfg.test_subset, data_cfg.image_size)
-  return _Loaded(*train, *test, class_names, f'folder {path}')
+  return _Loaded(train, test, class_names, f'folder {path}')
 
 
 def _load_synthetic(data_cfg) -> _Loaded:
@@ -328,17 +341,22 @@ def _load_synthetic(data_cfg) -> _Loaded:
   size, num_classes = data_cfg.image_size, len(CIFAR10_CLASSES)
   templates = rng.integers(0, 128, (num_classes, size, size, 3), dtype=np.uint8)
 
-  def make(n):
+  def make(n, split):
     labels = rng.integers(0, num_classes, n).astype(np.int32)
-    return templates[labels] + rng.integers(0, 128, (n, size, size, 3), dtype=np.uint8), labels
+    images = templates[labels] + rng.integers(0, 128, (n, size, size, 3), dtype=np.uint8)
+    return _Split(images, labels, f'synthetic {split} split')
 
   n_train, n_test = (subset if subset > 0 else default for subset, default in
                      zip((data_cfg.train_subset, data_cfg.test_subset), SYNTHETIC_SIZES))
-  return _Loaded(*make(n_train), *make(n_test), CIFAR10_CLASSES, 'synthetic (random images)')
+  return _Loaded(make(n_train, 'train'), make(n_test, 'test'), CIFAR10_CLASSES,
+                 'synthetic (random images)')
 
 
 def _auto_search_dirs(data_cfg) -> list[pathlib.Path]:
-  dirs = (data_cfg.data_dir, 'data', os.environ.get(DATA_ENV_VAR, ''), SHARED_DATA_DIR)
+  """config.data.data_dir alone where it is set (used or refused), else the default places."""
+  if data_cfg.data_dir:
+    return [pathlib.Path(data_cfg.data_dir)]
+  dirs = ('data', os.environ.get(DATA_ENV_VAR, ''), SHARED_DATA_DIR)
   return [pathlib.Path(d) for d in dirs if d]
 
 
@@ -352,6 +370,13 @@ def _load_auto(data_cfg) -> _Loaded:
       return _load_cifar_batches(path)
     if all((path / f).is_file() for f in JPEG_NPZ_FILES):
       return _load_jpeg_npz(path, data_cfg)
+  if data_cfg.data_dir:
+    state = 'holds' if search[0].is_dir() else 'is not a folder, so it holds'
+    raise UserError(
+        f'config.data.data_dir={data_cfg.data_dir!r} {state} no CIFAR-10 (looked there only, '
+        f'for {CIFAR_BATCHES_FOLDER}/, {" and ".join(JPEG_NPZ_FILES)}, or TFDS '
+        f'{data_cfg.tfds_name!r}); point it at the data, set config.data.source, or leave it '
+        'empty to search the default places')
   raise UserError(
       f'no CIFAR-10 found (TFDS {data_cfg.tfds_name!r} not prepared; no {CIFAR_BATCHES_FOLDER} '
       f'or train.npz/test.npz in {", ".join(str(p) for p in search)}); set '
@@ -441,25 +466,70 @@ def _normalization(data_cfg, train_images) -> tuple[tuple, tuple]:
   return mean, std
 
 
-def _first(images, labels, subset, image_size):
-  """The first `subset` examples (all for 0), at image_size."""
+def validate_split(images, labels, *, num_classes: int,
+                   where: str) -> tuple[np.ndarray, np.ndarray]:
+  """Checks one split as a source read it: the one check every source's data goes through.
+
+  Args:
+    images: should be uint8 (N, H, W, 3).
+    labels: should be N integers in [0, num_classes).
+    num_classes: labels must be below it.
+    where: the file, folder or source the split came from, named in the error.
+
+  Returns:
+    (images, labels as int32).
+
+  Raises:
+    UserError: one line naming `where`, what is wrong and how to fix it.
+  """
+  images, labels = np.asarray(images), np.asarray(labels)
+  fix = 'fix or replace the data, or point config.data.data_dir at a good copy'
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+    raise UserError(f'{where}: images are {images.dtype} of shape {images.shape}, expected uint8 '
+                    f'(N, height, width, 3); {fix}')
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise UserError(f'{where}: labels are {labels.dtype} of shape {labels.shape}, expected N '
+                    f'integers; {fix}')
+  if len(labels) != len(images):
+    raise UserError(f'{where}: {len(labels)} labels for {len(images)} images; {fix}')
+  if not len(labels):
+    raise UserError(f'{where} holds no examples; {fix}')
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if len(bad):
+    raise UserError(
+        f'{where}: {len(bad)} of {len(labels)} labels are outside [0, {num_classes}) (e.g. '
+        f'{labels[bad[0]]} at index {bad[0]}), the classes of this run; fix the labels (where '
+        'the data has more classes: its class names and config.model.num_classes)')
+  return images, labels.astype(np.int32)
+
+
+def _checked(split: _Split, subset_key: str, data_cfg, num_classes: int):
+  """A split validated, cut to config.data.<subset_key> (0: all) and resized to image_size."""
+  images, labels = validate_split(split.images, split.labels, num_classes=num_classes,
+                                  where=split.where)
+  subset = data_cfg[subset_key]
+  if subset > len(labels):
+    raise UserError(f'config.data.{subset_key}={subset} asks for more than the {len(labels)} '
+                    f'examples of {split.where}; use at most {len(labels)}, or 0 for all')
   if subset > 0:
     images, labels = images[:subset], labels[:subset]
-  return _resize_images(images, image_size), np.asarray(labels, np.int32)
+  return _resize_images(images, data_cfg.image_size), labels
 
 
-def load_splits(data_cfg, seed: int) -> Splits:
+def load_splits(data_cfg, seed: int, num_classes: int = 0) -> Splits:
   """Loads config.data's source and returns train/validation/test splits.
 
   Args:
     data_cfg: `config.data` (see defaults.py).
     seed: the run's seed; picks the held-out validation examples.
+    num_classes: `config.model.num_classes`: labels must be below it and below the data's
+      class count; 0: the data's class count alone.
 
   Returns:
     `Splits`; with validation='test' the validation arrays are the test arrays.
 
   Raises:
-    UserError: unknown settings, or data that is missing or corrupt.
+    UserError: unknown settings, or data that is missing, corrupt or out of range.
   """
   for key in ('train_subset', 'test_subset'):
     if data_cfg[key] < 0:
@@ -468,10 +538,9 @@ def load_splits(data_cfg, seed: int) -> Splits:
     raise UserError(f'config.data.image_size={data_cfg.image_size} must be positive')
   fraction = _validation_fraction(data_cfg.validation)
   loaded = _load_source(data_cfg)
-  train_x, train_y = _first(loaded.train_images, loaded.train_labels, data_cfg.train_subset,
-                            data_cfg.image_size)
-  test_x, test_y = _first(loaded.test_images, loaded.test_labels, data_cfg.test_subset,
-                          data_cfg.image_size)
+  classes = min(num_classes or len(loaded.class_names), len(loaded.class_names))
+  train_x, train_y = _checked(loaded.train, 'train_subset', data_cfg, classes)
+  test_x, test_y = _checked(loaded.test, 'test_subset', data_cfg, classes)
   if fraction is None:
     val_x, val_y, validation = test_x, test_y, 'the test set'
   else:

@@ -27,14 +27,14 @@ from ml_collections import config_dict
 import numpy as np
 
 from resnet_jax import augment
+from resnet_jax import checkpoints
+from resnet_jax import cli
 from resnet_jax import defaults
 from resnet_jax import distributed
 from resnet_jax import errors
-from resnet_jax import checkpoints
 from resnet_jax import evaluate  # Its --checkpoint and --output_dir flags.
 from resnet_jax import evaluator
 from resnet_jax import gradcam
-from resnet_jax import main as main_lib
 from resnet_jax import models
 from resnet_jax import report
 from resnet_jax import runs
@@ -47,7 +47,8 @@ SUMMARY_FILE = 'summary.txt'
 _GRADCAM_LAYERS = flags.DEFINE_list(
     'gradcam_layers', [], 'Layers to map: conv1, se, layer3_1, or layerL for the last block of '
     'residual layer L; default: the last block of every residual layer.')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 8, 'Test images in the Grad-CAM grid.')
+_NUM_IMAGES = flags.DEFINE_integer(
+    'num_images', 8, f'Test images in the Grad-CAM grid (at most {gradcam.MAX_GRID_IMAGES}).')
 
 
 def _as_saved_type(current, value):
@@ -80,7 +81,7 @@ def config_from_workdir(workdir: str) -> config_dict.ConfigDict:
     config = defaults.base_config()
     _update_from_saved(config, saved, 'config')
   except (OSError, ValueError, TypeError, AttributeError) as e:
-    raise UserError(f'{path} cannot be read ({main_lib.one_line(e)}); pass --config=<the config '
+    raise UserError(f'{path} cannot be read ({cli.one_line(e)}); pass --config=<the config '
                     'file the run was trained with>') from e
   return config
 
@@ -104,7 +105,7 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
     config: the config the run was trained with (`config_from_workdir`).
     workdir: the run's folder.
     gradcam_layers: layers to map (see the module docstring); empty: every residual layer's last.
-    num_images: test images in the Grad-CAM grid.
+    num_images: test images in the Grad-CAM grid, at most gradcam.MAX_GRID_IMAGES.
     checkpoint: 'latest' or 'best'.
     output_dir: where the files go; default <workdir>/inspect.
 
@@ -116,6 +117,7 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
   """
   if num_images < 1:
     raise UserError(f'--num_images={num_images} must be at least 1')
+  gradcam.check_grid_images(num_images)
   run = runs.setup_run(config, workdir)
   state, _ = runs.restore(run, checkpoint)
   variables = state.eval_variables()
@@ -157,6 +159,7 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
 
 
 def _run(config, workdir: str) -> None:
+  evaluate.check_output_writable(workdir, evaluate.OUTPUT_DIR.value)
   distributed.initialize_from_env()
   if config is None:
     config = config_from_workdir(workdir)
@@ -172,8 +175,8 @@ def _run(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  errors.exit_on_user_error(_run, main_lib.CONFIG.value, main_lib.WORKDIR.value)
+  errors.exit_on_user_error(_run, cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=functools.partial(main_lib.parse_flags, require_config=False))
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_config=False))

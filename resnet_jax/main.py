@@ -6,62 +6,16 @@ SIGTERM saves a checkpoint and exits with status 0.
 """
 
 import logging as python_logging
-import sys
 
 from absl import app
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from resnet_jax import cli
 from resnet_jax import distributed
 from resnet_jax import errors
 from resnet_jax import models
 from resnet_jax import train
-
-CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training configuration file (configs/*.py).', lock_config=True)
-WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
-
-
-def parse_flags(argv: list[str], require_workdir: bool = True,
-                require_config: bool = True) -> list[str]:
-  """absl flag parsing, with every mistake (unknown key, bad value, bad file) one line, exit 2."""
-  try:
-    remaining = flags.FLAGS(argv)
-    if CONFIG.value is not None:
-      CONFIG.value.get('seed')  # config_flags defers a config file's load error to first use.
-    elif require_config:
-      raise errors.UserError('--config is required, e.g. --config=configs/best.py')
-    if require_workdir and not WORKDIR.value:
-      raise errors.UserError('--workdir is required, e.g. --workdir=runs/best')
-  except (AttributeError, KeyError) as e:  # config_flags: an override of a key that is not there
-    print(f'error: {unknown_key_message(argv, e)}', file=sys.stderr, flush=True)
-    sys.exit(2)
-  except OSError as e:  # config_flags: the config file is missing or failed to load
-    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-    print(f'error: --config cannot be loaded: {reason}', file=sys.stderr, flush=True)
-    sys.exit(2)
-  except (flags.Error, errors.UserError) as e:
-    print(f'error: {one_line(e)}', file=sys.stderr, flush=True)
-    sys.exit(2)
-  return remaining
-
-
-def unknown_key_message(argv: list[str], error: BaseException) -> str:
-  """One line naming the `--config.x.y` override whose key does not exist."""
-  key = one_line(error).strip('"\'')
-  for argument in argv:
-    name = argument.lstrip('-').split('=', 1)[0]
-    if name.startswith('config.') and key in name.split('.'):
-      return (f'{name} is not a config key (a misspelling?); every key and its default is in '
-              'resnet_jax/defaults.py')
-  return f'unknown config key {key!r}; every key and its default is in resnet_jax/defaults.py'
-
-
-def one_line(error: BaseException) -> str:
-  """The first non-empty line of an exception's message, at most 300 characters."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return (lines[0] if lines else type(error).__name__)[:300]
+from resnet_jax import writers
 
 
 def quiet_library_logs() -> None:
@@ -71,6 +25,7 @@ def quiet_library_logs() -> None:
 
 
 def run(config, workdir: str) -> None:
+  writers.check_writable(workdir, '--workdir')
   quiet_library_logs()
   distributed.initialize_from_env()
   print(models.summary_table(config.model), flush=True)
@@ -83,8 +38,8 @@ def run(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  errors.exit_on_user_error(run, CONFIG.value, WORKDIR.value)
+  errors.exit_on_user_error(run, cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

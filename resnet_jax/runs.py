@@ -72,7 +72,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str,
   models.check_budget(config.model, config.data.image_size)
   augment.check_config(config.augment)
   if splits is None:
-    splits = input_pipeline.load_splits(config.data, config.seed)
+    splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
   mesh = feed.create_mesh()
   plan = feed.epoch_plan(config, len(splits.train_labels), mesh.devices.size)
   optimizer = optim.create_optimizer(config, plan.steps)

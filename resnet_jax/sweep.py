@@ -11,10 +11,14 @@ as `--config.base.num_epochs=30`, the grid's as `--config.grid.optim.learning_ra
 
 Each point trains in <workdir>/<point>/ through `train.train_and_evaluate`. Running the command
 again skips finished points (results.json present) and resumes a partial one from its
-checkpoint; points over the parameter budget are reported, not run; a point whose training fails
-with a user error (e.g. a diverging learning rate) is reported and the sweep goes on. Independent
-processes can share the points: `--process_index=i --process_count=n` runs every n-th point
-(under `jax.distributed` every run spans all processes, so every process runs every point).
+checkpoint, but only where the config the point's folder recorded (config.json) is the point's
+config now: a sweep whose base or values changed is refused before any training, naming the
+point and the keys that differ (use a new --workdir, or delete the point's folder to train it
+again), since training over the old run would mix two configs in one point. Points over the
+parameter budget are reported, not run; a point whose training fails with a user error (e.g. a
+diverging learning rate) is reported and the sweep goes on. Independent processes can share the
+points: `--process_index=i --process_count=n` runs every n-th point (under `jax.distributed`
+every run spans all processes, so every process runs every point).
 Every process writes the table for all points it finds: <workdir>/sweep.csv and sweep.md, the
 validation curves of every run (curves.png) and accuracy against each swept key
 (accuracy_vs_<key>.png).
@@ -23,6 +27,7 @@ validation curves of every run (curves.png) and accuracy against each swept key
 import copy
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -39,9 +44,9 @@ from matplotlib import figure
 from ml_collections import config_dict
 import numpy as np
 
+from resnet_jax import cli
 from resnet_jax import distributed
 from resnet_jax import errors
-from resnet_jax import main as main_lib
 from resnet_jax import models
 from resnet_jax import report
 from resnet_jax import train
@@ -56,6 +61,9 @@ SKIPPED_DONE = 'skipped (done)'
 OVER_BUDGET = 'skipped (over budget)'
 PENDING = 'pending'
 PREEMPTED = 'preempted'
+STALE = 'stale'  # A point of another process whose folder holds a run of another config.
+# Keys that decide whether a point runs, not what it trains: a change keeps finished points.
+UNCOMPARED_KEYS = ('model.param_budget',)
 ACCURACIES = ('final_val_accuracy', 'best_val_accuracy', 'final_test_accuracy',
               'best_test_accuracy')
 # Lines get a legend (one a combination of the other swept values) up to this many.
@@ -247,6 +255,52 @@ def _read_json(path: str) -> Optional[dict]:
     return json.load(f)
 
 
+def _leaves(tree, prefix: str = '') -> dict:
+  """{'a.b': leaf} of a JSON tree of dicts."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for name, value in tree.items():
+    flat.update(_leaves(value, f'{prefix}.{name}' if prefix else name))
+  return flat
+
+
+def changed_keys(point: Point, workdir: str) -> list[str]:
+  """The config keys where the run recorded in the point's folder differs from point.config.
+
+  Returns:
+    Dotted keys, sorted ([] where the folder records no run, or the same config).
+
+  Raises:
+    UserError: the recorded config.json cannot be read.
+  """
+  path = os.path.join(workdir, point.name, train.CONFIG_FILE)
+  try:
+    recorded = _read_json(path)
+  except (OSError, ValueError) as e:
+    raise UserError(f'{path} cannot be read ({cli.one_line(e)}); delete '
+                    f'{os.path.dirname(path)} to train the point again') from None
+  if recorded is None:
+    return []
+  before = _leaves(recorded)
+  now = _leaves(json.loads(point.config.to_json_best_effort(sort_keys=True)))
+  missing = object()
+  return sorted(key for key in before.keys() | now.keys()
+                if key not in UNCOMPARED_KEYS and before.get(key, missing) != now.get(key, missing))
+
+
+def check_points_unchanged(points: Sequence[Point], workdir: str) -> None:
+  """UserError naming the first point whose folder holds a run of another config."""
+  for point in points:
+    keys = changed_keys(point, workdir)
+    if keys:
+      point_dir = os.path.join(workdir, point.name)
+      shown = ', '.join(f'config.{key}' for key in keys[:4]) + (', ...' if len(keys) > 4 else '')
+      raise UserError(f'sweep point {point.name}: {point_dir} holds a run of another config '
+                      f'({shown} differ); use a new --workdir, or delete {point_dir} to train the '
+                      'point again')
+
+
 def _write_atomic(path: str, text: str) -> None:
   """Writes a file whole (processes sharing a sweep may write its tables at the same time)."""
   partial = f'{path}.{os.getpid()}.tmp'
@@ -281,7 +335,8 @@ def _status(point: Point, workdir: str, within_budget: bool) -> str:
   if not within_budget:
     return OVER_BUDGET
   if os.path.isfile(os.path.join(point_dir, report.RESULTS_FILE)):
-    return DONE
+    keys = changed_keys(point, workdir)
+    return f'{STALE}: another config ({", ".join(keys)})' if keys else DONE
   error_path = os.path.join(point_dir, ERROR_FILE)
   if os.path.isfile(error_path):
     with open(error_path, encoding='utf-8') as f:
@@ -296,7 +351,8 @@ def summary_rows(points: Sequence[Point], workdir: str, statuses: Mapping[str, s
   for point in points:
     parameters, within_budget = counts[point.name]
     status = statuses.get(point.name) or _status(point, workdir, within_budget)
-    results = _read_json(os.path.join(workdir, point.name, report.RESULTS_FILE)) or {}
+    results = ({} if status.startswith(STALE) else
+               _read_json(os.path.join(workdir, point.name, report.RESULTS_FILE)) or {})
     rows.append({'point': point.name, **point.labels, 'parameters': parameters,
                  **{name: results.get(name) for name in ACCURACIES},
                  'wall_seconds': results.get('wall_seconds'), 'status': status})
@@ -436,7 +492,8 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
     'wall_seconds', 'status').
 
   Raises:
-    UserError: a bad sweep config (unknown key, bad value, a model that cannot be built).
+    UserError: a bad sweep config (unknown key, bad value, a model that cannot be built), or a
+      point of this process whose folder holds a run of another config.
   """
   if not 0 <= process_index < process_count:
     raise UserError(f'--process_index={process_index} must be in [0, --process_count='
@@ -447,9 +504,10 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
   points = sweep_points(sweep_cfg)
   counts = parameter_counts(points)
   grid_keys = list(_flatten(sweep_cfg.grid, 'config.grid'))
+  share = points[process_index::process_count]
+  check_points_unchanged(share, workdir)
   os.makedirs(workdir, exist_ok=True)
   statuses = {}
-  share = points[process_index::process_count]
   for number, point in enumerate(share, start=1):
     parameters, within_budget = counts[point.name]
     if not within_budget:
@@ -467,6 +525,7 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
 
 
 def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> None:
+  writers.check_writable(workdir, '--workdir')
   distributed.initialize_from_env()
   rows = run_sweep(sweep_cfg, workdir, process_index, process_count)
   if jax.process_index() == 0:
@@ -479,7 +538,7 @@ def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> Non
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  errors.exit_on_user_error(_run, main_lib.CONFIG.value, main_lib.WORKDIR.value,
+  errors.exit_on_user_error(_run, cli.CONFIG.value, cli.WORKDIR.value,
                             flags.FLAGS.process_index, flags.FLAGS.process_count)
 
 
@@ -490,4 +549,4 @@ if __name__ == '__main__':
                        'This process runs points process_index, + process_count, ...')
   flags.DEFINE_integer('process_count', 1,
                        'Independent processes sharing the points (e.g. a job array).')
-  app.run(main, flags_parser=main_lib.parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, kind=cli.SWEEP))

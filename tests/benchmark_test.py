@@ -133,9 +133,13 @@ def test_command_line_prints_table_and_writes_json(tmp_path):
 @pytest.mark.parametrize('args, message', [
     (['--config=configs/smoke.py', '--batch_sizes=big'], '--batch_sizes must be integers'),
     (['--config=configs/smoke.py', '--config.model.activation=gelu'], 'config.model.activation'),
+    # Checked before the benchmark runs, not after it (which lost the results).
+    (['--config=configs/smoke.py', '--output={tmp_path}/missing/b.json'],
+     'missing does not exist; create it first'),
 ])
 def test_mistakes_are_one_line(tmp_path, args, message):
-  result = _run(args + ['--config.data.source=synthetic', f'--output={tmp_path}/b.json'],
+  args = [arg.format(tmp_path=tmp_path) for arg in args]
+  result = _run([f'--output={tmp_path}/b.json', *args, '--config.data.source=synthetic'],
                 tmp_path)
   assert result.returncode == 2
   assert 'Traceback' not in result.stderr

@@ -58,8 +58,7 @@ def write_jpeg_npz(path, images, labels):
     Image.fromarray(image).save(buffer, format='JPEG', quality=95)
     blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
   offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
-  np.savez_compressed(path, jpeg=np.concatenate(blobs), offsets=offsets,
-                      labels=np.asarray(labels, np.uint8))
+  np.savez_compressed(path, jpeg=np.concatenate(blobs), offsets=offsets, labels=np.asarray(labels))
 
 
 def image_keys(images):
@@ -226,12 +225,74 @@ def test_folder_source(tmp_path):
 
 def test_auto_reports_where_it_looked(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  monkeypatch.delenv(input_pipeline.DATA_ENV_VAR, raising=False)
+  monkeypatch.setenv(input_pipeline.DATA_ENV_VAR, str(tmp_path / 'env'))
   monkeypatch.setattr(input_pipeline, '_tfds_prepared', lambda cfg: False)
-  assert_user_error(lambda: input_pipeline.load_splits(
-      data_config(data_dir=str(tmp_path / 'mine')), seed=0),
-                    str(tmp_path / 'mine'), 'data', os.path.join('..', 'shared'),
+  assert_user_error(lambda: input_pipeline.load_splits(data_config(), seed=0),
+                    'data', str(tmp_path / 'env'), os.path.join('..', 'shared'),
                     'config.data.source', 'config.data.data_dir')
+
+
+def test_an_explicit_data_dir_is_used_or_refused_never_searched_around(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # ./data and $RESNET_JAX_DATA hold data the search would find.
+  write_cifar_batches(tmp_path / 'data', random_images(10), np.arange(10), random_images(2),
+                      np.arange(2))
+  monkeypatch.setenv(input_pipeline.DATA_ENV_VAR, str(tmp_path / 'data'))
+  monkeypatch.setattr(input_pipeline, '_tfds_prepared', lambda cfg: False)
+  (tmp_path / 'empty').mkdir()
+  for data_dir, state in (('empty', 'holds no CIFAR-10'), ('missing', 'is not a folder')):
+    assert_user_error(lambda: input_pipeline.load_splits(data_config(data_dir=data_dir), seed=0),
+                      f"config.data.data_dir='{data_dir}' {state}", 'looked there only')
+  assert input_pipeline.load_splits(data_config(), seed=0).source.startswith('cifar_batches data')
+  explicit = input_pipeline.load_splits(data_config(data_dir='data'), seed=0)
+  assert len(explicit.train_labels) == 10
+
+
+@pytest.mark.parametrize('bad_label', [10, 255, -1])
+def test_labels_out_of_range_stop_every_source_naming_the_file(tmp_path, bad_label):
+  labels = np.arange(10) % 10
+  labels[7] = bad_label
+  write_cifar_batches(tmp_path, random_images(10), labels, random_images(2), np.arange(2))
+  assert_user_error(lambda: input_pipeline.load_splits(data_config(
+      source='cifar_batches', data_dir=str(tmp_path)), seed=0),
+                    'data_batch_[1-5]', '1 of 10 labels are outside [0, 10)', f'{bad_label} at')
+  write_jpeg_npz(tmp_path / 'train.npz', random_images(4), np.arange(4))
+  write_jpeg_npz(tmp_path / 'test.npz', random_images(3), [0, bad_label, 1])
+  assert_user_error(lambda: input_pipeline.load_splits(data_config(
+      source='jpeg_npz', data_dir=str(tmp_path)), seed=0), 'test.npz', 'outside [0, 10)')
+
+
+def test_labels_must_fit_the_models_classes():
+  cfg = data_config(source='synthetic', train_subset=50, test_subset=5)
+  assert_user_error(lambda: input_pipeline.load_splits(cfg, seed=0, num_classes=5),
+                    'synthetic train split', 'outside [0, 5)', 'config.model.num_classes')
+  assert len(input_pipeline.load_splits(cfg, seed=0, num_classes=10).train_labels) == 50
+
+
+def test_jpeg_npz_labels_must_be_integers(tmp_path):
+  write_jpeg_npz(tmp_path / 'train.npz', random_images(4), [0.0, 1.5, 2.0, 3.0])
+  write_jpeg_npz(tmp_path / 'test.npz', random_images(2), [0, 1])
+  assert_user_error(lambda: input_pipeline.load_splits(data_config(
+      source='jpeg_npz', data_dir=str(tmp_path)), seed=0), 'train.npz', 'float64', 'integers')
+
+
+@pytest.mark.parametrize('images,labels,message', [
+    (np.zeros((2, 8, 8, 3), np.float32), np.zeros(2, int), 'images are float32'),
+    (np.zeros((2, 8, 8), np.uint8), np.zeros(2, int), 'shape (2, 8, 8)'),
+    (np.zeros((2, 8, 8, 4), np.uint8), np.zeros(2, int), 'expected uint8 (N, height, width, 3)'),
+    (np.zeros((2, 8, 8, 3), np.uint8), np.zeros(3, int), '3 labels for 2 images'),
+    (np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 1), int), 'expected N integers'),
+    (np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, int), 'holds no examples'),
+])
+def test_validate_split_names_the_source_and_the_fault(images, labels, message):
+  assert_user_error(lambda: input_pipeline.validate_split(images, labels, num_classes=10,
+                                                          where='my.npz'), 'my.npz', message)
+
+
+def test_a_subset_larger_than_the_split_is_refused(tmp_path):
+  write_cifar_batches(tmp_path, random_images(10), np.arange(10), random_images(4), np.arange(4))
+  assert_user_error(lambda: input_pipeline.load_splits(data_config(
+      source='cifar_batches', data_dir=str(tmp_path), test_subset=5), seed=0),
+                    'config.data.test_subset=5', 'the 4 examples of', 'test_batch')
 
 
 def test_unknown_settings():

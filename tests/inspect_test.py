@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_jax import defaults
 from resnet_jax import inspect
 from resnet_jax import models
 from resnet_jax import train
@@ -148,3 +149,12 @@ def test_sample_takes_one_image_of_each_class_in_turn():
   labels = np.array([1, 1, 0, 2, 0, 1])
   np.testing.assert_array_equal(inspect.sample_indices(labels, 5), [2, 0, 3, 4, 1])
   np.testing.assert_array_equal(inspect.sample_indices(labels, 99), [2, 0, 3, 4, 1, 5])
+
+
+@pytest.mark.parametrize('num_images', [0, 10**6])
+def test_num_images_is_bounded_before_any_work(tmp_path, num_images):
+  config = defaults.base_config()
+  config.data.source = 'synthetic'
+  with pytest.raises(UserError, match=rf'--num_images={num_images} must be in \[1, 64\]'):
+    inspect.inspect_run(config, str(tmp_path), num_images=num_images)
+  assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,10 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = f"--config={REPO / 'configs' / 'smoke.py'}"
 SYNTHETIC = '--config.data.source=synthetic'
+# Broken config files the fixture writes into {configs}.
+CONFIG_FILES = {
+    'syntax.py': 'def get_config(:\n',
+}
 
 # (name, arguments besides --workdir, what the last line of stderr must contain)
 MISTAKES = [
@@ -28,6 +32,13 @@ MISTAKES = [
      "'configs/no_such_config.py'"),
     ('no_config', [SYNTHETIC], 'Unknown command line flag'),
     ('no_config_at_all', [], '--config is required, e.g. --config=configs/best.py'),
+    ('syntax_error', ['--config={configs}/syntax.py'],
+     '--config={configs}/syntax.py has a syntax error: invalid syntax ({configs}/syntax.py, '
+     'line 1)'),
+    ('sweep_config', ['--config=configs/sweeps/tiny.py'],
+     'is a sweep config; run it with python -m resnet_jax.sweep'),
+    ('unwritable_workdir', [SMOKE, SYNTHETIC, '--workdir={configs}/syntax.py/run'],
+     'syntax.py is a file, not a folder'),
 ]
 
 
@@ -39,19 +50,31 @@ def run_main(workdir, arguments):
 
 
 @pytest.fixture(scope='module')
-def outcomes(tmp_path_factory):
+def configs(tmp_path_factory):
+  """A folder of CONFIG_FILES."""
+  folder = tmp_path_factory.mktemp('configs')
+  for name, text in CONFIG_FILES.items():
+    (folder / name).write_text(text)
+  return folder
+
+
+@pytest.fixture(scope='module')
+def outcomes(tmp_path_factory, configs):
   """Every mistake's process, run side by side."""
   with concurrent.futures.ThreadPoolExecutor(len(MISTAKES)) as pool:
-    futures = {name: pool.submit(run_main, tmp_path_factory.mktemp(name), arguments)
+    futures = {name: pool.submit(run_main, tmp_path_factory.mktemp(name),
+                                 [a.format(configs=configs) for a in arguments])
                for name, arguments, _ in MISTAKES}
     return {name: future.result() for name, future in futures.items()}
 
 
 @pytest.mark.parametrize('name,expected', [(name, expected) for name, _, expected in MISTAKES])
-def test_mistake_is_one_clear_line(outcomes, name, expected):
+def test_mistake_is_one_clear_line(outcomes, configs, name, expected):
+  expected = expected.format(configs=configs)
   outcome = outcomes[name]
   assert outcome.returncode == 2, outcome.stderr[-2000:]
   assert 'Traceback' not in outcome.stderr
   last_line = outcome.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: '), last_line
   assert expected in last_line, last_line
+  assert '\\' not in last_line, last_line  # Readable: no escaped quotes.

@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -102,6 +103,32 @@ def test_a_process_runs_its_share_of_the_points(tiny_sweep, monkeypatch, capsys)
   assert TINY_POINTS[0] not in printed.split('# Sweep')[0]
   with pytest.raises(UserError, match='--process_index=2'):
     sweep.run_sweep(_tiny_config(), str(workdir), process_index=2, process_count=2)
+
+
+def test_a_changed_config_is_refused_not_reported_done(tiny_sweep, monkeypatch):
+  workdir = tiny_sweep[0]
+  before = _mtimes(workdir)
+  _forbid_training(monkeypatch)
+  config = _tiny_config()
+  config.base.num_epochs = 3
+  config.base.augment.hflip = 0.0
+  with pytest.raises(UserError, match=(
+      rf'sweep point {TINY_POINTS[0]}: .+ holds a run of another config \(config.augment.hflip, '
+      r'config.num_epochs differ\); use a new --workdir, or delete .+')):
+    sweep.run_sweep(config, str(workdir))
+  assert _mtimes(workdir) == before
+
+
+def test_another_process_stale_point_is_not_reported_done(tiny_sweep, tmp_path, monkeypatch):
+  workdir = tmp_path / 'sweep'
+  shutil.copytree(tiny_sweep[0], workdir)
+  recorded = workdir / TINY_POINTS[0] / train.CONFIG_FILE
+  recorded.write_text(recorded.read_text().replace('"num_epochs": 2', '"num_epochs": 1'))
+  _forbid_training(monkeypatch)
+  rows = sweep.run_sweep(_tiny_config(), str(workdir), process_index=1, process_count=2)
+  assert rows[0]['status'] == 'stale: another config (num_epochs)'
+  assert rows[0]['best_val_accuracy'] is None
+  assert [row['status'] for row in rows[1:]] == ['skipped (done)', 'done', 'skipped (done)']
 
 
 def test_command_line_reports_over_budget_points_skipped(tiny_sweep):

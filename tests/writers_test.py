@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import writers
+from resnet_jax.errors import UserError
 
 from conftest import fake_bucket  # pylint: disable=g-bad-import-order
 
@@ -138,3 +139,34 @@ def test_tensorflow_is_imported_only_for_its_summary_writer(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ['clu.metric_writers.tf.summary_writer']
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_check_writable_accepts_folders_it_can_create_and_files_in_existing_folders(tmp_path):
+  writers.check_writable(tmp_path, '--workdir')
+  writers.check_writable(tmp_path / 'new' / 'run', '--workdir')
+  writers.check_writable(tmp_path / 'out.json', '--output', is_file=True)
+  writers.check_writable('gs://bucket/run', '--workdir')  # Left to the store.
+  assert list(tmp_path.iterdir()) == []  # Nothing created, the probe removed.
+
+
+@pytest.mark.parametrize('relative, is_file, message', [
+    ('file.txt/run', False, 'file.txt is a file, not a folder'),
+    ('missing/out.json', True, 'the folder {tmp_path}/missing does not exist; create it first'),
+    ('.', True, 'is a folder; give a file name'),
+])
+def test_check_writable_refuses_in_one_line(tmp_path, relative, is_file, message):
+  (tmp_path / 'file.txt').write_text('')
+  with pytest.raises(UserError) as info:
+    writers.check_writable(tmp_path / relative, '--flag', is_file=is_file)
+  assert str(info.value).startswith(f'--flag={tmp_path / relative}')
+  assert message.format(tmp_path=tmp_path) in str(info.value)
+
+
+def test_check_writable_refuses_a_folder_it_cannot_write(tmp_path):
+  # /proc takes no new files, even from root (whom permission bits do not stop).
+  with pytest.raises(UserError, match=r'--workdir=/proc/run cannot be written \(/proc: '):
+    writers.check_writable('/proc/run', '--workdir')
+  if os.geteuid() != 0:
+    tmp_path.chmod(0o500)
+    with pytest.raises(UserError, match='cannot be written'):
+      writers.check_writable(tmp_path / 'run', '--workdir')

@@ -1,0 +1,142 @@
+"""The flags every command shares (--config, --workdir) and the parser that checks them.
+
+Each command (`main`, `evaluate`, `benchmark`, `sweep`, `inspect`) runs `parse_flags` before its
+work: every mistake in the flags or the config file (a missing file, a syntax error or failing
+import in it, no `get_config`, an unknown key, a bad value, a sweep config given to a training
+command or the reverse) is one line `error: ...` on stderr and exit status 2.
+
+The flags live here, not in main.py, because main.py runs as `__main__` and sweep configs import
+`resnet_jax.sweep`, which imports this module: flags defined in `__main__` would be defined twice.
+"""
+
+import re
+import sys
+import traceback
+
+from absl import flags
+from ml_collections import config_dict
+from ml_collections import config_flags
+
+from resnet_jax.errors import UserError
+
+CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Configuration file (configs/*.py; configs/sweeps/*.py for sweep).',
+    lock_config=True)
+WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
+
+# What a config file is for: `parse_flags(kind=...)`.
+RUN = 'run'
+SWEEP = 'sweep'
+_KEY_HINT = 'every key and its default is in resnet_jax/defaults.py'
+
+
+def parse_flags(argv: list[str], require_workdir: bool = True, require_config: bool = True,
+                kind: str = RUN) -> list[str]:
+  """absl flag parsing, with every mistake (unknown key, bad value, bad file) one line, exit 2.
+
+  Args:
+    argv: the command line.
+    require_workdir: --workdir must be given.
+    require_config: --config must be given.
+    kind: RUN (a training config, configs/*.py) or SWEEP (configs/sweeps/*.py).
+
+  Returns:
+    The arguments that are not flags.
+  """
+  try:
+    remaining = flags.FLAGS(argv)
+    if flags.FLAGS['config'].present:
+      check_config_kind(CONFIG.value, config_path(argv), kind)
+    elif require_config:
+      raise UserError('--config is required, e.g. --config=configs/best.py')
+    if require_workdir and not WORKDIR.value:
+      raise UserError('--workdir is required, e.g. --workdir=runs/best')
+  except Exception as e:  # pylint: disable=broad-except  # The config file runs users' code.
+    print(f'error: {flag_error_message(argv, e)}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  return remaining
+
+
+def config_path(argv: list[str]) -> str:
+  """The --config argument of a command line ('' where there is none)."""
+  for i, argument in enumerate(argv):
+    if argument.startswith(('--config=', '-config=')):
+      return argument.split('=', 1)[1]
+    if argument in ('--config', '-config') and i + 1 < len(argv):
+      return argv[i + 1]
+  return ''
+
+
+def check_config_kind(config, path: str, kind: str) -> None:
+  """UserError unless `config` (what get_config() returned) is a config of this kind."""
+  if not isinstance(config, config_dict.ConfigDict):
+    # A file that failed to load gives an object that raises its load error on any access.
+    getattr(config, 'keys', None)
+    raise UserError(f'--config={path}: get_config() returned {type(config).__name__}, not a '
+                    'ConfigDict; return one, e.g. defaults.base_config() (see configs/)')
+  is_sweep = 'base' in config and 'grid' in config
+  if kind == RUN and is_sweep:
+    raise UserError(f'--config={path} is a sweep config; run it with python -m resnet_jax.sweep, '
+                    'or give a training config (configs/*.py)')
+  if kind == SWEEP and not is_sweep:
+    raise UserError(f'--config={path} is a training config, not a sweep; train it with python -m '
+                    'resnet_jax.main, or give a sweep config (configs/sweeps/*.py)')
+
+
+def flag_error_message(argv: list[str], error: BaseException) -> str:
+  """One line for any failure while parsing the flags or loading the config file."""
+  path = config_path(argv)
+  if isinstance(error, UserError):
+    return one_line(error)
+  if isinstance(error, SyntaxError):
+    return (f'--config={path} has a syntax error: {error.msg} ({error.filename}, line '
+            f'{error.lineno}); fix the file')
+  if isinstance(error, OSError):  # config_flags: the file is missing or cannot be read.
+    return f'--config cannot be loaded: {last_line(error)}'
+  if isinstance(error, flags.Error):
+    if 'Error whilst parsing config file' in str(error):  # Its message ends with the cause.
+      return f'--config={path} cannot be loaded: {last_line(error)}'
+    return one_line(error)
+  text = one_line(error)
+  if 'get_config' in text and isinstance(error, AttributeError):
+    return (f'--config={path} defines no get_config(); a config file defines get_config() '
+            'returning a ConfigDict (see configs/)')
+  key = _locked_key(text)
+  if key is not None:
+    return unknown_key_message(argv, key, path)
+  return f'--config={path} cannot be loaded: {type(error).__name__}: {text}{_where(error)}'
+
+
+def _locked_key(text: str) -> str | None:
+  """The key of a locked ConfigDict's 'Key "x" does not exist' error, or of a bare KeyError."""
+  match = (re.search(r'Key "([^"]+)" does not exist', text)
+           or re.fullmatch(r'"?\'([^\']+)\'"?', text))
+  return match.group(1) if match else None
+
+
+def unknown_key_message(argv: list[str], key: str, path: str) -> str:
+  """One line naming the `--config.x.y` override, or the config file, that sets key `key`."""
+  for argument in argv:
+    name = argument.lstrip('-').split('=', 1)[0]
+    if name.startswith('config.') and key in name.split('.'):
+      return f'{name} is not a config key (a misspelling?); {_KEY_HINT}'
+  return f'--config={path} sets {key}, which is not a config key (a misspelling?); {_KEY_HINT}'
+
+
+def _where(error: BaseException) -> str:
+  """' (file, line n)' of the innermost frame that raised error, outside Python's import code."""
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if not f.filename.startswith('<frozen')]
+  return f' ({frames[-1].filename}, line {frames[-1].lineno})' if frames else ''
+
+
+def one_line(error: BaseException) -> str:
+  """The first non-empty line of an exception's message, at most 300 characters."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def last_line(error: BaseException) -> str:
+  """The last non-empty line of an exception's message (where tracebacks put the cause)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return (lines[-1] if lines else type(error).__name__)[:300]
