@@ -1,15 +1,17 @@
 r"""Scores a trained model on the test set and writes the run's report for it.
 
-  python -m resnet_jax.evaluate --config configs/best.py --workdir runs/best [--checkpoint=best]
+  python -m resnet_jax.evaluate --workdir runs/best [--checkpoint=best]
   python -m resnet_jax.evaluate --config configs/best.py --workdir runs/torch \
       --torch_state_dict=model.pt
 
-The first scores the workdir's latest (or best) checkpoint; the second a PyTorch `state_dict` of
-the same network (through `torch_import`; torch is imported only then). The report
-(results.json, confusion.png, report.md, and curves.png where the checkpoint has a history) goes
-to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
+The first scores the workdir's latest (or best) checkpoint, with the config the run was trained
+with (its config.json; a --config given must agree with it, see `run_config`); the second a
+PyTorch `state_dict` of the same network (through `torch_import`; torch is imported only then).
+The report (results.json, confusion.png, report.md, and curves.png where the checkpoint has a
+history) goes to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
 """
 
+import functools
 import os
 import time
 
@@ -24,6 +26,7 @@ from resnet_jax import errors
 from resnet_jax import main as main_lib
 from resnet_jax import models
 from resnet_jax import report
+from resnet_jax import run_config
 from resnet_jax import torch_import
 from resnet_jax import train
 
@@ -107,6 +110,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
 
 def run_evaluation(config, workdir: str) -> None:
   distributed.initialize_from_env()
+  config = run_config.load_run_config(workdir, config)
   results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
                          torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
   print(f"test accuracy {100 * results['final_test_accuracy']:.2f}% "
@@ -120,4 +124,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=main_lib.parse_flags)
+  app.run(main, flags_parser=functools.partial(main_lib.parse_flags, require_config=False))

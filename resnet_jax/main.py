@@ -5,7 +5,6 @@ Any config key can be overridden on the command line, e.g. `--config.num_epochs=
 SIGTERM saves a checkpoint and exits with status 0.
 """
 
-import logging as python_logging
 import sys
 
 from absl import app
@@ -13,6 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from resnet_jax import console_logs
 from resnet_jax import distributed
 from resnet_jax import errors
 from resnet_jax import models
@@ -21,13 +21,19 @@ from resnet_jax import train
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file (configs/*.py).', lock_config=True)
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
+VERBOSE = flags.DEFINE_bool(
+    'verbose', False, "Also print libraries' INFO lines (orbax, jax, clu), dropped by default.")
 
 
 def parse_flags(argv: list[str], require_workdir: bool = True,
                 require_config: bool = True) -> list[str]:
-  """absl flag parsing, with every mistake (unknown key, bad value, bad file) one line, exit 2."""
+  """absl flag parsing, with every mistake (unknown key, bad value, bad file) one line, exit 2.
+
+  Every command parses its flags here; it also sets what reaches the console (--verbose).
+  """
   try:
     remaining = flags.FLAGS(argv)
+    console_logs.quiet_library_logs(verbose=VERBOSE.value)
     if CONFIG.value is not None:
       CONFIG.value.get('seed')  # config_flags defers a config file's load error to first use.
     elif require_config:
@@ -64,14 +70,7 @@ def one_line(error: BaseException) -> str:
   return (lines[0] if lines else type(error).__name__)[:300]
 
 
-def quiet_library_logs() -> None:
-  """Drops orbax's INFO lines (several per checkpoint) from the console; warnings stay."""
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= python_logging.WARNING or 'orbax' not in record.pathname)
-
-
 def run(config, workdir: str) -> None:
-  quiet_library_logs()
   distributed.initialize_from_env()
   print(models.summary_table(config.model), flush=True)
   results = train.train_and_evaluate(config, workdir)
