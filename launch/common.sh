@@ -43,3 +43,20 @@ take_main_option() {
     *) taken=0 ;;
   esac
 }
+
+# The GPU launchers check that jax has a GPU before they start anything; --allow-cpu skips it.
+allow_cpu="${RESNET_JAX_ALLOW_CPU:-false}"
+
+# Runs "$@" -m resnet_jax.platform_check --expect=gpu ("$@": the interpreter, after any prefix
+# such as srun's) and stops with its one line where jax has no GPU; --dry-run prints it instead.
+require_gpu() {
+  local check=("$@" -m resnet_jax.platform_check --expect=gpu) reason
+  [[ $allow_cpu == true || $allow_cpu == false ]] ||
+    die "RESNET_JAX_ALLOW_CPU must be true or false, not '$allow_cpu'"
+  if $allow_cpu; then return 0; fi
+  if $dry_run; then print_command "${check[@]}"; return 0; fi
+  if ! reason="$("${check[@]}" 2>&1)"; then
+    reason="${reason##*$'\n'}"
+    die "${reason#error: }; --allow-cpu starts it on the CPU anyway"
+  fi
+}

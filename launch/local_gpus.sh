@@ -18,6 +18,7 @@ Options (environment variable in brackets):
                        default: all that nvidia-smi lists]
   --port PORT          coordinator port on 127.0.0.1 [RESNET_JAX_PORT, default 12355]
   --python PYTHON      interpreter [RESNET_JAX_PYTHON, default python3]
+  --allow-cpu          start even where jax finds no GPU [RESNET_JAX_ALLOW_CPU=true]
   --dry-run            print the commands, one per line, and run nothing
   -h, --help           this message
 --config.KEY=VALUE arguments and everything after -- go to python -m resnet_jax.main unchanged.
@@ -43,6 +44,7 @@ while (($#)); do
     --python) python="${2:?--python needs an interpreter}"; shift ;;
     --python=*) python="${1#*=}" ;;
     --process-per-gpu) process_per_gpu=true ;;
+    --allow-cpu) allow_cpu=true ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -51,6 +53,7 @@ done
 [[ -n $workdir ]] || { usage >&2; die "--workdir is required"; }
 
 main_command=("$python" -m resnet_jax.main "--config=$config" "--workdir=$workdir" "${main_flags[@]}")
+require_gpu "$python"
 
 if ! $process_per_gpu; then
   if $dry_run; then print_command "${main_command[@]}"; exit 0; fi

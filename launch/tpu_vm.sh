@@ -10,9 +10,10 @@ Usage: launch/tpu_vm.sh --workdir gs://BUCKET/PATH [options] [--config.KEY=VALUE
        launch/tpu_vm.sh --delete [--name NAME --zone ZONE --project PROJECT]
 
 Creates the TPU VM unless one of that name is READY (a preempted one is deleted and created
-again), copies this checkout (or clones --git) to every worker, installs it in a Python 3.12
-virtual environment there, and trains on all workers at once. Checkpoints go to the bucket, so
-running the same command again after a preemption resumes the run.
+again), copies this checkout (or clones --git) to every worker, installs it with its tpu and
+gcs extras in a Python 3.12 virtual environment there, and trains on all workers at once.
+Checkpoints go to the bucket, so running the same command again after a preemption resumes
+the run.
 
 Options (environment variable in brackets):
   --name NAME              TPU VM name [RESNET_JAX_TPU_NAME, default resnet-jax]
@@ -135,7 +136,8 @@ if ! $skip_setup; then
   install='export PATH="$HOME/.local/bin:$PATH"'
   install+=' && (command -v uv || curl -LsSf https://astral.sh/uv/install.sh | sh)'
   install+=' && rm -rf resnet-jax-venv && uv venv --python=3.12 resnet-jax-venv'
-  install+=" && uv pip install --python=resnet-jax-venv/bin/python 'jax[tpu]' ./resnet-jax"
+  # The tpu extra: jax with libtpu; gcs: what etils.epath and TensorBoard need for gs://.
+  install+=" && uv pip install --python=resnet-jax-venv/bin/python './resnet-jax[tpu,gcs]'"
   run "${tpu[@]}" ssh "$name" "${scope[@]}" --worker=all --command="$fetch && $install"
 fi
 

@@ -25,8 +25,6 @@ from resnet_jax import writers
 from resnet_jax.errors import UserError
 
 CHECKPOINTS = ('latest', 'best')
-# The resolved config a run was started with, in its workdir.
-CONFIG_FILE = 'config.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,13 +144,6 @@ def check_same_run(identity: dict, meta: CheckpointMeta, directory) -> None:
       raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, the '
                       f'config gives {now}; resume with the original config, or use a new '
                       '--workdir')
-
-
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """The resolved config, as `CONFIG_FILE` in workdir."""
-  path = writers.as_path(workdir)
-  path.mkdir(parents=True, exist_ok=True)
-  (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 # JAX's preemption sync point counts calls over the whole process, which may train several runs

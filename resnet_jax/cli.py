@@ -1,9 +1,10 @@
 """The flags every command shares (--config, --workdir) and the parser that checks them.
 
 Each command (`main`, `evaluate`, `benchmark`, `sweep`, `inspect`) runs `parse_flags` before its
-work: every mistake in the flags or the config file (a missing file, a syntax error or failing
-import in it, no `get_config`, an unknown key, a bad value, a sweep config given to a training
-command or the reverse) is one line `error: ...` on stderr and exit status 2.
+work. It sets what reaches the console (`--verbose` brings back libraries' INFO lines), and makes
+every mistake in the flags or the config file (a missing file, a syntax error or failing import
+in it, no `get_config`, an unknown key, a bad value, a sweep config given to a training command
+or the reverse) one line `error: ...` on stderr and exit status 2.
 
 The flags live here, not in main.py, because main.py runs as `__main__` and sweep configs import
 `resnet_jax.sweep`, which imports this module: flags defined in `__main__` would be defined twice.
@@ -17,12 +18,15 @@ from absl import flags
 from ml_collections import config_dict
 from ml_collections import config_flags
 
+from resnet_jax import console_logs
 from resnet_jax.errors import UserError
 
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Configuration file (configs/*.py; configs/sweeps/*.py for sweep).',
     lock_config=True)
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
+VERBOSE = flags.DEFINE_bool(
+    'verbose', False, "Also print libraries' INFO lines (orbax, jax, clu), dropped by default.")
 
 # What a config file is for: `parse_flags(kind=...)`.
 RUN = 'run'
@@ -45,6 +49,7 @@ def parse_flags(argv: list[str], require_workdir: bool = True, require_config: b
   """
   try:
     remaining = flags.FLAGS(argv)
+    console_logs.quiet_library_logs(verbose=VERBOSE.value)
     if flags.FLAGS['config'].present:
       check_config_kind(CONFIG.value, config_path(argv), kind)
     elif require_config:

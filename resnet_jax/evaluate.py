@@ -1,15 +1,17 @@
 r"""Scores a trained model on the test set and writes the run's report for it.
 
-  python -m resnet_jax.evaluate --config configs/best.py --workdir runs/best [--checkpoint=best]
+  python -m resnet_jax.evaluate --workdir runs/best [--checkpoint=best]
   python -m resnet_jax.evaluate --config configs/best.py --workdir runs/torch \
       --torch_state_dict=model.pt
 
-The first scores the workdir's latest (or best) checkpoint; the second a PyTorch `state_dict` of
-the same network (through `torch_import`; torch is imported only then). The report
-(results.json, confusion.png, report.md, and curves.png where the checkpoint has a history) goes
-to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
+The first scores the workdir's latest (or best) checkpoint, with the config the run was trained
+with (its config.json; a --config given must agree with it, see `run_config`); the second a
+PyTorch `state_dict` of the same network (through `torch_import`; torch is imported only then).
+The report (results.json, confusion.png, report.md, and curves.png where the checkpoint has a
+history) goes to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
 """
 
+import functools
 import os
 import time
 
@@ -26,6 +28,7 @@ from resnet_jax import evaluator
 from resnet_jax import feed
 from resnet_jax import models
 from resnet_jax import report
+from resnet_jax import run_config
 from resnet_jax import runs
 from resnet_jax import torch_import
 from resnet_jax import writers
@@ -116,6 +119,7 @@ def check_output_writable(workdir: str, output_dir: str | None) -> None:
 def run_evaluation(config, workdir: str) -> None:
   check_output_writable(workdir, OUTPUT_DIR.value)
   distributed.initialize_from_env()
+  config = run_config.load_run_config(workdir, config)
   results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
                          torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
   print(f"test accuracy {100 * results['final_test_accuracy']:.2f}% "
@@ -129,4 +133,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_config=False))

@@ -3,8 +3,9 @@ r"""Looks inside a trained run: summary, Grad-CAM maps, parameter histograms, co
   python -m resnet_jax.inspect --workdir runs/best [--gradcam_layers=layer1,layer3_0]
       [--num_images=8] [--checkpoint=latest|best] [--output_dir=DIR] [--config=configs/best.py]
 
-Restores the run's checkpoint (the config it was trained with is read from <workdir>/config.json
-unless --config is given) and writes into <workdir>/inspect (or --output_dir):
+Restores the run's checkpoint (the config it was trained with is read from <workdir>/config.json;
+a --config given must agree with it, see `run_config`) and writes into <workdir>/inspect (or
+--output_dir):
 - summary.txt: the model summary table (also printed);
 - gradcam.png: Grad-CAM maps (seed 004, figure 13) of the chosen layers on sample test images,
   one of each class in turn; a layer is a top-level module (`conv1`, `se`, `layer3_1`) or
@@ -15,7 +16,6 @@ unless --config is given) and writes into <workdir>/inspect (or --output_dir):
 """
 
 import functools
-import json
 import os
 from typing import Optional, Sequence
 
@@ -27,9 +27,7 @@ from ml_collections import config_dict
 import numpy as np
 
 from resnet_jax import augment
-from resnet_jax import checkpoints
 from resnet_jax import cli
-from resnet_jax import defaults
 from resnet_jax import distributed
 from resnet_jax import errors
 from resnet_jax import evaluate  # Its --checkpoint and --output_dir flags.
@@ -37,6 +35,7 @@ from resnet_jax import evaluator
 from resnet_jax import gradcam
 from resnet_jax import models
 from resnet_jax import report
+from resnet_jax import run_config
 from resnet_jax import runs
 from resnet_jax import writers
 from resnet_jax.errors import UserError
@@ -49,41 +48,6 @@ _GRADCAM_LAYERS = flags.DEFINE_list(
     'residual layer L; default: the last block of every residual layer.')
 _NUM_IMAGES = flags.DEFINE_integer(
     'num_images', 8, f'Test images in the Grad-CAM grid (at most {gradcam.MAX_GRID_IMAGES}).')
-
-
-def _as_saved_type(current, value):
-  """A value read from JSON in the type of the config field it goes to (lists -> tuples)."""
-  if isinstance(current, tuple) and isinstance(value, list):
-    return tuple(_as_saved_type((), item) if isinstance(item, list) else item for item in value)
-  return value
-
-
-def _update_from_saved(section: config_dict.ConfigDict, saved: dict, where: str) -> None:
-  for key, value in saved.items():
-    if key not in section:
-      raise UserError(f'{where}.{key} in config.json is no config key of this version; pass '
-                      '--config=<the config file the run was trained with>')
-    if isinstance(section[key], config_dict.ConfigDict):
-      _update_from_saved(section[key], value, f'{where}.{key}')
-    else:
-      section[key] = _as_saved_type(section[key], value)
-
-
-def config_from_workdir(workdir: str) -> config_dict.ConfigDict:
-  """The config a run was trained with, from the config.json the trainer wrote in workdir."""
-  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise UserError(f'no {path}: check --workdir, or pass --config=<the config file the run was '
-                    'trained with>')
-  try:
-    with open(path, encoding='utf-8') as f:
-      saved = json.load(f)
-    config = defaults.base_config()
-    _update_from_saved(config, saved, 'config')
-  except (OSError, ValueError, TypeError, AttributeError) as e:
-    raise UserError(f'{path} cannot be read ({cli.one_line(e)}); pass --config=<the config '
-                    'file the run was trained with>') from e
-  return config
 
 
 def sample_indices(labels: np.ndarray, num_images: int) -> np.ndarray:
@@ -102,7 +66,7 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
   """Writes the summary, Grad-CAM grid, parameter histograms and confusion matrix of a run.
 
   Args:
-    config: the config the run was trained with (`config_from_workdir`).
+    config: the config the run was trained with (`run_config.load_run_config`).
     workdir: the run's folder.
     gradcam_layers: layers to map (see the module docstring); empty: every residual layer's last.
     num_images: test images in the Grad-CAM grid, at most gradcam.MAX_GRID_IMAGES.
@@ -161,8 +125,7 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
 def _run(config, workdir: str) -> None:
   evaluate.check_output_writable(workdir, evaluate.OUTPUT_DIR.value)
   distributed.initialize_from_env()
-  if config is None:
-    config = config_from_workdir(workdir)
+  config = run_config.load_run_config(workdir, config)
   inspected = inspect_run(config, workdir, gradcam_layers=_GRADCAM_LAYERS.value,
                           num_images=_NUM_IMAGES.value, checkpoint=evaluate.CHECKPOINT.value,
                           output_dir=evaluate.OUTPUT_DIR.value)

@@ -5,8 +5,6 @@ Any config key can be overridden on the command line, e.g. `--config.num_epochs=
 SIGTERM saves a checkpoint and exits with status 0.
 """
 
-import logging as python_logging
-
 from absl import app
 from absl import logging
 
@@ -18,15 +16,8 @@ from resnet_jax import train
 from resnet_jax import writers
 
 
-def quiet_library_logs() -> None:
-  """Drops orbax's INFO lines (several per checkpoint) from the console; warnings stay."""
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= python_logging.WARNING or 'orbax' not in record.pathname)
-
-
 def run(config, workdir: str) -> None:
   writers.check_writable(workdir, '--workdir')
-  quiet_library_logs()
   distributed.initialize_from_env()
   print(models.summary_table(config.model), flush=True)
   results = train.train_and_evaluate(config, workdir)

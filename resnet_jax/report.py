@@ -159,6 +159,18 @@ def _reference_percent(value: float) -> str:
   return f'{value:.2f}%' if value else '-'
 
 
+def _training_figures(results: dict) -> list[str]:
+  """The training run's speed figures that results holds (evaluate's results hold none)."""
+  figures = []
+  if 'images_per_second' in results:
+    figures.append(f"{results['images_per_second']:,.0f} training images/s")
+  if 'compile_seconds' in results:
+    figures.append(f"compile {results['compile_seconds']:.1f} s")
+  if 'wall_seconds' in results and 'evaluated' not in results:
+    figures.append(f"wall {results['wall_seconds']:.0f} s")
+  return figures
+
+
 def markdown(results: dict, history: Sequence[dict], per_class: dict,
              write_plots: bool) -> str:
   """report.md: the run, its reference figures, per-class accuracy and the plots."""
@@ -190,10 +202,10 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
   if epoch_times:
     reference_epoch = reference.get('pytorch_epoch_seconds', 0.0)
     against = f' (PyTorch reference: {reference_epoch:.1f} s)' if reference_epoch else ''
-    lines += [f'Time an epoch: {np.median(epoch_times):.2f} s median{against}; '
-              f"{results.get('images_per_second', 0):,.0f} training images/s; compile "
-              f"{results.get('compile_seconds', 0):.1f} s; wall {results.get('wall_seconds', 0):.0f}"
-              ' s.', '']
+    lines += ['; '.join([f'Time an epoch: {np.median(epoch_times):.2f} s median{against}',
+                         *_training_figures(results)]) + '.', '']
+  if 'evaluated' in results:
+    lines += [f"Scored {results['evaluated']} in {results.get('wall_seconds', 0):.0f} s.", '']
   reached = results.get('reference_reached')
   if reached and reached.get('elapsed_seconds') is not None:
     lines += [f"Reached the PyTorch reference's final {reference['pytorch_final']:.2f}% at epoch "

@@ -49,6 +49,7 @@ from resnet_jax import distributed
 from resnet_jax import errors
 from resnet_jax import models
 from resnet_jax import report
+from resnet_jax import run_config
 from resnet_jax import train
 from resnet_jax import writers
 from resnet_jax.errors import UserError
@@ -274,7 +275,7 @@ def changed_keys(point: Point, workdir: str) -> list[str]:
   Raises:
     UserError: the recorded config.json cannot be read.
   """
-  path = os.path.join(workdir, point.name, train.CONFIG_FILE)
+  path = os.path.join(workdir, point.name, run_config.CONFIG_FILE)
   try:
     recorded = _read_json(path)
   except (OSError, ValueError) as e:

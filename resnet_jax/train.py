@@ -29,6 +29,7 @@ from resnet_jax import models
 from resnet_jax import precompile
 from resnet_jax import progress
 from resnet_jax import report
+from resnet_jax import run_config
 from resnet_jax import runs
 from resnet_jax import steps
 from resnet_jax import writers
@@ -55,7 +56,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                run.splits.source, run.placement, run.mesh.devices.size,
                jax.devices()[0].device_kind, run.plan.steps, run.plan.steps_per_call)
   if jax.process_index() == 0:
-    checkpoints.write_config(workdir, config)
+    run_config.write_config(workdir, config)
   with contextlib.ExitStack() as stack:
     return TrainLoop(run, clock, stack).train()
 

@@ -1,4 +1,4 @@
-"""Metric writers (console, TensorBoard, a JSON-lines file) through clu, and the workdir's paths.
+"""Metric writers (TensorBoard, a JSON-lines file) through clu, and the workdir's paths.
 
 clu's `metric_writers` package imports TensorFlow for its TensorBoard writer as it loads, and the
 GPU machines have no TensorFlow. Importing this module first registers a stand-in
@@ -262,8 +262,12 @@ def tensorboard_dir(workdir: epath.PathLike) -> str:
 
 def create_writer(workdir: Optional[epath.PathLike], *,
                   is_main: bool) -> metric_writers.MetricWriter:
-  """Console logging everywhere; TensorBoard events and metrics.jsonl on the main process."""
-  writers = [metric_writers.LoggingWriter()]
+  """TensorBoard events and metrics.jsonl on the main process; nothing on the others.
+
+  No console writer: the trainer logs each progress and epoch line itself, in its own words, so
+  clu's LoggingWriter would print every one of them a second time.
+  """
+  writers = []
   if is_main and workdir:
     path = as_path(workdir)
     path.mkdir(parents=True, exist_ok=True)

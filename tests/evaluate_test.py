@@ -9,6 +9,7 @@ import pytest
 
 from resnet_jax import errors
 from resnet_jax import evaluate
+from resnet_jax import run_config
 from resnet_jax import torch_import
 from resnet_jax import train
 from conftest import restore_state, short_config
@@ -60,6 +61,16 @@ def test_checkpoint_reproduces_the_reported_accuracy(trained, checkpoint, report
   assert json.loads((out / 'results.json').read_text())['final_test_accuracy'] == results[reported]
   assert (out / 'confusion.png').is_file() and (out / 'curves.png').is_file()
   assert (out / 'report.md').is_file()
+
+
+def test_the_runs_config_json_scores_the_same_without_training_figures(trained, tmp_path):
+  _, workdir, results = trained
+  scored = evaluate.evaluate_run(run_config.load_run_config(str(workdir)), str(workdir),
+                                 output_dir=str(tmp_path))
+  assert scored['final_test_accuracy'] == results['final_test_accuracy']
+  markdown = (tmp_path / 'report.md').read_text()
+  assert 'training images/s' not in markdown and 'compile ' not in markdown
+  assert f"Scored {workdir / 'checkpoints' / 'latest'} in " in markdown
 
 
 def test_torch_state_dict_of_the_same_network_scores_the_same(trained, tmp_path):

@@ -14,6 +14,7 @@ from PIL import Image
 from resnet_jax import defaults
 from resnet_jax import inspect
 from resnet_jax import models
+from resnet_jax import run_config
 from resnet_jax import train
 from resnet_jax import writers
 from resnet_jax.errors import UserError
@@ -42,12 +43,12 @@ def trained_run(tmp_path_factory):
 
 def test_config_is_read_back_from_the_workdir(trained_run):
   config, workdir, _ = trained_run
-  assert inspect.config_from_workdir(str(workdir)).to_dict() == config.to_dict()
+  assert run_config.load_run_config(str(workdir)).to_dict() == config.to_dict()
 
 
 def test_inspect_writes_summary_gradcam_histograms_and_confusion(trained_run, tmp_path):
   _, workdir, results = trained_run
-  config = inspect.config_from_workdir(str(workdir))
+  config = run_config.load_run_config(str(workdir))
   inspected = inspect.inspect_run(config, str(workdir), gradcam_layers=['conv1', 'layer2'],
                                   num_images=3, output_dir=str(tmp_path))
   # The restored checkpoint is the trained state: same step, same test accuracy.
@@ -85,13 +86,17 @@ def test_command_line_rejects_an_unknown_layer_in_one_line(trained_run):
   assert 'layer2' in last_line and 'conv1' in last_line
 
 
-def test_command_line_mistakes_are_one_line(tmp_path):
+def test_command_line_mistakes_are_one_line(tmp_path, trained_run):
   corrupt = tmp_path / 'corrupt'
   corrupt.mkdir()
   (corrupt / 'config.json').write_text('{"seed": 0,')
   empty = f'--workdir={tmp_path}'
   smoke = str(REPO / 'configs' / 'smoke.py')
+  trained = f'--workdir={trained_run[1]}'
   mistakes = [  # (arguments, what the one line on stderr says)
+      ([trained, f'--config={smoke}', '--config.data.source=synthetic'],
+       "--config differs from the run's config.json in config.data.test_subset (64 in the run, "
+       '256 given), config.data.train_subset (128 in the run, 512 given)'),
       ([empty, '--config=/nonexistent.py'], '--config cannot be loaded: [Errno 2] No such file'),
       ([empty, f'--config={smoke}', '--config.bogus=1'], 'config.bogus is not a config key'),
       ([empty, '--config.bogus=1'], 'Unknown command line flag'),
@@ -106,13 +111,6 @@ def test_command_line_mistakes_are_one_line(tmp_path):
     assert 'Traceback' not in result.stderr, arguments
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith('error: ') and message in last_line, (arguments, last_line)
-
-
-@pytest.mark.parametrize('saved', ['{"seed": 0,', '[1, 2]', '{"model": 3}', '{"seed": "one"}'])
-def test_unreadable_config_json_is_a_user_error(tmp_path, saved):
-  (tmp_path / 'config.json').write_text(saved)
-  with pytest.raises(UserError, match=r'config.json cannot be read \(.+\); pass --config='):
-    inspect.config_from_workdir(str(tmp_path))
 
 
 def test_only_the_first_process_writes_histograms(trained_run, monkeypatch):
@@ -136,8 +134,6 @@ def test_only_the_first_process_writes_histograms(trained_run, monkeypatch):
 
 
 def test_missing_run_files_are_user_errors(tmp_path, trained_run):
-  with pytest.raises(UserError, match='config.json'):
-    inspect.config_from_workdir(str(tmp_path))
   config, _, _ = trained_run
   with pytest.raises(UserError, match='no checkpoint in'):
     inspect.inspect_run(config, str(tmp_path))

@@ -5,19 +5,30 @@ Real runs use a fake `python` (and a fake `srun`) that record what each process 
 
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
+import tomllib
 
 import pytest
 
 LAUNCH = pathlib.Path(__file__).resolve().parent.parent / 'launch'
 SCRIPTS = ('local_gpus.sh', 'gpu_multinode.sbatch', 'tpu_vm.sh')
 MAIN = ['-m', 'resnet_jax.main']
+GPU_CHECK = ['-m', 'resnet_jax.platform_check', '--expect=gpu']
+EXTRAS = tomllib.loads((LAUNCH.parent / 'pyproject.toml').read_text())['project'][
+    'optional-dependencies']
 
 # Records argv and the distributed variables as one line per process: fake python's output.
+# The GPU check passes (NO_GPU=1: fails as the real one does on a machine without a GPU).
 FAKE_PYTHON = """#!/usr/bin/env bash
+if [[ $2 == resnet_jax.platform_check ]]; then
+  if [[ -n ${NO_GPU:-} ]]; then echo 'error: jax finds no GPU (fake)' >&2; exit 2; fi
+  exit 0
+fi
 id="${RESNET_JAX_PROCESS_ID:-single}"
 printf '%s\\n' "gpu=${CUDA_VISIBLE_DEVICES:-}" "coordinator=${RESNET_JAX_COORDINATOR_ADDRESS:-}" \
   "num=${RESNET_JAX_NUM_PROCESSES:-}" "local=${RESNET_JAX_LOCAL_DEVICE_IDS:-}" "$@" \
@@ -31,6 +42,7 @@ if [[ -n ${SLEEP:-} ]]; then exec sleep "$SLEEP"; fi
 
 # Runs the step's command once per task, as srun does, with SLURM's per-task variables.
 FAKE_SRUN = """#!/usr/bin/env bash
+per_node=1
 while [[ $1 == --* ]]; do
   case "$1" in --ntasks=*) ntasks="${1#*=}" ;; --ntasks-per-node=*) per_node="${1#*=}" ;; esac
   shift
@@ -97,14 +109,17 @@ def test_local_one_process_passes_config_workdir_and_overrides():
   commands = dry_run('local_gpus.sh', '--config', 'configs/smoke.py', '--workdir', '/runs/a b',
                      '--config.num_epochs=3', "--config.model.num_blocks=(2, 2)", '--',
                      '--other=it\'s')
-  assert commands == [['python3', *MAIN, '--config=configs/smoke.py', '--workdir=/runs/a b',
+  assert commands == [['python3', *GPU_CHECK],
+                      ['python3', *MAIN, '--config=configs/smoke.py', '--workdir=/runs/a b',
                        '--config.num_epochs=3', '--config.model.num_blocks=(2, 2)',
                        "--other=it's"]]
 
 
 def test_local_process_per_gpu_numbers_processes_and_gpus():
-  commands = dry_run('local_gpus.sh', '--workdir=/runs/x', '--process-per-gpu', '--num-gpus', '3',
-                     '--port', '2345', env=dict(RESNET_JAX_PYTHON='/venv/bin/python'))
+  check, *commands = dry_run('local_gpus.sh', '--workdir=/runs/x', '--process-per-gpu',
+                             '--num-gpus', '3', '--port', '2345',
+                             env=dict(RESNET_JAX_PYTHON='/venv/bin/python'))
+  assert check == ['/venv/bin/python', *GPU_CHECK]
   assert commands[-1] == ['wait']
   assert len(commands) == 4
   for gpu, command in enumerate(commands[:3]):
@@ -150,9 +165,10 @@ def test_local_one_failing_process_stops_the_others(fakes):
 
 
 def test_slurm_one_process_per_gpu(fakes):
-  [command] = dry_run('gpu_multinode.sbatch', '--workdir', '/shared/run', '--config',
-                      'configs/smoke.py', '--config.batch_size=512', env=SLURM_ENV,
-                      bin_dir=fakes['bin'])
+  check, command = dry_run('gpu_multinode.sbatch', '--workdir', '/shared/run', '--config',
+                           'configs/smoke.py', '--config.batch_size=512', env=SLURM_ENV,
+                           bin_dir=fakes['bin'])
+  assert check == ['srun', '--nodes=1', '--ntasks=1', 'python3', *GPU_CHECK]  # on a GPU node
   port = 20000 + 123456 % 10000
   split = command.index('bash')
   assert command[:split] == ['srun', '--nodes=2', '--ntasks=8', '--ntasks-per-node=4',
@@ -166,7 +182,8 @@ def test_slurm_one_process_per_gpu(fakes):
 
 def test_slurm_one_process_per_node_sees_every_gpu(fakes):
   [command] = dry_run('gpu_multinode.sbatch', '--workdir=/shared/run', '--port=3000',
-                      env=dict(SLURM_ENV, RESNET_JAX_PROCESS_PER='node'), bin_dir=fakes['bin'])
+                      '--allow-cpu', env=dict(SLURM_ENV, RESNET_JAX_PROCESS_PER='node'),
+                      bin_dir=fakes['bin'])
   assert command[1:9] == ['--nodes=2', '--ntasks=2', '--ntasks-per-node=1', '--kill-on-bad-exit=1',
                           'env', 'RESNET_JAX_COORDINATOR_ADDRESS=gpu-07:3000',
                           'RESNET_JAX_NUM_PROCESSES=2', 'bash']
@@ -221,7 +238,7 @@ def test_tpu_creates_copies_installs_and_trains_on_all_workers():
                  '--worker=all']
   assert setup[:7 + len(scope)] == [*tpu, 'ssh', 'tpu1', *scope, '--worker=all']
   assert 'tar -xzf resnet-jax.tar.gz' in remote_command(setup)
-  assert "uv pip install --python=resnet-jax-venv/bin/python 'jax[tpu]' ./resnet-jax" in (
+  assert "uv pip install --python=resnet-jax-venv/bin/python './resnet-jax[tpu,gcs]'" in (
       remote_command(setup))
   assert train[:-1] == setup[:-1]
   cd, run = remote_command(train).split(' && ')
@@ -262,6 +279,49 @@ def test_tpu_delete_runs_nothing_else():
 def test_tpu_workdir_must_be_a_bucket():
   result = launch('tpu_vm.sh', '--dry-run', '--workdir=/tmp/run', check=False)
   assert result.returncode == 2 and 'gs://' in result.stderr and not result.stdout
+
+
+# Accelerator builds: the extras, and the GPU check
+
+
+def test_pyproject_has_an_extra_for_each_accelerator_and_for_bucket_workdirs():
+  for extra in ('cuda12', 'cuda13', 'tpu'):
+    assert [r.split('>')[0] for r in EXTRAS[extra]] == [f'jax[{extra}]'], extra
+  assert EXTRAS['gcs'] == ['etils[epath-gcs]']  # gcsfs, for etils.epath and TensorBoard
+
+
+def test_tpu_installs_its_extras():
+  setup = dry_run('tpu_vm.sh', '--workdir=gs://bkt/run')[3]
+  [extras] = re.findall(r"\./resnet-jax\[([a-z0-9,]+)\]", remote_command(setup))
+  assert extras.split(',') == ['tpu', 'gcs'] and {'tpu', 'gcs'} <= set(EXTRAS)
+
+
+@pytest.mark.parametrize('script, env', [('local_gpus.sh', {}),
+                                         ('gpu_multinode.sbatch', SLURM_ENV)])
+def test_gpu_launchers_start_nothing_where_jax_has_no_gpu(fakes, script, env):
+  env = dict(env, RESNET_JAX_PYTHON=str(fakes['python']), RECORD_DIR=str(fakes['records']),
+             NO_GPU='1')
+  result = launch(script, '--workdir=/runs/x', env=env, bin_dir=fakes['bin'], check=False)
+  assert result.returncode == 2 and not records(fakes['records'])
+  assert result.stderr.splitlines() == [
+      f'{script}: jax finds no GPU (fake); --allow-cpu starts it on the CPU anyway']
+  launch(script, '--workdir=/runs/x', '--allow-cpu', env=env, bin_dir=fakes['bin'])
+  assert records(fakes['records'])
+  commands = dry_run(script, '--workdir=/runs/x', env=dict(env, RESNET_JAX_ALLOW_CPU='true'),
+                     bin_dir=fakes['bin'])
+  assert not any(GPU_CHECK[1] in command for command in commands)
+
+
+def test_the_gpu_check_names_the_extra_to_install(tmp_path):
+  env = dict(RESNET_JAX_PYTHON=sys.executable, JAX_PLATFORMS='cpu', PYTHONPATH=str(LAUNCH.parent))
+  result = launch('local_gpus.sh', f'--workdir={tmp_path}', env=env, check=False)
+  assert result.returncode == 2, result.stderr
+  [line] = result.stderr.splitlines()
+  assert line.startswith('local_gpus.sh: jax finds no GPU (its default backend is cpu): install '
+                         "a CUDA jax with pip install -e '.[cuda13]'"), line
+  assert line.endswith('--allow-cpu starts it on the CPU anyway')
+  assert set(re.findall(r"'\.\[(\w+)\]'", line)) == {'cuda13', 'cuda12'} <= set(EXTRAS)
+  assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize('script', SCRIPTS)

@@ -60,6 +60,26 @@ def test_report_sets_the_run_beside_its_reference(tmp_path):
   assert '![learning curves](curves.png)' in markdown
 
 
+def test_an_evaluation_report_prints_no_training_figures_as_zero(tmp_path):
+  results, history, confusion = run_figures()
+  for key in ('images_per_second', 'compile_seconds', 'best_test_accuracy', 'best_val_accuracy'):
+    del results[key]  # What evaluate's results lack: it trains nothing.
+  results.update(evaluated='runs/best/checkpoints/best', wall_seconds=7.0)
+  report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
+  markdown = (tmp_path / 'report.md').read_text()
+  assert 'Time an epoch: 3.00 s median (PyTorch reference: 4.5 s).' in markdown
+  assert 'Scored runs/best/checkpoints/best in 7 s.' in markdown
+  for zero in ('0 training images/s', 'compile 0.0 s', 'wall 0 s', 'wall 7 s'):
+    assert zero not in markdown, zero
+
+
+def test_a_training_report_gives_speed_compile_and_wall(tmp_path):
+  results, history, confusion = run_figures()
+  report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
+  assert ('Time an epoch: 3.00 s median (PyTorch reference: 4.5 s); 900 training images/s; '
+          'compile 3.0 s; wall 12 s.') in (tmp_path / 'report.md').read_text()
+
+
 def test_no_plots_when_asked(tmp_path):
   results, history, confusion = run_figures()
   results['reference'] = {}

@@ -13,6 +13,7 @@ import pytest
 
 from resnet_jax import models
 from resnet_jax import sweep
+from resnet_jax import run_config
 from resnet_jax import train
 from resnet_jax.errors import UserError
 
@@ -122,7 +123,7 @@ def test_a_changed_config_is_refused_not_reported_done(tiny_sweep, monkeypatch):
 def test_another_process_stale_point_is_not_reported_done(tiny_sweep, tmp_path, monkeypatch):
   workdir = tmp_path / 'sweep'
   shutil.copytree(tiny_sweep[0], workdir)
-  recorded = workdir / TINY_POINTS[0] / train.CONFIG_FILE
+  recorded = workdir / TINY_POINTS[0] / run_config.CONFIG_FILE
   recorded.write_text(recorded.read_text().replace('"num_epochs": 2', '"num_epochs": 1'))
   _forbid_training(monkeypatch)
   rows = sweep.run_sweep(_tiny_config(), str(workdir), process_index=1, process_count=2)

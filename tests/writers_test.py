@@ -127,7 +127,7 @@ _WITH_TF = textwrap.dedent("""
     w = writers.create_writer(sys.argv[1], is_main=True)
     import tensorflow as tf
     assert tf.config.get_visible_devices('GPU') == []
-    print(type(w._writers[1]).__module__)
+    print(type(w._writers[0]).__module__)
     w.close()
 """)
 
