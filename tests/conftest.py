@@ -47,3 +47,46 @@ def cifar_batches_dir(tmp_path_factory, shared_data_dir) -> pathlib.Path:
   subprocess.run([sys.executable, str(shared_data_dir / 'to_cifar_batches.py'), str(out),
                   '--subset', str(SUBSET)], check=True, capture_output=True)
   return out
+
+
+def relative_error(actual, expected) -> float:
+  """max |actual - expected| / max |expected|."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def randomise_batchnorm(net, seed: int):
+  """Gives every BatchNorm2d of a PyTorch net random affine parameters and running statistics."""
+  import torch  # pylint: disable=g-import-not-at-top  # Only the PyTorch tests call this.
+  torch.manual_seed(seed)
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.2)
+        module.running_mean.normal_(0.0, 0.2)
+        module.running_var.uniform_(0.5, 1.5)
+  return net
+
+
+def smoke_config(**overrides):
+  """configs/smoke.py on 256 synthetic images, 2 epochs, no plots: a few seconds on a CPU."""
+  sys.path.insert(0, str(REPO))
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  settings = {'data.source': 'synthetic', 'data.train_subset': 256, 'data.test_subset': 128,
+              'eval_batch_size': 128, 'write_plots': False, **overrides}
+  for key, value in settings.items():
+    section, _, field = key.rpartition('.')
+    (config[section] if section else config)[field] = value
+  return config
+
+
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory):
+  """(config, workdir, results) of a finished smoke_config() run."""
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('smoke_run')
+  config = smoke_config()
+  return config, workdir, train.train_and_evaluate(config, str(workdir))
