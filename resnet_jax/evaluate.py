@@ -7,9 +7,9 @@ r"""Scores a trained model on the test set and writes the run's report for it.
 The first scores the workdir's latest (or best) checkpoint; the second a PyTorch `state_dict` of
 the same network (through `torch_import`, which reads the namings of kuangliu/pytorch-cifar and
 Nikunj-Gupta/Efficient_ResNets and their checkpoint files; torch is imported only then).
-`--model NAME` (python -m resnet_jax.models) replaces config.model, e.g. `--model senet18`. The report
-(results.json, confusion.png, report.md, and curves.png where the checkpoint has a history) goes
-to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
+`--model NAME` (python -m resnet_jax.models) replaces config.model, e.g. `--model senet18`.
+The report (results.json, confusion.png, report.md, and curves.png where the checkpoint has a
+history) goes to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
 """
 
 import os

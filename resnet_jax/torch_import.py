@@ -212,8 +212,9 @@ def variables_from_torch(state_dict: Mapping[str, Any], model_cfg: config_dict.C
     if missing or unexpected:
       continue
     if wrong_shape:
+      wrong = _listed('of the wrong shape', wrong_shape)
       raise UserError(f'PyTorch state_dict has the keys of config.model (name={model_cfg.name}) '
-                      f"in the {layout.name} layout but {_listed('of the wrong shape', wrong_shape)}"
+                      f'in the {layout.name} layout but {wrong}'
                       '; the saved network has other widths or kernels: set config.model to it')
     flat = {path: jnp.asarray(_to_flax_layout(_to_numpy(given[layout.rename(torch_name(path))])))
             for path in shapes}

@@ -111,8 +111,8 @@ def test_named_models_have_the_flax_parameter_counts():
 # ---- The seeds' public repositories, named as they name their layers (written here, not
 # imported, so that they check the layouts independently).
 
-class Project1Block(tnn.Module):
-  """Nikunj-Gupta/Efficient_ResNets project1_model.py BasicBlock (drop=0)."""
+class BasicBlock(tnn.Module):
+  """kuangliu/pytorch-cifar models/resnet.py BasicBlock (project1_model.py's, drop=0, too)."""
 
   def __init__(self, in_planes, planes, stride):
     super().__init__()
@@ -154,7 +154,7 @@ class Project1ResNet(tnn.Module):
     for n, blocks in enumerate(num_blocks):
       planes, stride, stack = channels * 2**n, 1 if n == 0 else 2, []
       for i in range(blocks):
-        stack.append(Project1Block(in_planes, planes, stride if i == 0 else 1))
+        stack.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
         in_planes = planes
       layers.append(tnn.Sequential(*stack))
     self.residual_layers = tnn.ModuleList(layers)
@@ -166,25 +166,6 @@ class Project1ResNet(tnn.Module):
     for layer in self.residual_layers:
       out = layer(out)
     return self.linear(F.avg_pool2d(out, self.pool).flatten(1))
-
-
-class KuangliuBasicBlock(tnn.Module):
-  """kuangliu/pytorch-cifar models/resnet.py BasicBlock."""
-
-  def __init__(self, in_planes, planes, stride):
-    super().__init__()
-    self.conv1 = tnn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-    self.bn1 = tnn.BatchNorm2d(planes)
-    self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-    self.bn2 = tnn.BatchNorm2d(planes)
-    self.shortcut = tnn.Sequential()
-    if stride != 1 or in_planes != planes:
-      self.shortcut = tnn.Sequential(tnn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                     tnn.BatchNorm2d(planes))
-
-  def forward(self, x):
-    out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-    return F.relu(out + self.shortcut(x))
 
 
 class KuangliuPreActSEBlock(tnn.Module):
@@ -258,7 +239,7 @@ FOREIGN = {
     'efficient_resnets_best': (lambda: models.preset('best'), Project1ResNet,
                                _efficient_resnets_checkpoint),
     'kuangliu_resnet18': (lambda: _quarter('resnet18'),
-                          lambda: KuangliuNet(KuangliuBasicBlock, QUARTER), _kuangliu_checkpoint),
+                          lambda: KuangliuNet(BasicBlock, QUARTER), _kuangliu_checkpoint),
     'kuangliu_senet18': (lambda: _quarter('senet18'),
                          lambda: KuangliuNet(KuangliuPreActSEBlock, QUARTER),
                          _kuangliu_checkpoint),
