@@ -35,6 +35,7 @@ def model_config(**overrides) -> config_dict.ConfigDict:
       leaky_relu_slope=0.01,
       init='pytorch',             # pytorch | he | xavier | normal | orthogonal
       block_order='original',     # original | preact | bn_after_add (seed 004, figure 9)
+                                  # | preact_kuangliu (kuangliu/pytorch-cifar's PreActBlock)
       num_classes=10,
       dtype='float32',            # compute dtype: float32 | bfloat16 (parameters stay float32)
       param_budget=5_000_000,     # a larger model stops before compiling; raise it on purpose

@@ -6,7 +6,10 @@ r"""Scores a trained model on the test set and writes the run's report for it.
 
 The first scores the workdir's latest (or best) checkpoint, with the config the run was trained
 with (its config.json; a --config given must agree with it, see `run_config`); the second a
-PyTorch `state_dict` of the same network (through `torch_import`; torch is imported only then).
+PyTorch `state_dict` of the same network (through `torch_import`, which reads the namings of
+kuangliu/pytorch-cifar and Nikunj-Gupta/Efficient_ResNets and their checkpoint files; torch is
+imported only then). `--model NAME` (python -m resnet_jax.models) replaces config.model, e.g.
+`--model senet18`.
 The report (results.json, confusion.png, report.md, and curves.png where the checkpoint has a
 history) goes to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
 """
@@ -37,29 +40,21 @@ from resnet_jax import writers
 CHECKPOINT = flags.DEFINE_enum('checkpoint', 'latest', checkpoints.CHECKPOINTS,
                                'Which checkpoint of the workdir to use.')
 _TORCH_STATE_DICT = flags.DEFINE_string(
-    'torch_state_dict', None, 'Score this PyTorch state_dict (torch.save file) instead.')
+    'torch_state_dict', None, 'Score this PyTorch state_dict (torch.save file: a state_dict or '
+    "a training script's checkpoint, e.g. kuangliu's ckpt.pth) instead.")
+_MODEL = flags.DEFINE_enum('model', None, list(models.PRESETS),
+                           'Use this named model instead of config.model (e.g. the network '
+                           'a PyTorch checkpoint holds).')
 OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None,
     'Where the outputs go; default <workdir>/evaluate_<which> (evaluate), <workdir>/inspect.')
 
 
-def load_torch_state_dict(path: str) -> dict:
-  """A state_dict saved with torch.save (a bare state_dict or {'state_dict': ...})."""
-  if not os.path.isfile(path):
-    raise errors.UserError(f'--torch_state_dict={path} is not a file')
-  import torch  # pylint: disable=g-import-not-at-top  # Only this path needs PyTorch.
-  try:
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.UserError(f'--torch_state_dict={path} cannot be read by torch.load '
-                           f'({cli.one_line(e)}); save it with '
-                           'torch.save(model.state_dict(), path)') from e
-  if isinstance(loaded, dict) and isinstance(loaded.get('state_dict'), dict):
-    loaded = loaded['state_dict']
-  if not isinstance(loaded, dict):
-    raise errors.UserError(f'--torch_state_dict={path} holds a {type(loaded).__name__}, not a '
-                           'state_dict; save it with torch.save(model.state_dict(), path)')
-  return loaded
+def with_named_model(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """A copy of config whose model is the named model `name` (python -m resnet_jax.models)."""
+  config = config.copy_and_resolve_references()
+  config.model = models.preset(name)
+  return config
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
@@ -85,7 +80,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
   history = []
   if torch_state_dict:
     variables = torch_import.variables_from_torch(
-        load_torch_state_dict(torch_state_dict), config.model, config.data.image_size)
+        torch_import.load_state_dict(torch_state_dict), config.model, config.data.image_size)
     variables = jax.device_put(variables, feed.replicated(run.mesh))
     source = 'torch'
   else:
@@ -120,6 +115,8 @@ def run_evaluation(config, workdir: str) -> None:
   check_output_writable(workdir, OUTPUT_DIR.value)
   distributed.initialize_from_env()
   config = run_config.load_run_config(workdir, config)
+  if _MODEL.value:
+    config = with_named_model(config, _MODEL.value)
   results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
                          torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
   print(f"test accuracy {100 * results['final_test_accuracy']:.2f}% "

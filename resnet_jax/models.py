@@ -29,7 +29,8 @@ BLOCKS = ('basic', 'bottleneck')
 SE_PLACES = ('none', 'stem', 'block')
 ACTIVATIONS = ('relu', 'relu6', 'leaky_relu', 'elu', 'swish')
 INITS = ('pytorch', 'he', 'xavier', 'normal', 'orthogonal')
-BLOCK_ORDERS = ('original', 'preact', 'bn_after_add')
+BLOCK_ORDERS = ('original', 'preact', 'bn_after_add', 'preact_kuangliu')
+PREACT_ORDERS = ('preact', 'preact_kuangliu')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 LAYER_KEYS = ('num_blocks', 'channels', 'kernel_sizes', 'shortcut_kernel_sizes')
 
@@ -66,6 +67,9 @@ PRESETS = {
     's003_resnet12': _layout((2, 2, 2), (16, 32, 64), init='he'),
     's003_resnet14_4': _layout((2, 2, 2, 1), (16, 32, 64, 512), init='he'),
     's003_resnet14_5': _layout((2, 3, 3, 1, 1), (16, 32, 64, 128, 512), init='he'),
+    # kuangliu/pytorch-cifar's SENet18 (pre-activation blocks with SE), which torch_import reads.
+    'senet18': _layout((2, 2, 2, 2), (64, 128, 256, 512), se='block', se_reduction=16,
+                       block_order='preact_kuangliu', param_budget=12_000_000),
 }
 
 
@@ -185,7 +189,9 @@ class ResidualBlock(nn.Module):
     convs: (kernel size, features, stride) of each conv on the residual branch, in order.
     shortcut_kernel_size: K of the projection shortcut (used only where shape changes).
     block_order: 'original' conv-BN-act ... BN, add, act; 'bn_after_add' conv-BN-act ... conv,
-      add, BN, act; 'preact' BN-act-conv ... add (He et al. 2016, "Identity mappings").
+      add, BN, act; 'preact' BN-act-conv ... add (He et al. 2016, "Identity mappings");
+      'preact_kuangliu' likewise, but the projection shortcut is a conv alone on the first
+      BN-act's output (kuangliu/pytorch-cifar's PreActBlock).
     se_reduction: > 0 puts SE on the residual branch, before the addition.
     dropout: rate of the dropout before the branch's last conv.
   """
@@ -201,15 +207,18 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     bn = lambda i, h: BatchNorm(dtype=self.dtype, name=f'bn{i}')(h, train)
+    preact = self.block_order in PREACT_ORDERS
     last = len(self.convs)
     h = x
     for i, (kernel_size, features, stride) in enumerate(self.convs, start=1):
-      if self.block_order == 'preact':
+      if preact:
         h = self.act(bn(i, h))
+        if i == 1:
+          activated = h
       if i == last and self.dropout:
         h = nn.Dropout(self.dropout, deterministic=not train, name='dropout')(h)
       h = conv(features, kernel_size, self.weight_init, self.dtype, f'conv{i}', stride=stride)(h)
-      if self.block_order == 'preact' or (self.block_order == 'bn_after_add' and i == last):
+      if preact or (self.block_order == 'bn_after_add' and i == last):
         continue  # BN comes before the next conv, or after the addition
       h = bn(i, h)
       if i < last:
@@ -220,11 +229,13 @@ class ResidualBlock(nn.Module):
     stride = max(s for _, _, s in self.convs)
     shortcut = x
     if stride != 1 or x.shape[-1] != h.shape[-1]:
+      kuangliu = self.block_order == 'preact_kuangliu'
       shortcut = conv(h.shape[-1], self.shortcut_kernel_size, self.weight_init, self.dtype,
-                      'shortcut_conv', stride=stride)(x)
-      shortcut = BatchNorm(dtype=self.dtype, name='shortcut_bn')(shortcut, train)
+                      'shortcut_conv', stride=stride)(activated if kuangliu else x)
+      if not kuangliu:
+        shortcut = BatchNorm(dtype=self.dtype, name='shortcut_bn')(shortcut, train)
     h = h + shortcut
-    if self.block_order == 'preact':
+    if preact:
       return h
     if self.block_order == 'bn_after_add':
       h = bn(last, h)
@@ -234,7 +245,7 @@ class ResidualBlock(nn.Module):
 class ResNet(nn.Module):
   """The configurable ResNet; `build_model` fills it from `config.model` (keys documented there).
 
-  Preact models end with `bn_final` + activation before the pool. `pool` 0 is a global average
+  Preact models (block_order 'preact') end with `bn_final` + activation before the pool. `pool` 0 is a global average
   pool; P > 0 averages PxP windows (stride P) and flattens channel-major, as PyTorch does, so the
   head's weights are interchangeable with PyTorch's.
   """

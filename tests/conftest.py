@@ -57,6 +57,17 @@ def cifar_batches_dir(tmp_path_factory, shared_data_dir) -> pathlib.Path:
   return out
 
 
+def with_overrides(config, overrides: dict):
+  """config with {'dotted.key': value} set (as --config.dotted.key=value would)."""
+  for key, value in overrides.items():
+    section = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      section = section[parent]
+    section[leaf] = value
+  return config
+
+
 @contextlib.contextmanager
 def fake_bucket(root):
   """gs://bucket/... reads and writes the local folder root instead (epath's backends mocked)."""
@@ -106,13 +117,7 @@ def tiny_config(data_dir, **overrides):
   config.eval_batch_size = 500
   config.log_every_steps = 1000
   config.write_plots = False
-  for key, value in overrides.items():
-    section = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      section = section[parent]
-    section[leaf] = value
-  return config
+  return with_overrides(config, overrides)
 
 
 def short_config(data_dir, **overrides):
@@ -139,3 +144,42 @@ def assert_trees_equal(a, b):
   assert len(leaves_a) == len(leaves_b) > 0
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)
+
+
+def relative_error(actual, expected) -> float:
+  """max |actual - expected| / max |expected|."""
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def randomise_batchnorm(net, seed: int):
+  """Gives every BatchNorm2d of a PyTorch net random affine parameters and running statistics."""
+  import torch  # pylint: disable=g-import-not-at-top  # Only the PyTorch tests call this.
+  torch.manual_seed(seed)
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.2)
+        module.running_mean.normal_(0.0, 0.2)
+        module.running_var.uniform_(0.5, 1.5)
+  return net
+
+
+def smoke_config(**overrides):
+  """configs/smoke.py on 256 synthetic images, 2 epochs, no plots: a few seconds on a CPU."""
+  sys.path.insert(0, str(REPO))
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  return with_overrides(config, {'data.source': 'synthetic', 'data.train_subset': 256,
+                                 'data.test_subset': 128, 'eval_batch_size': 128,
+                                 'write_plots': False, **overrides})
+
+
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory):
+  """(config, workdir, results) of a finished smoke_config() run."""
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('smoke_run')
+  config = smoke_config()
+  return config, workdir, train.train_and_evaluate(config, str(workdir))

@@ -2,9 +2,7 @@
 
 import json
 
-from flax import traverse_util
 import jax
-import numpy as np
 import pytest
 
 from resnet_jax import errors
@@ -25,16 +23,9 @@ def trained(cifar_batches_dir, tmp_path_factory):
 
 
 def torch_state_dict(variables) -> dict:
-  """The PyTorch state_dict of Flax variables (the inverse of torch_import's layout change)."""
-  state_dict = {}
-  for path, value in traverse_util.flatten_dict(jax.device_get(variables)).items():
-    value = np.asarray(value)
-    if value.ndim == 4:
-      value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    elif value.ndim == 2:
-      value = value.T
-    state_dict[torch_import.torch_name(path)] = torch.from_numpy(np.ascontiguousarray(value))
-  return state_dict
+  """The PyTorch state_dict of Flax variables, as export writes it."""
+  return {key: torch.from_numpy(value)
+          for key, value in torch_import.state_dict_from_variables(variables).items()}
 
 
 def test_run_results_have_every_field(trained):

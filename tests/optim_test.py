@@ -10,6 +10,7 @@ import torch
 from resnet_jax import defaults
 from resnet_jax import errors
 from resnet_jax import optim
+from resnet_jax import torch_train
 
 IN_FEATURES, HIDDEN, NUM_CLASSES, BATCH = 6, 8, 4, 8
 
@@ -46,34 +47,6 @@ def _jax_loss(params, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(_logits(params, x, jnp.tanh), y).mean()
 
 
-class TorchLookahead:
-  """Seed 000's PyTorch Lookahead, as REFERENCE.md describes it."""
-
-  def __init__(self, optimizer, k, alpha):
-    self.optimizer, self.k, self.alpha = optimizer, k, alpha
-    self.param_groups = optimizer.param_groups
-    self.slow = {}
-    for group in self.param_groups:
-      group['counter'] = 0
-
-  def zero_grad(self):
-    self.optimizer.zero_grad()
-
-  def step(self):
-    self.optimizer.step()
-    for group in self.param_groups:
-      if group['counter'] == 0:
-        for fast in group['params']:
-          if fast not in self.slow:
-            self.slow[fast] = fast.detach().clone()
-          slow = self.slow[fast]
-          slow += self.alpha * (fast.detach() - slow)
-          fast.data.copy_(slow)
-      group['counter'] += 1
-      if group['counter'] >= self.k:
-        group['counter'] = 0
-
-
 def _train_both(config, steps, steps_per_epoch, make_torch_optimizer, make_scheduler=None,
                 before_step=lambda params: None, penalty=lambda params: 0.0):
   """Trains the MLP in both frameworks; asserts every parameter agrees after every step.
@@ -82,7 +55,7 @@ def _train_both(config, steps, steps_per_epoch, make_torch_optimizer, make_sched
     config: the run config for create_optimizer.
     steps: steps to train.
     steps_per_epoch: the scheduler is stepped once this many steps.
-    make_torch_optimizer: {name: tensor} -> the torch optimizer (or TorchLookahead).
+    make_torch_optimizer: {name: tensor} -> the torch optimizer (or torch_train.Lookahead).
     make_scheduler: torch optimizer -> lr scheduler, stepped once an epoch.
     before_step: called with the torch parameters between backward() and step() (clipping).
     penalty: {name: tensor} -> a term added to the torch loss.
@@ -139,7 +112,7 @@ def test_seed000_recipe_matches_torch_at_every_step():
 
   _train_both(
       config, num_epochs * steps_per_epoch, steps_per_epoch,
-      lambda p: TorchLookahead(torch.optim.SGD(p.values(), lr=0.1, momentum=0.9,
+      lambda p: torch_train.Lookahead(torch.optim.SGD(p.values(), lr=0.1, momentum=0.9,
                                                weight_decay=5e-4), k=5, alpha=0.5),
       lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=num_epochs),
       before_step=clip_value)

@@ -1,0 +1,198 @@
+r"""The side-by-side: one config trained by the JAX trainer and the PyTorch reference trainer.
+
+  python -m resnet_jax.compare --config configs/best.py --workdir runs/cmp [--seeds=0,1]
+  python -m resnet_jax.compare --config configs/best.py --workdir runs/cmp --jax_workdir runs/best
+
+Each seed trains in <workdir>/jax/seed<S> (`train.train_and_evaluate`) and <workdir>/torch/seed<S>
+(`torch_train.train_and_evaluate`), on the same data, splits and batch order; --jax_workdir takes
+a finished JAX run (config.seed) instead of training one. Writes compare.md (accuracy per
+framework, final and best with the gap and the seeds' spread, wall time and images/s on this
+machine, the versions, the command), compare.json and compare.png (validation accuracy per
+epoch, both frameworks). Needs PyTorch (the `torch` extra).
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+from typing import Sequence
+
+from absl import app
+from absl import flags
+import matplotlib
+
+matplotlib.use('Agg')
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+
+from resnet_jax import errors  # noqa: E402
+from resnet_jax import cli  # noqa: E402
+from resnet_jax import report  # noqa: E402
+from resnet_jax import writers  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+FRAMEWORKS = ('jax', 'torch')
+MARKDOWN_FILE = 'compare.md'
+JSON_FILE = 'compare.json'
+FIGURE_FILE = 'compare.png'
+
+_SEEDS = flags.DEFINE_list('seeds', None, 'Seeds to train each framework with; default '
+                           'config.seed.')
+_JAX_WORKDIR = flags.DEFINE_string('jax_workdir', None,
+                                   'A finished JAX run of this config to compare, not retrained.')
+_TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0,
+                                      "PyTorch's CPU threads (0: torch's default).")
+
+
+def _seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  config = config.copy_and_resolve_references()
+  config.seed = seed
+  return config
+
+
+def jax_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """A JAX run's results with its per-epoch 'history' (trained here unless it has finished)."""
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  results_path = writers.as_path(workdir) / report.RESULTS_FILE
+  results = (json.loads(results_path.read_text()) if results_path.exists()
+             else train.train_and_evaluate(config, workdir))
+  if results.get('preempted'):
+    raise errors.UserError(f'the JAX run in {workdir} was stopped before its end; run it again')
+  records = writers.read_jsonl(writers.as_path(workdir) / writers.METRICS_FILE)
+  history = {int(r['epoch']): dict(r, epoch=int(r['epoch'])) for r in records
+             if 'epoch_seconds' in r}
+  return dict(results, history=[history[e] for e in sorted(history)])
+
+
+def _torch_run(config: ml_collections.ConfigDict, workdir: str, threads: int) -> dict:
+  from resnet_jax import torch_train  # pylint: disable=g-import-not-at-top
+  return torch_train.train_and_evaluate(config, workdir, threads=threads)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  values = [100 * v for v in values]
+  return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+  """Per framework: final and best validation accuracy (mean, std, per seed, %), wall time and
+  images/s (means); and the JAX - PyTorch gaps with the larger seed spread beside them."""
+  summary = {}
+  for framework, results in runs.items():
+    final = [r['final_val_accuracy'] for r in results]
+    best = [r['best_val_accuracy'] for r in results]
+    summary[framework] = {
+        'seeds': [r['seed'] for r in results],
+        'final': _mean_std(final), 'best': _mean_std(best),
+        'final_per_seed': [100 * v for v in final],
+        'wall_seconds': statistics.fmean(r['wall_seconds'] for r in results),
+        'images_per_second': statistics.fmean(r['images_per_second'] for r in results),
+        'parameters': results[0]['parameters'],
+    }
+  jax_s, torch_s = summary['jax'], summary['torch']
+  summary['gap'] = {key: jax_s[key][0] - torch_s[key][0] for key in ('final', 'best')}
+  summary['seed_std'] = max(jax_s['final'][1], torch_s['final'][1])
+  return summary
+
+
+def _versions(runs: dict[str, list[dict]]) -> dict:
+  return {**runs['jax'][0].get('versions', {}),
+          **{f'torch_{k}' if k == 'threads' else k: v
+             for k, v in runs['torch'][0].get('versions', {}).items()}}
+
+
+def plot(runs: dict[str, list[dict]], path: str) -> None:
+  """Validation accuracy per epoch: every seed of both frameworks."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for framework, color in zip(FRAMEWORKS, ('tab:blue', 'tab:orange')):
+    for i, results in enumerate(runs[framework]):
+      rows = [r for r in results['history'] if 'val_accuracy' in r]
+      ax.plot([r['epoch'] for r in rows], [100 * r['val_accuracy'] for r in rows], color=color,
+              marker='.', alpha=0.8, label=f"{framework} (seed {results['seed']})" if i < 4
+              else None, linestyle='-' if i % 2 == 0 else '--')
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('validation accuracy (%)')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def markdown(config: ml_collections.ConfigDict, summary: dict, runs: dict, command: str) -> str:
+  """compare.md: the table, the gap against the seeds' spread, machine, versions, command."""
+  pm = lambda mean_std: f'{mean_std[0]:.2f} ± {mean_std[1]:.2f}'
+  lines = [f'# JAX and PyTorch on {config.model.name} ({summary["jax"]["parameters"]:,} '
+           'parameters)', '',
+           f"Data: {runs['jax'][0].get('data_source', '')}; {config.num_epochs} epochs, batch "
+           f'{config.batch_size}, seeds {", ".join(map(str, summary["jax"]["seeds"]))}.', '',
+           '| framework | final val acc (%) | best val acc (%) | per seed (final) | wall s | '
+           'images/s |', '|---|---|---|---|---|---|']
+  for framework in FRAMEWORKS:
+    s = summary[framework]
+    per_seed = ', '.join(f'{v:.2f}' for v in s['final_per_seed'])
+    lines.append(f"| {framework} | {pm(s['final'])} | {pm(s['best'])} | {per_seed} | "
+                 f"{s['wall_seconds']:.0f} | {s['images_per_second']:,.0f} |")
+  gap = summary['gap']
+  lines += ['', f"Gap (JAX - PyTorch): final {gap['final']:+.2f} points, best "
+            f"{gap['best']:+.2f} points; the larger seed standard deviation is "
+            f"{summary['seed_std']:.2f} points.", '',
+            f'Machine: {platform.platform()}, {os.cpu_count()} CPUs, '
+            f"{runs['jax'][0].get('device_kind', '')} ({runs['jax'][0].get('platform', '')}) "
+            'for JAX; wall time includes compilation (JAX) and evaluation.',
+            'Versions: ' + ', '.join(f'{k} {v}' for k, v in _versions(runs).items()), '',
+            f'    {command}', '', f'![accuracy per epoch]({FIGURE_FILE})', '']
+  return '\n'.join(lines)
+
+
+def compare(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int] | None = None,
+            jax_workdir: str | None = None, torch_threads: int = 0) -> dict:
+  """Trains both frameworks (or takes jax_workdir's run) and writes compare.md/.json/.png.
+
+  Returns:
+    The summary (see `summarise`), with 'runs' holding each framework's results per seed.
+
+  Raises:
+    UserError: a config the PyTorch trainer cannot run, missing data, an unfinished JAX run.
+  """
+  from resnet_jax import torch_train  # pylint: disable=g-import-not-at-top
+  torch_train.check_config(config)
+  seeds = [config.seed] if jax_workdir or not seeds else list(seeds)
+  runs = {framework: [] for framework in FRAMEWORKS}
+  for seed in seeds:
+    seeded = _seeded(config, seed)
+    runs['jax'].append(jax_run(seeded, jax_workdir or os.path.join(workdir, 'jax', f'seed{seed}')))
+    runs['torch'].append(_torch_run(seeded, os.path.join(workdir, 'torch', f'seed{seed}'),
+                                    torch_threads))
+  summary = summarise(runs)
+  os.makedirs(workdir, exist_ok=True)
+  plot(runs, os.path.join(workdir, FIGURE_FILE))
+  command = ' '.join(['python -m resnet_jax.compare'] + sys.argv[1:])
+  with open(os.path.join(workdir, MARKDOWN_FILE), 'w') as f:
+    f.write(markdown(config, summary, runs, command))
+  with open(os.path.join(workdir, JSON_FILE), 'w') as f:
+    json.dump(dict(summary, versions=_versions(runs), command=command), f, indent=2)
+  return dict(summary, runs=runs)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+
+  def run(config, workdir):
+    try:
+      seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else None
+    except ValueError as e:
+      raise errors.UserError(f'--seeds={",".join(_SEEDS.value)} must be integers') from e
+    summary = compare(config, workdir, seeds, _JAX_WORKDIR.value, _TORCH_THREADS.value)
+    print(f"final validation accuracy: JAX {summary['jax']['final'][0]:.2f}%, PyTorch "
+          f"{summary['torch']['final'][0]:.2f}% (gap {summary['gap']['final']:+.2f}); "
+          f'{workdir}/{MARKDOWN_FILE}', flush=True)
+
+  errors.exit_on_user_error(run, cli.CONFIG.value, cli.WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,112 @@
+r"""A trained run's checkpoint -> a PyTorch checkpoint in the kuangliu layout, and its module.
+
+  python -m resnet_jax.export --workdir runs/best --to model.pt [--checkpoint best]
+
+The run's own config comes from its config.json (a --config given must agree with it).
+
+model.pt is what kuangliu/pytorch-cifar's main.py saves (`{'net': state_dict, 'acc': ...,
+'epoch': ...}`) plus `model_config` (config.model as a dict) and `normalize` (the mean and std
+the inputs were normalised with). model.py beside it is `torch_models.py`, the PyTorch module
+that loads it, needing nothing but torch:
+
+  import torch, model
+  checkpoint = torch.load('model.pt')
+  net = model.TorchResNet(checkpoint['model_config'])
+  net.load_state_dict(checkpoint['net'])
+
+`torch_import` reads model.pt back bitwise (and `evaluate --torch_state_dict model.pt` scores it).
+Needs PyTorch (the `torch` extra).
+"""
+
+import functools
+import os
+import shutil
+
+from absl import app
+from absl import flags
+import ml_collections
+
+from resnet_jax import checkpoints
+from resnet_jax import cli
+from resnet_jax import errors
+from resnet_jax import evaluate
+from resnet_jax import run_config
+from resnet_jax import runs
+from resnet_jax import torch_import
+
+_TO = flags.DEFINE_string('to', None, 'Where the PyTorch checkpoint goes, e.g. model.pt.')
+
+
+def restore_variables(config: ml_collections.ConfigDict, workdir: str,
+                      checkpoint: str) -> tuple[dict, checkpoints.CheckpointMeta, dict]:
+  """(evaluated variables, checkpoint meta, normalisation) of a run's checkpoint."""
+  run = runs.setup_run(config, workdir)
+  state, meta = runs.restore(run, checkpoint)
+  normalize = {'mean': [float(m) for m in run.splits.mean],
+               'std': [float(s) for s in run.splits.std]}
+  return state.eval_variables(), meta, normalize
+
+
+def definition_path(path: str) -> str:
+  """Where the module definition of an exported checkpoint goes: model.pt -> model.py."""
+  return os.path.splitext(path)[0] + '.py'
+
+
+def save_torch_checkpoint(variables: dict, model_cfg: ml_collections.ConfigDict, path: str, *,
+                          acc: float | None = None, epoch: int | None = None,
+                          normalize: dict | None = None) -> dict:
+  """Writes variables as a kuangliu-layout PyTorch checkpoint at path, the module beside it.
+
+  Returns:
+    {'path', 'definition', 'keys', 'acc', 'epoch'}.
+  """
+  import torch  # pylint: disable=g-import-not-at-top  # Only export needs PyTorch.
+  from resnet_jax import torch_models  # pylint: disable=g-import-not-at-top
+  definition = definition_path(path)
+  if os.path.abspath(definition) == os.path.abspath(path):
+    raise errors.UserError(f'--to={path} must not end in .py (model.py goes beside it)')
+  state_dict = {key: torch.tensor(value)
+                for key, value in torch_import.state_dict_from_variables(variables).items()}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  torch.save({'net': state_dict, 'acc': acc, 'epoch': epoch,
+              'model_config': model_cfg.to_dict(), 'normalize': normalize}, path)
+  shutil.copyfile(torch_models.__file__, definition)
+  return {'path': path, 'definition': definition, 'keys': len(state_dict), 'acc': acc,
+          'epoch': epoch}
+
+
+def export_run(config: ml_collections.ConfigDict, workdir: str, path: str,
+               checkpoint: str = 'latest') -> dict:
+  """Exports a run's latest or best checkpoint to a PyTorch checkpoint at path.
+
+  `acc` is the checkpoint's validation accuracy (%) at its epoch.
+
+  Raises:
+    UserError: no such checkpoint, or one the config cannot restore.
+  """
+  variables, meta, normalize = restore_variables(config, workdir, checkpoint)
+  epoch = meta.epoch
+  scored = [r['val_accuracy'] for r in meta.history
+            if r.get('epoch') == epoch and 'val_accuracy' in r]
+  acc = 100 * float(scored[-1]) if scored else None
+  return save_torch_checkpoint(variables, config.model, path, acc=acc, epoch=epoch,
+                               normalize=normalize)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+
+  def run(config, workdir):
+    if not _TO.value:
+      raise errors.UserError('--to is required, e.g. --to=model.pt')
+    config = run_config.load_run_config(workdir, config)  # The run's own, by default.
+    exported = export_run(config, workdir, _TO.value, evaluate.CHECKPOINT.value)
+    print(f"wrote {exported['path']} ({exported['keys']} tensors, epoch {exported['epoch']}) "
+          f"and its module {exported['definition']}", flush=True)
+
+  errors.exit_on_user_error(run, cli.CONFIG.value, cli.WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_config=False))

@@ -1,0 +1,90 @@
+"""Export: Flax variables -> a kuangliu-layout PyTorch checkpoint and its module, and back."""
+
+import importlib.util
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import relative_error
+from resnet_jax import export
+from resnet_jax import models
+from resnet_jax import torch_import
+
+torch = pytest.importorskip('torch')
+
+CONFIGS = {
+    'se_stem': dict(se='stem', se_reduction=4),
+    'se_block_preact_kuangliu': dict(se='block', se_reduction=4, block_order='preact_kuangliu'),
+    'bottleneck_preact_pool': dict(block='bottleneck', block_order='preact', pool=4),
+}
+
+
+def _model_cfg(**overrides):
+  cfg = models.preset('s003_resnet12')
+  cfg.update(dict(name='small', num_blocks=(2, 1), channels=(8, 16), kernel_sizes=(3, 3),
+                  shortcut_kernel_sizes=(1, 3), stem_channels=16, **overrides))
+  return cfg
+
+
+def _trained_like_variables(cfg, seed=0):
+  """Initial variables with every leaf perturbed, so that no value is a default."""
+  variables = models.build_model(cfg).init(jax.random.key(seed), np.zeros((1, 32, 32, 3)),
+                                           train=False)
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda v: np.asarray(v) + rng.uniform(0.1, 0.3, v.shape).astype(np.float32),
+                      variables)
+
+
+def _load_module(path):
+  spec = importlib.util.spec_from_file_location('exported_model', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_round_trip_is_bitwise_and_torch_logits_match(name, tmp_path):
+  cfg = _model_cfg(**CONFIGS[name])
+  variables = _trained_like_variables(cfg)
+  path = str(tmp_path / 'model.pt')
+  exported = export.save_torch_checkpoint(variables, cfg, path, acc=12.5, epoch=3)
+  assert exported['definition'] == str(tmp_path / 'model.py')
+
+  back = torch_import.variables_from_torch(torch_import.load_state_dict(path), cfg)
+  leaves, treedef = jax.tree.flatten(variables)
+  back_leaves, back_treedef = jax.tree.flatten(back)
+  assert treedef == back_treedef
+  for a, b in zip(leaves, back_leaves):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # Plain PyTorch: the module written beside it, strict loading, eval-mode logits.
+  checkpoint = torch.load(path, weights_only=True)
+  assert (checkpoint['acc'], checkpoint['epoch']) == (12.5, 3)
+  net = _load_module(exported['definition']).TorchResNet(checkpoint['model_config'])
+  net.load_state_dict(checkpoint['net'])
+  net.eval()
+  images = np.random.default_rng(1).normal(size=(3, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+  ours = models.build_model(cfg).apply(variables, images, train=False)
+  assert relative_error(theirs, ours) < 1e-4
+
+
+def test_export_run_writes_the_checkpoints_weights(smoke_run, tmp_path):
+  config, workdir, results = smoke_run
+  path = str(tmp_path / 'out' / 'best.pt')
+  exported = export.export_run(config, str(workdir), path, checkpoint='best')
+  checkpoint = torch.load(path, weights_only=True)
+  assert checkpoint['epoch'] == results['best_epoch']
+  assert checkpoint['acc'] == pytest.approx(100 * results['best_val_accuracy'])
+  assert set(checkpoint['normalize']) == {'mean', 'std'}
+  assert exported['keys'] == len(checkpoint['net'])
+  assert sorted(torch_import.matching_presets(checkpoint)) == []  # the smoke model is unnamed
+  torch_import.variables_from_torch(checkpoint, config.model)
+
+
+def test_definition_must_not_overwrite_the_checkpoint(tmp_path):
+  cfg = _model_cfg()
+  with pytest.raises(Exception, match='must not end in .py'):
+    export.save_torch_checkpoint(_trained_like_variables(cfg), cfg, str(tmp_path / 'model.py'))
