@@ -9,9 +9,11 @@ bitwise. On several processes, process 0's view of storage decides every questio
 
 import dataclasses
 import itertools
+import os
 import signal
+import sys
 import threading
-from typing import Callable, Optional
+from typing import Optional
 
 from etils import epath
 import jax
@@ -20,6 +22,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from resnet_jax import run_config
 from resnet_jax import steps
 from resnet_jax import writers
 from resnet_jax.errors import UserError
@@ -89,6 +92,12 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: steps.TrainState,
   kept rather than deleted and rewritten, so there is never a moment without one.
   """
   step = int(jax.device_get(state.step))
+  if not process_zero_decides(int(manager.directory.exists())):
+    # Orbax would quietly make the folder again, and the run would go on without the checkpoints
+    # a resume (or the best model) needs.
+    raise UserError(f'{manager.directory} was deleted while this run was writing to it, with the '
+                    'checkpoints it held; start the run again in a new --workdir (or put the '
+                    'folder back and rerun the same command to resume from it)')
   if process_zero_decides(int(step in manager.all_steps())):
     return
   manager.save(step, args=ocp.args.Composite(
@@ -129,21 +138,34 @@ def restore_named(workdir: str, checkpoint: str, abstract_state: steps.TrainStat
     manager.close()
 
 
-def run_identity(config: ml_collections.ConfigDict, size: int, steps_an_epoch: int) -> dict:
-  """What a checkpoint's run must share with the config resuming it (saved in its meta)."""
-  return {'config.batch_size': config.batch_size, 'config.num_epochs': config.num_epochs,
-          'config.seed': config.seed, 'training examples (config.data)': size,
-          'steps an epoch': steps_an_epoch}
+def run_identity(config: ml_collections.ConfigDict, data_fingerprint: str,
+                 steps_an_epoch: int) -> dict:
+  """What a checkpoint's run must share with a run resuming it (saved in its meta, flat JSON).
+
+  Every config key but `run_config.RESUMABLE_KEYS`, the data the run trains and validates on
+  (a fingerprint of its images and labels: the same size is not the same data), and the steps
+  an epoch.
+  """
+  identity = {f'config.{key}': value for key, value in run_config.flat_json(config).items()
+              if not run_config.is_free(key, run_config.RESUMABLE_KEYS)}
+  return identity | {'data (a fingerprint of its images and labels)': data_fingerprint,
+                     'steps an epoch': steps_an_epoch}
 
 
 def check_same_run(identity: dict, meta: CheckpointMeta, directory) -> None:
-  """UserError naming the first setting the config changed since the checkpoint was saved."""
-  for name, now in identity.items():
-    saved = meta.run.get(name, now)  # Checkpoints from before the check lack it.
-    if saved != now:
-      raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, the '
-                      f'config gives {now}; resume with the original config, or use a new '
-                      '--workdir')
+  """UserError naming the settings a resuming run changed since the checkpoint was saved.
+
+  Only what both record is compared: a checkpoint of an older version records less.
+  """
+  changes = run_config.changed(meta.run, identity, both=True)
+  if changes:
+    (name, (saved, now)), *others = changes.items()
+    more = f' (and {len(others)} more: {", ".join(key for key, _ in others[:6])})' if others else ''
+    saved, now = (tuple(v) if isinstance(v, list) else v for v in (saved, now))
+    raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, the '
+                    f'config gives {now}{more}; resume with the original config, or use a new '
+                    f'--workdir (a resume may change only {", ".join(run_config.RESUMABLE_KEYS)} '
+                    'and config.reference)')
 
 
 # JAX's preemption sync point counts calls over the whole process, which may train several runs
@@ -151,19 +173,52 @@ def check_same_run(identity: dict, meta: CheckpointMeta, directory) -> None:
 _PREEMPTION_CALL_IDS = itertools.count(1)
 
 
-def preemption_check() -> tuple[Callable[[], bool], Callable[[], None]]:
-  """(stop after the call just made?, a function restoring what it changed); once a call.
+class StopSignals:
+  """Whether SIGTERM (a preemption) or Ctrl-C (SIGINT) asked the run to stop; read once a call.
 
-  Every process answers alike for the same call. One process: a SIGTERM handler sets a flag.
-  Several: JAX's preemption service (started by jax.distributed.initialize, which hears SIGTERM
-  itself) agrees on the call at which all stop, through the coordinator, without a device
-  collective that would wait for the call in flight.
+  Every process answers alike for the same call. One process: a handler sets a flag. Several:
+  JAX's preemption service (started by jax.distributed.initialize, which hears SIGTERM itself)
+  agrees on the call at which all stop, through the coordinator, without a device collective
+  that would wait for the call in flight; Ctrl-C there becomes a SIGTERM to this process. A
+  second Ctrl-C ends the process at once, saving nothing.
   """
-  if jax.process_count() > 1:
-    return (lambda: multihost_utils.reached_preemption_sync_point(next(_PREEMPTION_CALL_IDS)),
-            lambda: None)
-  event = threading.Event()
-  if threading.current_thread() is not threading.main_thread():
-    return event.is_set, lambda: None
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
-  return event.is_set, lambda: signal.signal(signal.SIGTERM, previous)
+
+  def __init__(self):
+    self.signal_name = None  # 'SIGTERM' or 'SIGINT' once one came
+    self._event = threading.Event()
+    self._previous = {}
+    self._several = jax.process_count() > 1
+    if threading.current_thread() is not threading.main_thread():
+      return  # Signals reach only the main thread's handlers.
+    signals = (signal.SIGINT,) if self._several else (signal.SIGTERM, signal.SIGINT)
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if signum == signal.SIGINT and self.signal_name == 'SIGINT':
+      print('Ctrl-C again: stopped at once, without saving (the last checkpoint is kept)',
+            file=sys.stderr, flush=True)
+      os._exit(130)  # pylint: disable=protected-access  # No traceback, no waiting on compiles.
+    self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      print('Ctrl-C: stopping after the call in flight and saving a checkpoint (Ctrl-C again '
+            'stops at once, without saving)', file=sys.stderr, flush=True)
+      if self._several:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    self._event.set()
+
+  def should_stop(self) -> bool:
+    """Stop after the call just made? Call it once per call, on every process alike."""
+    if self._several:
+      stop = multihost_utils.reached_preemption_sync_point(next(_PREEMPTION_CALL_IDS))
+      if stop and self.signal_name is None:
+        self.signal_name = 'SIGTERM'
+      return stop
+    return self._event.is_set()
+
+  def restore(self) -> None:
+    """Puts back the handlers this replaced."""
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}

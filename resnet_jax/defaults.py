@@ -161,6 +161,7 @@ def base_config() -> config_dict.ConfigDict:
   config.eval_flip_tta = False     # average logits over the image and its mirror at evaluation
   config.eval_every_epochs = 1
   config.log_every_steps = 100
+  config.log_every_seconds = 30.0  # a progress line at least this often (and after the first call)
   config.checkpoint_every_epochs = 1
   config.keep_best_checkpoint = True
   config.write_plots = True

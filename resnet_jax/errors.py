@@ -14,9 +14,16 @@ class UserError(Exception):
 
 
 def exit_on_user_error(fn, *args, **kwargs):
-  """Runs fn; a UserError becomes one line on stderr and exit status 2."""
+  """Runs fn; a UserError becomes one line on stderr and exit status 2, Ctrl-C status 130.
+
+  (Training handles Ctrl-C itself, saving a checkpoint; this catches it anywhere else.)
+  """
   try:
     return fn(*args, **kwargs)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+  except KeyboardInterrupt:
+    print('interrupted (Ctrl-C); nothing was written since the last checkpoint', file=sys.stderr,
+          flush=True)
+    sys.exit(130)

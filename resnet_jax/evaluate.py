@@ -34,6 +34,7 @@ from resnet_jax import report
 from resnet_jax import run_config
 from resnet_jax import runs
 from resnet_jax import torch_import
+from resnet_jax import workdir_lock
 from resnet_jax import writers
 
 
@@ -114,11 +115,12 @@ def check_output_writable(workdir: str, output_dir: str | None) -> None:
 def run_evaluation(config, workdir: str) -> None:
   check_output_writable(workdir, OUTPUT_DIR.value)
   distributed.initialize_from_env()
-  config = run_config.load_run_config(workdir, config)
-  if _MODEL.value:
-    config = with_named_model(config, _MODEL.value)
-  results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
-                         torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
+  with workdir_lock.hold(workdir, 'evaluate'):  # Not while a run writes its checkpoints.
+    config = run_config.load_run_config(workdir, config)
+    if _MODEL.value:
+      config = with_named_model(config, _MODEL.value)
+    results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
+                           torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
   print(f"test accuracy {100 * results['final_test_accuracy']:.2f}% "
         f"({results['test_examples']} images, {results['evaluated']})", flush=True)
 

@@ -37,6 +37,7 @@ from resnet_jax import models
 from resnet_jax import report
 from resnet_jax import run_config
 from resnet_jax import runs
+from resnet_jax import workdir_lock
 from resnet_jax import writers
 from resnet_jax.errors import UserError
 
@@ -125,10 +126,11 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
 def _run(config, workdir: str) -> None:
   evaluate.check_output_writable(workdir, evaluate.OUTPUT_DIR.value)
   distributed.initialize_from_env()
-  config = run_config.load_run_config(workdir, config)
-  inspected = inspect_run(config, workdir, gradcam_layers=_GRADCAM_LAYERS.value,
-                          num_images=_NUM_IMAGES.value, checkpoint=evaluate.CHECKPOINT.value,
-                          output_dir=evaluate.OUTPUT_DIR.value)
+  with workdir_lock.hold(workdir, 'inspect'):  # Not while a run writes its checkpoints.
+    config = run_config.load_run_config(workdir, config)
+    inspected = inspect_run(config, workdir, gradcam_layers=_GRADCAM_LAYERS.value,
+                            num_images=_NUM_IMAGES.value, checkpoint=evaluate.CHECKPOINT.value,
+                            output_dir=evaluate.OUTPUT_DIR.value)
   print(inspected['summary'], flush=True)
   print(f"step {inspected['step']}: test accuracy {100 * inspected['test_accuracy']:.2f}%; "
         f"Grad-CAM of {', '.join(inspected['layers'])}; files in {inspected['output_dir']}",

@@ -2,8 +2,10 @@ r"""Trains a system from configs/: `python -m resnet_jax.main --config configs/b
 
 Any config key can be overridden on the command line, e.g. `--config.num_epochs=30` or
 `--config.model.num_blocks='(2,2,2)'`. A run found in the workdir resumes where it stopped;
-SIGTERM saves a checkpoint and exits with status 0.
+SIGTERM saves a checkpoint and exits with status 0, Ctrl-C does the same with status 130.
 """
+
+import sys
 
 from absl import app
 from absl import logging
@@ -21,6 +23,8 @@ def run(config, workdir: str) -> None:
   distributed.initialize_from_env()
   print(models.summary_table(config.model), flush=True)
   results = train.train_and_evaluate(config, workdir)
+  if results.get('signal') == 'SIGINT':
+    sys.exit(130)  # Ctrl-C: saved, and says so; the shell's convention for an interrupted job.
   if not results.get('preempted'):
     logging.info('final test accuracy %.2f%%; report in %s/report.md',
                  100 * results['final_test_accuracy'], workdir)

@@ -7,7 +7,7 @@ scored and where its data lies), else it is refused in one line naming the keys 
 """
 
 import json
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from etils import epath
 from ml_collections import config_dict
@@ -24,6 +24,15 @@ CONFIG_FILE = 'config.json'
 # scored and reported) and this machine's (where the data lies, how it is fed).
 FREE_KEYS = ('eval_batch_size', 'eval_flip_tta', 'write_plots', 'data.data_dir',
              'data.placement', 'data.host_backend')
+# Keys a resumed run may change, and nothing else: how the run is watched, logged, scored and
+# stored, and this machine's way of running the same steps (how many a compiled call fuses,
+# where the data lies and how it is fed). The steps taken, their order and their data do not
+# change; the result is bitwise the same unless steps_per_call, placement or host_backend do
+# (then float sums may round apart in the last bits).
+RESUMABLE_KEYS = ('log_every_steps', 'log_every_seconds', 'eval_every_epochs', 'eval_batch_size',
+                  'checkpoint_every_epochs', 'keep_best_checkpoint', 'write_plots',
+                  'param_histograms_every_epochs', 'steps_per_call', 'data.data_dir',
+                  'data.placement', 'data.host_backend', 'model.param_budget')
 FREE_SECTIONS = ('reference',)  # Labels of the report only.
 SHOWN_DIFFERENCES = 4
 
@@ -81,27 +90,53 @@ def saved_config(workdir: epath.PathLike) -> config_dict.ConfigDict:
                     'config file the run was trained with>') from e
 
 
-def _flat(config: config_dict.ConfigDict) -> dict[str, Any]:
+def flat_json(config: Any, prefix: str = '') -> dict[str, Any]:
+  """{dotted key: value} of a ConfigDict or a JSON tree of dicts, values as JSON has them."""
+  if isinstance(config, config_dict.ConfigDict):
+    config = json.loads(config.to_json_best_effort(sort_keys=True))
   flat = {}
   for key, value in config.items():
-    if isinstance(value, config_dict.ConfigDict):
-      flat.update({f'{key}.{inner}': v for inner, v in _flat(value).items()})
+    if isinstance(value, dict):
+      flat.update(flat_json(value, f'{prefix}{key}.'))
     else:
-      flat[key] = value
+      flat[f'{prefix}{key}'] = value
   return flat
+
+
+def is_free(key: str, free_keys: Sequence[str]) -> bool:
+  """Whether a dotted key is in free_keys or a FREE_SECTIONS section."""
+  return key in free_keys or key.split('.')[0] in FREE_SECTIONS
+
+
+def changed(before: dict, after: dict, free_keys: Sequence[str] = (),
+            *, both: bool = False) -> dict[str, tuple[Any, Any]]:
+  """{key: (before, after)} of two flat dicts (`flat_json`) where they differ, free keys aside.
+
+  A key only one side has differs too (None on the other), unless `both`: then only keys both
+  sides have are compared (a schema that gained or lost keys between versions).
+  """
+  keys = before.keys() & after.keys() if both else before.keys() | after.keys()
+  return {key: (before.get(key), after.get(key)) for key in sorted(keys)
+          if not is_free(key, free_keys) and before.get(key) != after.get(key)}
+
+
+def _shown(value: Any) -> Any:
+  """A JSON value as the config writes it (lists as tuples)."""
+  return tuple(_shown(item) for item in value) if isinstance(value, list) else value
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]], before: str, after: str) -> str:
+  """'config.a (1 in BEFORE, 2 in AFTER), ... and N more keys' for a UserError."""
+  shown = ', '.join(f'config.{key} ({_shown(there)!r} {before}, {_shown(here)!r} {after})'
+                    for key, (there, here) in list(changes.items())[:SHOWN_DIFFERENCES])
+  more = len(changes) - SHOWN_DIFFERENCES
+  return shown + (f' and {more} more keys' if more > 0 else '')
 
 
 def differences(saved: config_dict.ConfigDict,
                 given: config_dict.ConfigDict) -> dict[str, tuple[Any, Any]]:
-  """{dotted key: (saved value, given value)} where they differ, FREE_KEYS and FREE_SECTIONS aside.
-
-  A key only one of them has (None on the other side) differs too.
-  """
-  saved_flat, given_flat = _flat(saved), _flat(given)
-  return {key: (saved_flat.get(key), given_flat.get(key))
-          for key in sorted(saved_flat.keys() | given_flat.keys())
-          if key not in FREE_KEYS and key.split('.')[0] not in FREE_SECTIONS
-          and saved_flat.get(key) != given_flat.get(key)}
+  """{dotted key: (saved value, given value)} where they differ, FREE_KEYS and FREE_SECTIONS aside."""
+  return changed(flat_json(saved), flat_json(given), FREE_KEYS)
 
 
 def load_run_config(workdir: epath.PathLike,
@@ -128,10 +163,7 @@ def load_run_config(workdir: epath.PathLike,
     return saved
   differing = differences(saved, given)
   if differing:
-    shown = ', '.join(f'config.{key} ({there!r} in the run, {here!r} given)'
-                      for key, (there, here) in list(differing.items())[:SHOWN_DIFFERENCES])
-    more = len(differing) - SHOWN_DIFFERENCES
-    raise UserError(f"--config differs from the run's {CONFIG_FILE} in {shown}"
-                    f"{f' and {more} more keys' if more > 0 else ''}; drop --config to use the "
-                    "run's own, or add the overrides it was trained with")
+    raise UserError(f"--config differs from the run's {CONFIG_FILE} in "
+                    f"{describe_changes(differing, 'in the run', 'given')}; drop --config to use "
+                    "the run's own, or add the overrides it was trained with")
   return given

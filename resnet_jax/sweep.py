@@ -256,16 +256,6 @@ def _read_json(path: str) -> Optional[dict]:
     return json.load(f)
 
 
-def _leaves(tree, prefix: str = '') -> dict:
-  """{'a.b': leaf} of a JSON tree of dicts."""
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  flat = {}
-  for name, value in tree.items():
-    flat.update(_leaves(value, f'{prefix}.{name}' if prefix else name))
-  return flat
-
-
 def changed_keys(point: Point, workdir: str) -> list[str]:
   """The config keys where the run recorded in the point's folder differs from point.config.
 
@@ -283,11 +273,8 @@ def changed_keys(point: Point, workdir: str) -> list[str]:
                     f'{os.path.dirname(path)} to train the point again') from None
   if recorded is None:
     return []
-  before = _leaves(recorded)
-  now = _leaves(json.loads(point.config.to_json_best_effort(sort_keys=True)))
-  missing = object()
-  return sorted(key for key in before.keys() | now.keys()
-                if key not in UNCOMPARED_KEYS and before.get(key, missing) != now.get(key, missing))
+  return list(run_config.changed(run_config.flat_json(recorded),
+                                 run_config.flat_json(point.config), UNCOMPARED_KEYS))
 
 
 def check_points_unchanged(points: Sequence[Point], workdir: str) -> None:

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from resnet_jax import checkpoints
+from resnet_jax import cli
 from resnet_jax import evaluator
 from resnet_jax import feed
 from resnet_jax import gradcam
@@ -32,6 +33,7 @@ from resnet_jax import report
 from resnet_jax import run_config
 from resnet_jax import runs
 from resnet_jax import steps
+from resnet_jax import workdir_lock
 from resnet_jax import writers
 from resnet_jax.errors import UserError
 
@@ -48,17 +50,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The results (what results.json holds), or {'preempted': True, ...} if SIGTERM stopped it.
 
   Raises:
-    UserError: a bad config, missing data, an unusable checkpoint or a non-finite loss.
+    UserError: a bad config, missing data, an unusable or changed checkpoint, a workdir another
+      process is using or that cannot be written, or a non-finite loss.
   """
   clock = progress.RunClock()
-  run = runs.setup_run(config, workdir)
-  logging.info('data: %s; %s placement; %d devices (%s); %d steps an epoch, up to %d a call',
-               run.splits.source, run.placement, run.mesh.devices.size,
-               jax.devices()[0].device_kind, run.plan.steps, run.plan.steps_per_call)
-  if jax.process_index() == 0:
-    run_config.write_config(workdir, config)
-  with contextlib.ExitStack() as stack:
-    return TrainLoop(run, clock, stack).train()
+  with workdir_lock.hold(workdir, 'training'):
+    run = runs.setup_run(config, workdir)
+    progress.log_start(run)
+    try:
+      with contextlib.ExitStack() as stack:
+        return TrainLoop(run, clock, stack).train()
+    except OSError as e:  # The workdir (or its disk) failed under the run.
+      raise UserError(f'writing to --workdir={workdir} failed ({cli.one_line(e)}): was it '
+                      'deleted, filled or made read-only? Checkpoints already saved there are '
+                      'kept; fix it and rerun the same command to resume') from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +92,13 @@ class TrainLoop:
     self.best = checkpoints.checkpoint_manager(checkpoint_dir / 'best')
     for manager in (self.best, self.latest):
       stack.callback(_close_manager, manager)
-    self.should_stop, restore_signal = checkpoints.preemption_check()
-    stack.callback(restore_signal)
+    self.stop_signals = checkpoints.StopSignals()
+    stack.callback(self.stop_signals.restore)
     self.compiler = precompile.Compiler()
     clock.compiler = self.compiler
     stack.callback(self.compiler.close)
     self.stop_after_epoch = False
+    self.compiles_ahead = None  # compiles started after the first call's, until it is made
     self.final_test = None  # (metrics, predictions) of the test set, once scored
 
   def train(self) -> dict:
@@ -120,21 +126,24 @@ class TrainLoop:
   def resume(self) -> Optional[dict]:
     """Restores the latest checkpoint, or starts fresh; a finished run's results."""
     run = self.run
-    self.meta = checkpoints.CheckpointMeta(run=run.identity())
+    self.meta = checkpoints.CheckpointMeta(run=run.identity)
     latest_step = checkpoints.process_zero_decides(self.latest.latest_step())
     if latest_step is None:
       self.state = feed.initial_state(run.ctx, run.config.data.image_size, run.mesh)
     else:
       state, meta = checkpoints.restore_checkpoint(self.latest, run.abstract_state(), latest_step)
-      checkpoints.check_same_run(run.identity(), meta, self.latest.directory)
+      checkpoints.check_same_run(run.identity, meta, self.latest.directory)
       results_path = writers.as_path(run.workdir) / report.RESULTS_FILE
       if meta.epoch >= run.config.num_epochs and checkpoints.process_zero_decides(
           int(results_path.exists())):
         logging.info('%s has finished already; its results: %s', run.workdir, results_path)
         return json.loads(results_path.read_text())
-      self.state, self.meta = state, dataclasses.replace(meta, run=run.identity())
+      self.state, self.meta = state, dataclasses.replace(meta, run=run.identity)
       logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
                    self.latest.directory, meta.epoch + 1, meta.step_in_epoch, int(state.step))
+    # Written once the run is accepted: a refused resume leaves the run's own config.json.
+    if jax.process_index() == 0:
+      run_config.write_config(run.workdir, run.config)
     self.elapsed_before = self.meta.elapsed_seconds
     return None
 
@@ -160,6 +169,9 @@ class TrainLoop:
                        *self.feed.batch_specs(count, batch_size), after=first)
     compiler.prepare('eval', self.evaluator.evaluate_fn, state.eval_variables(),
                      *self.val_set.arrays(), after=first)
+    self.compiles_ahead = compiler.num_prepared - 1
+    logging.info('compiling the train call (%d steps of batch %d) and %d more shapes after it',
+                 calls[0][1], calls[0][2], self.compiles_ahead)
     self.progress = progress.Progress(epoch_sums={}, last_log_step=int(state.step))
 
   # -------------------------------------------------------------------------------------------
@@ -179,7 +191,10 @@ class TrainLoop:
       if in_flight:
         self.finish_call(epoch, in_flight)
       in_flight = InFlight(first, count, batch_size, result)
-      if not self.stop_after_epoch and self.should_stop():
+      if self.compiles_ahead is not None:  # The run's first call: its compile is done.
+        progress.log_compile(self.clock.compile_seconds, self.compiles_ahead)
+        self.compiles_ahead = None
+      if not self.stop_after_epoch and self.stop_signals.should_stop():
         # The call in flight is checked (its loss finite) before anything is saved.
         step = self.finish_call(epoch, in_flight)
         in_flight = None
@@ -204,8 +219,7 @@ class TrainLoop:
     self.progress.add_call(self.clock, result.metrics, call.count * call.batch_size,
                            float(result.learning_rate))
     step = epoch * plan.steps + call.first + call.count
-    if (step - self.progress.last_log_step >= config.log_every_steps
-        or call.first + call.count == plan.steps):
+    if self.progress.due(config, step, call.first + call.count == plan.steps):
       progress.log_progress(self.writer, self.progress, self.clock, config, plan.steps, epoch,
                             step)
     return step
@@ -303,12 +317,14 @@ class TrainLoop:
     return results
 
   def stopped(self, epoch: int, step_in_epoch: int, step: int) -> dict:
-    """After a SIGTERM: waits for the checkpoint, says how to resume; the run's result."""
+    """After SIGTERM or Ctrl-C: waits for the checkpoint, says how to resume; the run's result."""
     self.latest.wait_until_finished()
-    print(f'SIGTERM: saved a checkpoint at epoch {epoch + 1}, step {step_in_epoch} of it '
-          f'(global step {step}); resume with the same command: python -m resnet_jax.main '
-          f'--config=<the same config> --workdir={self.run.workdir}', flush=True)
-    return {'preempted': True, 'epoch': epoch, 'step': step}
+    signal_name = self.stop_signals.signal_name
+    print(f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: saved a checkpoint at epoch '
+          f'{epoch + 1}, step {step_in_epoch} of it (global step {step}); resume with the same '
+          f'command: python -m resnet_jax.main --config=<the same config> '
+          f'--workdir={self.run.workdir}', flush=True)
+    return {'preempted': True, 'epoch': epoch, 'step': step, 'signal': signal_name}
 
 
 def non_finite_error(config: ml_collections.ConfigDict, steps_an_epoch: int, bad_step: int,

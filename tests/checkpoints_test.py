@@ -1,5 +1,7 @@
 """checkpoints: process 0 decides storage questions; preemption call ids keep rising."""
 
+import signal
+
 import numpy as np
 
 from resnet_jax import checkpoints
@@ -13,9 +15,9 @@ def test_preemption_call_ids_keep_rising_across_runs_of_one_process(monkeypatch)
   monkeypatch.setattr(checkpoints.multihost_utils, 'reached_preemption_sync_point',
                       lambda call_id: seen.append(call_id) or False)
   for _ in range(2):  # two runs
-    should_stop, restore = checkpoints.preemption_check()
-    assert not any(should_stop() for _ in range(3))
-    restore()
+    stop_signals = checkpoints.StopSignals()
+    assert not any(stop_signals.should_stop() for _ in range(3))
+    stop_signals.restore()
   assert len(seen) == 6 and seen == sorted(set(seen))
 
 
@@ -29,3 +31,27 @@ def test_on_several_processes_process_zeros_view_of_storage_decides(monkeypatch)
   assert checkpoints.process_zero_decides(5) is None
   process_zero_sees['value'] = 0
   assert checkpoints.process_zero_decides(1) == 0
+
+
+def test_sigterm_and_ctrl_c_ask_for_a_stop_and_a_second_ctrl_c_ends_at_once(monkeypatch, capsys):
+  exits = []
+  monkeypatch.setattr(checkpoints.os, '_exit', exits.append)
+  for first in (signal.SIGTERM, signal.SIGINT):
+    stop_signals = checkpoints.StopSignals()
+    try:
+      assert not stop_signals.should_stop()
+      signal.raise_signal(first)
+      assert stop_signals.should_stop() and stop_signals.signal_name == first.name
+      assert not exits
+    finally:
+      stop_signals.restore()
+  assert 'Ctrl-C: stopping after the call in flight' in capsys.readouterr().err
+  stop_signals = checkpoints.StopSignals()
+  try:
+    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
+  finally:
+    stop_signals.restore()
+  assert exits == [130]
+  assert 'Ctrl-C again: stopped at once, without saving' in capsys.readouterr().err
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

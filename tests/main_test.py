@@ -3,6 +3,7 @@
 import concurrent.futures
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -78,3 +79,26 @@ def test_mistake_is_one_clear_line(outcomes, configs, name, expected):
   assert last_line.startswith('error: '), last_line
   assert expected in last_line, last_line
   assert '\\' not in last_line, last_line  # Readable: no escaped quotes.
+
+
+def test_ctrl_c_during_compilation_saves_and_exits_130(cifar_batches_dir, tmp_path):
+  # Before: a traceback, or "Fatal Python error: Segmentation fault" during compilation.
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'resnet_jax.main', f'--workdir={tmp_path}', SMOKE,
+       '--config.data.source=cifar_batches', f'--config.data.data_dir={cifar_batches_dir}',
+       '--config.num_epochs=20'],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  seen = []
+  for line in process.stderr:
+    seen.append(line)
+    if 'compiling the train call' in line:
+      process.send_signal(signal.SIGINT)
+      break
+  out, err = process.communicate(timeout=300)
+  err = ''.join(seen) + err
+  assert process.returncode == 130, err[-2000:]
+  assert 'Traceback' not in err and 'Fatal Python error' not in err
+  assert 'Ctrl-C: stopping after the call in flight and saving a checkpoint' in err
+  assert 'Ctrl-C: saved a checkpoint at epoch 1' in out
+  assert any((tmp_path / 'checkpoints' / 'latest').iterdir())

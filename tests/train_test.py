@@ -1,7 +1,9 @@
 """Training on real CIFAR-10 images (a subset, on the CPU): it learns, resumes bitwise, scales."""
 
 import json
+import logging
 import os
+import pickle
 import pathlib
 import shutil
 import signal
@@ -36,12 +38,30 @@ def step_losses(workdir):
   return [(r['step'], r['train_loss']) for r in records if 'train_loss' in r and 'epoch' not in r]
 
 
+class LogLines(logging.Handler):
+  """The messages absl logs while it is attached."""
+
+  def __init__(self):
+    super().__init__()
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope='module')
 def learned_run(cifar_batches_dir, tmp_path_factory):
+  """30 steps an epoch, one a call (the CPU's), a progress line every 1,000 steps or 30 s."""
   workdir = tmp_path_factory.mktemp('learned')
   config = tiny_config(cifar_batches_dir, batch_size=100, num_epochs=3,
                        **{'data.train_subset': 3000})
-  return train.train_and_evaluate(config, str(workdir)), workdir
+  logged = LogLines()
+  logging.getLogger('absl').addHandler(logged)
+  try:
+    results = train.train_and_evaluate(config, str(workdir))
+  finally:
+    logging.getLogger('absl').removeHandler(logged)
+  return results, workdir, logged.lines
 
 
 @pytest.fixture(scope='module')
@@ -64,6 +84,12 @@ def short_run(cifar_batches_dir, tmp_path_factory):
 
 def writer_sending_sigterm(at_step):
   """writers.create_writer, raising SIGTERM once the scalars of global step at_step are written."""
+  # As a TPU preemption would, between two calls.
+  return writer_calling(at_step, lambda: signal.raise_signal(signal.SIGTERM))
+
+
+def writer_calling(at_step, action):
+  """writers.create_writer, calling action() once the scalars of global step at_step are written."""
   create_writer = writers.create_writer
 
   def create(workdir, *, is_main):
@@ -73,7 +99,7 @@ def writer_sending_sigterm(at_step):
     def write(step, scalars):
       write_scalars(step, scalars)
       if step == at_step and 'epoch' not in scalars:
-        signal.raise_signal(signal.SIGTERM)  # As a TPU preemption would, between two calls.
+        action()
     writer.write_scalars = write
     return writer
 
@@ -105,7 +131,7 @@ def params_non_finite_at(step):
 
 
 def test_learns_on_real_images(learned_run):
-  results, workdir = learned_run
+  results, workdir, _ = learned_run
   assert results['data_source'].startswith('cifar_batches')
   assert results['train_examples'] == 3000 and results['val_examples'] == 1000
   assert results['final_val_accuracy'] > LEARNED_ACCURACY
@@ -120,9 +146,27 @@ def test_short_run_counts_steps_and_partial_batch(short_run):
   assert results['steps'] == latest_step == 2 * SHORT_STEPS_AN_EPOCH
   assert [r['epoch'] for r in meta.history] == [1, 2]
   assert results['placement'] == 'device'
-  assert meta.run == {'config.batch_size': 96, 'config.num_epochs': 2, 'config.seed': 0,
-                         'training examples (config.data)': 1000,
-                         'steps an epoch': SHORT_STEPS_AN_EPOCH}
+  # The identity a resume must match: every key but the resumable ones, the data, the plan.
+  assert (meta.run['config.batch_size'], meta.run['config.num_epochs'], meta.run['config.seed'],
+          meta.run['config.optim.learning_rate']) == (96, 2, 0, 0.05)
+  assert meta.run['steps an epoch'] == SHORT_STEPS_AN_EPOCH
+  assert len(meta.run['data (a fingerprint of its images and labels)']) == 32
+  assert 'config.log_every_steps' not in meta.run and 'config.reference.system' not in meta.run
+
+
+def test_a_run_says_where_it_runs_and_reports_after_its_first_call(learned_run):
+  _, workdir, lines = learned_run
+  assert [line for line in lines if line.startswith('running on ')] == [
+      'running on 1 x cpu (cpu), 1 process; float32, batch 100 (100 a device), 30 steps an '
+      'epoch, up to 1 a compiled call']
+  compiled = [i for i, line in enumerate(lines) if line.startswith('compiled the first train call')]
+  first_progress = next(i for i, line in enumerate(lines) if line.startswith('epoch 1/3 step'))
+  assert len(compiled) == 1 and compiled[0] < first_progress
+  assert 'step 1/90:' in lines[first_progress] and 'ETA epoch' in lines[first_progress]
+  # The first progress line follows the first call, not the 1,000th step; then by time (30 s)
+  # or at the end of each epoch.
+  logged = [step for step, _ in step_losses(workdir)]
+  assert logged[0] == 1 and {30, 60, 90} <= set(logged)
 
 
 def test_validation_on_the_test_set_is_evaluated_once_an_epoch(short_run):
@@ -214,6 +258,55 @@ def test_resuming_with_a_changed_run_is_a_user_error(short_run, cifar_batches_di
   with pytest.raises(errors.UserError, match=rf'trained with config\.{key} = \d+, the config '
                      rf'gives {value}; resume with the original config, or use a new --workdir'):
     train.train_and_evaluate(short_config(cifar_batches_dir, **{key: value}), str(tmp_path))
+
+
+@pytest.mark.parametrize('key,value', [('optim.learning_rate', 0.2), ('augment.hflip', 0.0),
+                                       ('data.normalization', 'computed')])
+def test_resuming_with_changed_settings_is_refused_and_config_json_kept(
+    short_run, cifar_batches_dir, tmp_path, key, value):
+  _, workdir, _, _ = short_run
+  shutil.copytree(workdir, tmp_path / 'run')
+  with pytest.raises(errors.UserError, match=rf'trained with config\.{key} = .*, the config gives '
+                     rf'{value}; resume with the original config'):
+    train.train_and_evaluate(short_config(cifar_batches_dir, **{key: value}), str(tmp_path / 'run'))
+  assert (tmp_path / 'run' / 'config.json').read_text() == (workdir / 'config.json').read_text()
+
+
+def test_resuming_on_other_data_of_the_same_size_is_refused(short_run, cifar_batches_dir,
+                                                             tmp_path):
+  _, workdir, _, _ = short_run
+  shutil.copytree(workdir / 'checkpoints', tmp_path / 'run' / 'checkpoints')
+  shutil.copytree(cifar_batches_dir, tmp_path / 'data')
+  batch_file = tmp_path / 'data' / 'cifar-10-batches-py' / 'data_batch_1'
+  with open(batch_file, 'rb') as f:
+    batch = pickle.load(f, encoding='bytes')
+  data_key = b'data' if b'data' in batch else 'data'
+  batch[data_key][0, 0] ^= 0xFF  # One pixel of the first training image.
+  with open(batch_file, 'wb') as f:
+    pickle.dump(batch, f)
+  with pytest.raises(errors.UserError, match=r'trained with data \(a fingerprint of its images'):
+    train.train_and_evaluate(short_config(tmp_path / 'data'), str(tmp_path / 'run'))
+
+
+def test_a_resume_may_change_how_the_run_is_logged_and_scored(short_run, cifar_batches_dir,
+                                                              tmp_path):
+  _, workdir, _, _ = short_run
+  shutil.copytree(workdir, tmp_path / 'run')
+  written = json.loads((workdir / 'results.json').read_text())
+  config = short_config(cifar_batches_dir, log_every_steps=5, eval_batch_size=250,
+                        **{'reference.system': 'renamed'})
+  assert train.train_and_evaluate(config, str(tmp_path / 'run')) == written
+
+
+def test_a_checkpoint_folder_deleted_under_the_run_stops_it(cifar_batches_dir, tmp_path,
+                                                            monkeypatch):
+  latest = tmp_path / 'checkpoints' / 'latest'
+  monkeypatch.setattr(writers, 'create_writer',
+                      writer_calling(13, lambda: shutil.rmtree(latest)))
+  with pytest.raises(errors.UserError, match=r'checkpoints/latest was deleted while this run was '
+                     r'writing to it.*new --workdir') as raised:
+    train.train_and_evaluate(short_config(cifar_batches_dir), str(tmp_path))
+  assert '\n' not in str(raised.value)
 
 
 def test_host_path_trains_like_the_device_path(short_run, cifar_batches_dir, tmp_path):
