@@ -160,12 +160,12 @@ def check_same_run(identity: dict, meta: CheckpointMeta, directory) -> None:
   changes = run_config.changed(meta.run, identity, both=True)
   if changes:
     (name, (saved, now)), *others = changes.items()
-    more = f' (and {len(others)} more: {", ".join(key for key, _ in others[:6])})' if others else ''
+    also = f'also changed: {", ".join(key for key, _ in others[:6])}; ' if others else ''
     saved, now = (tuple(v) if isinstance(v, list) else v for v in (saved, now))
     raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, the '
-                    f'config gives {now}{more}; resume with the original config, or use a new '
-                    f'--workdir (a resume may change only {", ".join(run_config.RESUMABLE_KEYS)} '
-                    'and config.reference)')
+                    f'config gives {now}; resume with the original config, or use a new '
+                    f'--workdir ({also}a resume may change only '
+                    f'{", ".join(run_config.RESUMABLE_KEYS)} and config.reference)')
 
 
 # JAX's preemption sync point counts calls over the whole process, which may train several runs

@@ -55,12 +55,15 @@ def learned_run(cifar_batches_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('learned')
   config = tiny_config(cifar_batches_dir, batch_size=100, num_epochs=3,
                        **{'data.train_subset': 3000})
-  logged = LogLines()
-  logging.getLogger('absl').addHandler(logged)
+  logged, absl_logger = LogLines(), logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.addHandler(logged)
+  absl_logger.setLevel(logging.INFO)  # As the commands run it (absl.app), not pytest's default.
   try:
     results = train.train_and_evaluate(config, str(workdir))
   finally:
-    logging.getLogger('absl').removeHandler(logged)
+    absl_logger.removeHandler(logged)
+    absl_logger.setLevel(level)
   return results, workdir, logged.lines
 
 
