@@ -19,16 +19,14 @@ parameter budget are reported, not run; a point whose training fails with a user
 diverging learning rate) is reported and the sweep goes on. Independent processes can share the
 points: `--process_index=i --process_count=n` runs every n-th point (under `jax.distributed`
 every run spans all processes, so every process runs every point).
-Every process writes the table for all points it finds: <workdir>/sweep.csv and sweep.md, the
-validation curves of every run (curves.png) and accuracy against each swept key
+Every process writes the table for all points it finds (`sweep_report`): <workdir>/sweep.csv and
+sweep.md, the validation curves of every run (curves.png) and accuracy against each swept key
 (accuracy_vs_<key>.png).
 """
 
 import copy
-import csv
 import dataclasses
 import functools
-import io
 import itertools
 import json
 import math
@@ -40,7 +38,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from matplotlib import figure
 from ml_collections import config_dict
 import numpy as np
 
@@ -50,6 +47,7 @@ from resnet_jax import errors
 from resnet_jax import models
 from resnet_jax import report
 from resnet_jax import run_config
+from resnet_jax import sweep_report
 from resnet_jax import train
 from resnet_jax import writers
 from resnet_jax.errors import UserError
@@ -65,10 +63,6 @@ PREEMPTED = 'preempted'
 STALE = 'stale'  # A point of another process whose folder holds a run of another config.
 # Keys that decide whether a point runs, not what it trains: a change keeps finished points.
 UNCOMPARED_KEYS = ('model.param_budget',)
-ACCURACIES = ('final_val_accuracy', 'best_val_accuracy', 'final_test_accuracy',
-              'best_test_accuracy')
-# Lines get a legend (one a combination of the other swept values) up to this many.
-MAX_SERIES = 12
 
 
 def _nest(flat: Optional[Mapping[str, Any]], where: str) -> config_dict.ConfigDict:
@@ -169,12 +163,6 @@ def _label(value) -> str:
   return str(value)
 
 
-def short_keys(keys: Sequence[str]) -> dict:
-  """key -> its last component, or the whole dotted key where two last components collide."""
-  last = [key.rsplit('.', 1)[-1] for key in keys]
-  return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
-
-
 def _apply(config: config_dict.ConfigDict, key: str, value, where: str) -> None:
   """Sets a dotted key of a locked config; a section takes a mapping of its keys."""
   *parents, leaf = key.split('.')
@@ -207,7 +195,7 @@ def sweep_points(sweep_cfg: config_dict.ConfigDict) -> list[Point]:
   rng = np.random.default_rng(sweep_cfg.random.seed)
   draws = [{key: _sample(spec, key, rng) for key, spec in random_specs.items()}
            for _ in range(num_samples if random_specs else 0)] or [{}]
-  shorts = short_keys([*grid, *random_specs])
+  shorts = sweep_report.short_keys([*grid, *random_specs])
   points = []
   for grid_values in itertools.product(*grid.values()):
     for sample, drawn in enumerate(draws):
@@ -289,14 +277,6 @@ def check_points_unchanged(points: Sequence[Point], workdir: str) -> None:
                       'point again')
 
 
-def _write_atomic(path: str, text: str) -> None:
-  """Writes a file whole (processes sharing a sweep may write its tables at the same time)."""
-  partial = f'{path}.{os.getpid()}.tmp'
-  with open(partial, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(partial, path)
-
-
 def run_point(point: Point, workdir: str) -> str:
   """Trains one point in workdir/<name> unless it has finished; returns its status."""
   point_dir = os.path.join(workdir, point.name)
@@ -308,7 +288,7 @@ def run_point(point: Point, workdir: str) -> str:
   except UserError as e:
     if jax.process_index() == 0:
       os.makedirs(point_dir, exist_ok=True)
-      _write_atomic(error_path, f'{e}\n')
+      sweep_report.write_atomic(error_path, f'{e}\n')
     return f'failed: {e}'
   if results.get('preempted'):
     return PREEMPTED
@@ -342,126 +322,8 @@ def summary_rows(points: Sequence[Point], workdir: str, statuses: Mapping[str, s
     results = ({} if status.startswith(STALE) else
                _read_json(os.path.join(workdir, point.name, report.RESULTS_FILE)) or {})
     rows.append({'point': point.name, **point.labels, 'parameters': parameters,
-                 **{name: results.get(name) for name in ACCURACIES},
+                 **{name: results.get(name) for name in sweep_report.ACCURACIES},
                  'wall_seconds': results.get('wall_seconds'), 'status': status})
-  return rows
-
-
-def _csv(rows: Sequence[dict]) -> str:
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator='\n')
-  writer.writeheader()
-  writer.writerows(rows)
-  return buffer.getvalue()
-
-
-def _cell(name: str, value) -> str:
-  if value is None:
-    return '-'
-  if name in ACCURACIES:
-    return f'{100 * value:.2f}%'
-  if name == 'parameters':
-    return f'{value:,}'
-  if name == 'wall_seconds':
-    return f'{value:.0f}'
-  return str(value).replace('|', '\\|')
-
-
-def _markdown(rows: Sequence[dict], keys: Sequence[str]) -> str:
-  """The table of sweep.md, swept keys by their full dotted names."""
-  columns = [name for name in rows[0] if name != 'point']
-  headers = [*keys, 'parameters', 'final val', 'best val', 'final test', 'best test',
-             'wall (s)', 'status']
-  lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
-  lines += ['| ' + ' | '.join(_cell(name, row[name]) for name in columns) + ' |' for row in rows]
-  return '\n'.join(lines) + '\n'
-
-
-def validation_curve(run_dir: str) -> tuple[list[int], list[float]]:
-  """(epochs, validation accuracy) from a run's metrics.jsonl; the last record of an epoch wins."""
-  path = os.path.join(run_dir, writers.METRICS_FILE)
-  if not os.path.isfile(path):
-    return [], []
-  by_epoch = {int(r['epoch']): r['val_accuracy'] for r in writers.read_jsonl(path)
-              if 'epoch' in r and 'val_accuracy' in r}
-  epochs = sorted(by_epoch)
-  return epochs, [by_epoch[epoch] for epoch in epochs]
-
-
-def plot_curves(points: Sequence[Point], workdir: str, path: str) -> int:
-  """Validation accuracy against epoch of every run on one figure; returns the runs drawn."""
-  fig = figure.Figure(figsize=(9, 5.5), layout='constrained')
-  ax = fig.subplots()
-  drawn = 0
-  for point in points:
-    epochs, accuracy = validation_curve(os.path.join(workdir, point.name))
-    if epochs:
-      ax.plot(epochs, 100 * np.asarray(accuracy), marker='.', label=point.name)
-      drawn += 1
-  ax.set_xlabel('epoch')
-  ax.set_ylabel('validation accuracy (%)')
-  ax.grid(alpha=0.3)
-  if drawn and drawn <= 2 * MAX_SERIES:
-    ax.legend(fontsize=7, loc='lower right')
-  fig.savefig(path, dpi=110)
-  return drawn
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-
-
-def plot_accuracy_vs(points: Sequence[Point], rows: Sequence[dict], key: str, path: str,
-                     grid_keys: Sequence[str]) -> None:
-  """Best validation accuracy against one swept key; a line for each combination of the others."""
-  numeric = all(_is_number(point.values[key]) for point in points)
-  categories = list(dict.fromkeys(point.labels[key] for point in points))
-  fig = figure.Figure(figsize=(7, 4.5), layout='constrained')
-  ax = fig.subplots()
-  others = [other for other in grid_keys if other != key]
-  series = {}
-  for point, row in zip(points, rows):
-    if row['best_val_accuracy'] is None:
-      continue
-    x = point.values[key] if numeric else categories.index(point.labels[key])
-    group = ', '.join(f'{short}={point.labels[other]}'
-                      for other, short in short_keys(others).items())
-    series.setdefault(group, []).append((x, 100 * row['best_val_accuracy']))
-  as_lines = key in grid_keys and len(series) <= MAX_SERIES
-  for group, xy in series.items():
-    xs, ys = zip(*sorted(xy))
-    ax.plot(xs, ys, marker='o', linestyle='-' if as_lines else 'none', label=group or None)
-  if numeric:
-    values = [point.values[key] for point in points]
-    if min(values) > 0 and max(values) / min(values) >= 20:
-      ax.set_xscale('log')
-  else:
-    ax.set_xticks(range(len(categories)), categories, rotation=30, ha='right')
-  ax.set_xlabel(key)
-  ax.set_ylabel('best validation accuracy (%)')
-  ax.grid(alpha=0.3)
-  if as_lines and any(series):
-    ax.legend(fontsize=7)
-  fig.savefig(path, dpi=110)
-
-
-def write_summary(points: Sequence[Point], workdir: str, statuses: Mapping[str, str],
-                  counts: Mapping[str, tuple[int, bool]], grid_keys: Sequence[str]) -> list[dict]:
-  """Writes sweep.csv, sweep.md, curves.png and accuracy_vs_<key>.png; returns the rows."""
-  rows = summary_rows(points, workdir, statuses, counts)
-  keys = list(points[0].values)
-  _write_atomic(os.path.join(workdir, 'sweep.csv'), _csv(rows))
-  shorts = short_keys(keys)
-  plots = [f'accuracy_vs_{shorts[key]}.png' for key in keys]
-  done = sum(row['status'] in (DONE, SKIPPED_DONE) for row in rows)
-  text = (f'# Sweep: {len(points)} points, {done} trained\n\nAccuracy columns: validation and '
-          'test accuracy at the last epoch (final) and at the best validation epoch (best).\n\n'
-          + _markdown(rows, keys) + '\n![validation curves](curves.png)\n\n'
-          + ''.join(f'![accuracy against {key}]({plot})\n\n' for key, plot in zip(keys, plots)))
-  _write_atomic(os.path.join(workdir, 'sweep.md'), text)
-  plot_curves(points, workdir, os.path.join(workdir, 'curves.png'))
-  for key, plot in zip(keys, plots):
-    plot_accuracy_vs(points, rows, key, os.path.join(workdir, plot), grid_keys)
   return rows
 
 
@@ -507,9 +369,11 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
     print(f'[{number}/{len(share)}] {point.name}: {statuses[point.name]}', flush=True)
     if statuses[point.name] == PREEMPTED:
       break
-  if jax.process_index() != 0:
-    return summary_rows(points, workdir, statuses, counts)
-  return write_summary(points, workdir, statuses, counts, grid_keys)
+  rows = summary_rows(points, workdir, statuses, counts)
+  if jax.process_index() == 0:
+    trained = sum(row['status'] in (DONE, SKIPPED_DONE) for row in rows)
+    sweep_report.write_summary(points, rows, workdir, grid_keys, trained)
+  return rows
 
 
 def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> None:

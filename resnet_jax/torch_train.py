@@ -11,10 +11,12 @@ frameworks see the same examples in the same order; augmentation draws differ.
 Needs PyTorch (the `torch` extra); `compare` runs it beside the JAX trainer.
 """
 
+import dataclasses
 import json
 import os
 import platform
 import time
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -194,6 +196,131 @@ def versions() -> dict:
           'threads': torch.get_num_threads()}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Training:
+  """What a run's epochs work on: the net, its optimizer and schedule, the data as tensors."""
+  net: torch.nn.Module
+  optimizer: Any  # a torch optimizer, or Lookahead around one (`inner`)
+  inner: torch.optim.Optimizer
+  scheduler: Any
+  per_step: bool
+  plateau: bool
+  device: torch.device
+  generator: torch.Generator
+  train_x: torch.Tensor
+  train_y: torch.Tensor
+  val_x: torch.Tensor
+  val_y: torch.Tensor
+  mean: torch.Tensor
+  std: torch.Tensor
+
+
+def _set_up(config: ml_collections.ConfigDict, splits, device: str, threads: int) -> _Training:
+  """Seeds torch, builds and initialises the net, its optimizer and schedule, puts the data."""
+  device = torch.device('cuda' if device == 'auto' and torch.cuda.is_available() else
+                        'cpu' if device == 'auto' else device)
+  if threads:
+    torch.set_num_threads(threads)
+  torch.manual_seed(config.seed)
+  generator = torch.Generator().manual_seed(config.seed)
+  net = torch_models.TorchResNet(config.model, config.data.image_size)
+  torch_models.initialise(net, config.model.init)
+  net.to(device)
+  optimizer = make_optimizer(config, net)
+  inner = getattr(optimizer, 'optimizer', optimizer)
+  train_x, train_y = _as_tensors(splits.train_images, splits.train_labels)
+  val_x, val_y = _as_tensors(splits.val_images, splits.val_labels)
+  mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
+  std = torch.tensor(splits.std).view(1, -1, 1, 1)
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(train_y), config.batch_size,
+                                                   config.drop_remainder)
+  scheduler, per_step = make_scheduler(config, inner, steps_per_epoch)
+  plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+  return _Training(net, optimizer, inner, scheduler, per_step, plateau, device, generator,
+                   train_x, train_y, val_x, val_y, mean, std)
+
+
+def _train_batches(run: _Training, config: ml_collections.ConfigDict,
+                   epoch: int) -> tuple[float, int, int]:
+  """The steps of one epoch, in `epoch_batch_indices` order; returns (loss sum, correct, seen)."""
+  loss_sum, correct, seen = 0.0, 0, 0
+  for indices in input_pipeline.epoch_batch_indices(
+      len(run.train_y), config.batch_size, seed=config.seed, epoch=epoch,
+      drop_remainder=config.drop_remainder):
+    index = torch.from_numpy(indices.astype(np.int64))
+    x, targets = augment(run.train_x[index], run.train_y[index], config.augment, run.mean,
+                         run.std, config.model.num_classes, run.generator)
+    x, targets = x.to(run.device), targets.to(run.device)
+    logits = run.net(x)
+    loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
+    run.optimizer.zero_grad()
+    loss.backward()
+    if config.optim.clip_mode == 'value':
+      torch.nn.utils.clip_grad_value_(run.net.parameters(), config.optim.clip)
+    elif config.optim.clip_mode == 'global_norm':
+      torch.nn.utils.clip_grad_norm_(run.net.parameters(), config.optim.clip)
+    run.optimizer.step()
+    if run.scheduler is not None and run.per_step:
+      run.scheduler.step()
+    loss_sum += float(loss.detach()) * len(indices)
+    correct += int((logits.argmax(1) == targets.argmax(1)).sum())
+    seen += len(indices)
+  return loss_sum, correct, seen
+
+
+def _epoch(run: _Training, config: ml_collections.ConfigDict, epoch: int,
+           start: float) -> tuple[dict, int, float]:
+  """Trains and (when due) evaluates one epoch; returns (its record, images, train seconds)."""
+  run.net.train()
+  epoch_start = time.perf_counter()
+  learning_rate = run.inner.param_groups[0]['lr']
+  loss_sum, correct, seen = _train_batches(run, config, epoch)
+  train_seconds = time.perf_counter() - epoch_start
+  record = {'epoch': epoch + 1, 'train_loss': loss_sum / seen, 'train_accuracy': correct / seen,
+            'learning_rate': learning_rate,
+            'epoch_seconds': time.perf_counter() - epoch_start}
+  if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
+    val = evaluate(run.net, run.val_x, run.val_y, config.eval_batch_size, run.mean, run.std,
+                   run.device)
+    record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
+    if run.plateau:
+      run.scheduler.step(val['loss'] if config.schedule.plateau_mode == 'min' else
+                         val['accuracy'])
+  if run.scheduler is not None and not run.per_step and not run.plateau:
+    run.scheduler.step()
+  record['elapsed_seconds'] = time.time() - start
+  print(f"torch epoch {epoch + 1}/{config.num_epochs}: loss {record['train_loss']:.4f}, "
+        f"validation accuracy {100 * record.get('val_accuracy', float('nan')):.2f}%",
+        flush=True)
+  return record, seen, train_seconds
+
+
+def _results(run: _Training, config: ml_collections.ConfigDict, splits, history: list[dict],
+             start: float, train_seconds: float, train_images: int) -> dict:
+  """The run's results (the JAX trainer's keys that apply), the test set scored where needed."""
+  scored = [r for r in history if 'val_accuracy' in r]
+  best = max(scored, key=lambda r: r['val_accuracy'])
+  val_is_test = config.data.validation == 'test'
+  test = (evaluate(run.net, *_as_tensors(splits.test_images, splits.test_labels),
+                   config.eval_batch_size, run.mean, run.std, run.device) if not val_is_test else
+          {'accuracy': scored[-1]['val_accuracy'], 'loss': scored[-1]['val_loss']})
+  device = run.device
+  return {
+      'framework': 'pytorch', 'model': config.model.name,
+      'parameters': sum(p.numel() for p in run.net.parameters()), 'epochs': config.num_epochs,
+      'final_val_accuracy': scored[-1]['val_accuracy'], 'best_val_accuracy': best['val_accuracy'],
+      'best_epoch': best['epoch'], 'final_test_accuracy': test['accuracy'],
+      'final_test_loss': test['loss'],
+      'best_test_accuracy': best['val_accuracy'] if val_is_test else None,
+      'wall_seconds': time.time() - start, 'train_seconds': train_seconds,
+      'images_per_second': train_images / max(train_seconds, 1e-9),
+      'device_kind': torch.cuda.get_device_name(device) if device.type == 'cuda' else
+                     (platform.processor() or platform.machine()),
+      'data_source': splits.source, 'seed': config.seed, 'versions': versions(),
+      'history': history,
+  }
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, splits=None,
                        device: str = 'auto', threads: int = 0) -> dict:
   """Trains config's system in PyTorch, evaluating every epoch; writes workdir/results.json.
@@ -217,89 +344,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, splits=N
   models.validate(config.model)
   if splits is None:
     splits = input_pipeline.load_splits(config.data, config.seed)
-  device = torch.device('cuda' if device == 'auto' and torch.cuda.is_available() else
-                        'cpu' if device == 'auto' else device)
-  if threads:
-    torch.set_num_threads(threads)
-  torch.manual_seed(config.seed)
-  generator = torch.Generator().manual_seed(config.seed)
-  net = torch_models.TorchResNet(config.model, config.data.image_size)
-  torch_models.initialise(net, config.model.init)
-  net.to(device)
-  optimizer = make_optimizer(config, net)
-  inner = getattr(optimizer, 'optimizer', optimizer)
-  train_x, train_y = _as_tensors(splits.train_images, splits.train_labels)
-  val_x, val_y = _as_tensors(splits.val_images, splits.val_labels)
-  mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
-  std = torch.tensor(splits.std).view(1, -1, 1, 1)
-  n = len(train_y)
-  steps_per_epoch = input_pipeline.steps_per_epoch(n, config.batch_size, config.drop_remainder)
-  scheduler, per_step = make_scheduler(config, inner, steps_per_epoch)
-  plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+  run = _set_up(config, splits, device, threads)
   history, train_seconds, train_images = [], 0.0, 0
   for epoch in range(config.num_epochs):
-    net.train()
-    epoch_start = time.perf_counter()
-    learning_rate = inner.param_groups[0]['lr']
-    loss_sum, correct, seen = 0.0, 0, 0
-    for indices in input_pipeline.epoch_batch_indices(
-        n, config.batch_size, seed=config.seed, epoch=epoch,
-        drop_remainder=config.drop_remainder):
-      index = torch.from_numpy(indices.astype(np.int64))
-      x, targets = augment(train_x[index], train_y[index], config.augment, mean, std,
-                           config.model.num_classes, generator)
-      x, targets = x.to(device), targets.to(device)
-      logits = net(x)
-      loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
-      optimizer.zero_grad()
-      loss.backward()
-      if config.optim.clip_mode == 'value':
-        torch.nn.utils.clip_grad_value_(net.parameters(), config.optim.clip)
-      elif config.optim.clip_mode == 'global_norm':
-        torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.clip)
-      optimizer.step()
-      if scheduler is not None and per_step:
-        scheduler.step()
-      loss_sum += float(loss.detach()) * len(indices)
-      correct += int((logits.argmax(1) == targets.argmax(1)).sum())
-      seen += len(indices)
-    train_images += seen
-    train_seconds += time.perf_counter() - epoch_start
-    record = {'epoch': epoch + 1, 'train_loss': loss_sum / seen, 'train_accuracy': correct / seen,
-              'learning_rate': learning_rate,
-              'epoch_seconds': time.perf_counter() - epoch_start}
-    if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
-      val = evaluate(net, val_x, val_y, config.eval_batch_size, mean, std, device)
-      record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
-      if plateau:
-        scheduler.step(val['loss'] if config.schedule.plateau_mode == 'min' else val['accuracy'])
-    if scheduler is not None and not per_step and not plateau:
-      scheduler.step()
-    record['elapsed_seconds'] = time.time() - start
+    record, seen, seconds = _epoch(run, config, epoch, start)
     history.append(record)
-    print(f"torch epoch {epoch + 1}/{config.num_epochs}: loss {record['train_loss']:.4f}, "
-          f"validation accuracy {100 * record.get('val_accuracy', float('nan')):.2f}%",
-          flush=True)
-  scored = [r for r in history if 'val_accuracy' in r]
-  best = max(scored, key=lambda r: r['val_accuracy'])
-  val_is_test = config.data.validation == 'test'
-  test = (evaluate(net, *_as_tensors(splits.test_images, splits.test_labels),
-                   config.eval_batch_size, mean, std, device) if not val_is_test else
-          {'accuracy': scored[-1]['val_accuracy'], 'loss': scored[-1]['val_loss']})
-  results = {
-      'framework': 'pytorch', 'model': config.model.name,
-      'parameters': sum(p.numel() for p in net.parameters()), 'epochs': config.num_epochs,
-      'final_val_accuracy': scored[-1]['val_accuracy'], 'best_val_accuracy': best['val_accuracy'],
-      'best_epoch': best['epoch'], 'final_test_accuracy': test['accuracy'],
-      'final_test_loss': test['loss'],
-      'best_test_accuracy': best['val_accuracy'] if val_is_test else None,
-      'wall_seconds': time.time() - start, 'train_seconds': train_seconds,
-      'images_per_second': train_images / max(train_seconds, 1e-9),
-      'device_kind': torch.cuda.get_device_name(device) if device.type == 'cuda' else
-                     (platform.processor() or platform.machine()),
-      'data_source': splits.source, 'seed': config.seed, 'versions': versions(),
-      'history': history,
-  }
+    train_images += seen
+    train_seconds += seconds
+  results = _results(run, config, splits, history, start, train_seconds, train_images)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
     json.dump(results, f, indent=2)

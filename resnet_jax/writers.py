@@ -26,7 +26,7 @@ from absl import logging
 from etils import epath
 import numpy as np
 
-from resnet_jax import input_pipeline
+from resnet_jax import tf_host
 from resnet_jax.errors import UserError
 
 _SUMMARY_MODULE = 'clu.metric_writers.summary_writer'
@@ -82,8 +82,8 @@ def check_writable(path: epath.PathLike, flag: str, *, is_file: bool = False) ->
 
 def _summary_writer(logdir: str):
   """clu's TensorFlow summary writer where TensorFlow is installed, else the TensorFlow-free one."""
-  if input_pipeline.tf_importable():
-    input_pipeline.import_tensorflow()  # Hides its GPUs.
+  if tf_host.tf_importable():
+    tf_host.import_tensorflow()  # Hides its GPUs.
     from clu.metric_writers.tf import summary_writer  # pylint: disable=g-import-not-at-top
     return summary_writer.SummaryWriter(logdir)
   return TensorBoardWriter(logdir)
@@ -251,7 +251,7 @@ def tensorboard_dir(workdir: epath.PathLike) -> str:
   TensorFlow, through fsspec's (gcsfs for gs://); with neither, the events stay on this machine.
   """
   logdir = os.fspath(as_path(workdir) / TENSORBOARD_DIR)
-  tensorflow = input_pipeline.tf_importable()
+  tensorflow = tf_host.tf_importable()
   if not is_url(logdir) or tensorflow or _fsspec_can_open(logdir):
     return logdir
   local = tempfile.mkdtemp(prefix='resnet_jax_tensorboard_')

@@ -15,6 +15,7 @@ import pytest
 
 from resnet_jax import defaults
 from resnet_jax import runs
+from resnet_jax.errors import UserError
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # JAX's persistent compilation cache, shared by every test and the subprocesses they start: the
@@ -183,3 +184,24 @@ def smoke_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('smoke_run')
   config = smoke_config()
   return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def data_config(**overrides):
+  """config.data of the defaults, with overrides."""
+  cfg = defaults.base_config().data
+  cfg.update(overrides)
+  return cfg
+
+
+def assert_user_error(fn, *fragments):
+  """fn raises a one-line UserError whose message holds every fragment."""
+  with pytest.raises(UserError) as info:
+    fn()
+  message = str(info.value)
+  assert '\n' not in message
+  for fragment in fragments:
+    assert fragment in message
+
+
+def image_keys(images):
+  return {image.tobytes() for image in images}

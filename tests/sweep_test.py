@@ -13,6 +13,7 @@ import pytest
 
 from resnet_jax import models
 from resnet_jax import sweep
+from resnet_jax import sweep_report
 from resnet_jax import run_config
 from resnet_jax import train
 from resnet_jax.errors import UserError
@@ -72,7 +73,7 @@ def test_tiny_sweep_writes_table_and_plots(tiny_sweep):
     assert float(row['best_val_accuracy']) == results['best_val_accuracy']
     assert float(row['final_test_accuracy']) == results['final_test_accuracy']
     assert float(row['wall_seconds']) == results['wall_seconds']
-    epochs, accuracy = sweep.validation_curve(workdir / row['point'])
+    epochs, accuracy = sweep_report.validation_curve(workdir / row['point'])
     assert epochs == [1, 2] and max(accuracy) == results['best_val_accuracy']
   assert {row['parameters'] for row in table} == {'1754', '5266'}  # smoke model, 2 widths
   table_lines = [line for line in text.splitlines() if line.startswith('| 4x8') or
