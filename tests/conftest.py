@@ -1,6 +1,7 @@
 """Shared fixtures: the real CIFAR-10 images (JPEG copy in ../shared), skipped where absent."""
 
 import contextlib
+import importlib
 import os
 import pathlib
 import subprocess
@@ -94,6 +95,13 @@ def histogram_events(logdir) -> dict:
   return found
 
 
+def config_file(name: str, *args):
+  """configs/<name>.py's get_config(*args) (`--config=configs/<name>.py:arg` passes one arg)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.syspath_prepend(str(REPO))
+    return importlib.import_module(f'configs.{name}').get_config(*args)
+
+
 def tiny_config(data_dir, **overrides):
   """A two-layer ResNet (8 and 16 channels, 5,266 parameters) on the real-image subset."""
   config = defaults.base_config()
@@ -106,6 +114,11 @@ def tiny_config(data_dir, **overrides):
   config.eval_batch_size = 500
   config.log_every_steps = 1000
   config.write_plots = False
+  return override(config, **overrides)
+
+
+def override(config, **overrides):
+  """config with each dotted key set, as `--config.a.b=value` would: override(c, **{'a.b': 1})."""
   for key, value in overrides.items():
     section = config
     *parents, leaf = key.split('.')
