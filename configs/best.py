@@ -12,9 +12,5 @@ from resnet_jax import models
 def get_config():
   config = defaults.base_config()
   config.model = models.preset('best')
-  config.reference.system = 'seed 000 best model'
-  config.reference.paper_accuracy = 96.04
-  config.reference.pytorch_final = 92.38
-  config.reference.pytorch_best = 92.43
-  config.reference.pytorch_epoch_seconds = 4.5
+  config.reference.update(defaults.seed000_reference())
   return config

@@ -14,6 +14,7 @@ from resnet_jax import cli
 from resnet_jax import distributed
 from resnet_jax import errors
 from resnet_jax import models
+from resnet_jax import report
 from resnet_jax import train
 from resnet_jax import writers
 
@@ -28,6 +29,9 @@ def run(config, workdir: str) -> None:
   if not results.get('preempted'):
     logging.info('final test accuracy %.2f%%; report in %s/report.md',
                  100 * results['final_test_accuracy'], workdir)
+    timing = report.time_to_reference(results)
+    if timing:
+      logging.info('time to accuracy: %s', timing)
 
 
 def main(argv):

@@ -159,6 +159,35 @@ def _reference_percent(value: float) -> str:
   return f'{value:.2f}%' if value else '-'
 
 
+def _duration(seconds: float) -> str:
+  return f'~{seconds / 60:.0f} min' if seconds >= 120 else f'{seconds:.0f} s'
+
+
+def time_to_reference(results: dict) -> Optional[str]:
+  """Time-to-accuracy against the PyTorch reference, one sentence; None where not measured.
+
+  Measured where results hold `reference_reached` (the trainer sets it when validation is the
+  test set and `config.reference.pytorch_final` is known): the first epoch at or over it, or
+  None when no epoch got there.
+  """
+  reference = results.get('reference', {})
+  target = reference.get('pytorch_final', 0.0)
+  if not target or 'reference_reached' not in results:
+    return None
+  reached, epochs = results['reference_reached'], results.get('epochs', '?')
+  if reached is None:
+    best = results.get('best_val_accuracy')
+    at = f" at epoch {results.get('best_epoch')} of {epochs}" if best is not None else ''
+    return (f"Did not reach the PyTorch reference's {target:.2f}%: best {_percent(best)}{at} "
+            f'vs {target:.2f}%.')
+  seconds = reached.get('elapsed_seconds')
+  after = '' if seconds is None else f' after {seconds:.0f} s'
+  reference_seconds = reference.get('pytorch_seconds', 0.0)
+  against = f'; the reference: {_duration(reference_seconds)}' if reference_seconds else ''
+  return (f"Reached the PyTorch reference's {target:.2f}% at epoch {reached['epoch']} of "
+          f'{epochs}{after} (compile and evaluation included{against}).')
+
+
 def _training_figures(results: dict) -> list[str]:
   """The training run's speed figures that results holds (evaluate's results hold none)."""
   figures = []
@@ -185,6 +214,11 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
       f"train, {results.get('test_examples', '?')} test examples); "
       f"{results.get('device_count', '?')} x {results.get('device_kind', '?')}.",
       '',
+  ]
+  timing = time_to_reference(results)
+  if timing:
+    lines += [f'**Time to accuracy:** {timing}', '']
+  lines += [
       '| test accuracy | final | best |',
       '|---|---|---|',
       f"| this run | {_percent(results.get('final_test_accuracy'))} | "
@@ -206,11 +240,6 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
                          *_training_figures(results)]) + '.', '']
   if 'evaluated' in results:
     lines += [f"Scored {results['evaluated']} in {results.get('wall_seconds', 0):.0f} s.", '']
-  reached = results.get('reference_reached')
-  if reached and reached.get('elapsed_seconds') is not None:
-    lines += [f"Reached the PyTorch reference's final {reference['pytorch_final']:.2f}% at epoch "
-              f"{reached['epoch']}, {reached['elapsed_seconds']:.0f} s into the run (compile and "
-              'evaluation included).', '']
   if per_class:
     lines += ['| class | test accuracy |', '|---|---|']
     lines += [f'| {name} | {100 * value:.1f}% |' for name, value in per_class.items()]

@@ -301,14 +301,15 @@ class TrainLoop:
         'best_test_accuracy': best_test_accuracy,
         'wall_seconds': time.time() - clock.start,
         'elapsed_seconds': self.elapsed(),
-        # When validation (the test set) first scored the PyTorch reference's final accuracy.
-        'reference_reached': report.first_reaching(history, config.reference.pytorch_final / 100)
-                             if self.val_is_test and config.reference.pytorch_final else None,
         'compile_seconds': clock.compile_seconds,
         'train_seconds': clock.train_seconds,
         'eval_seconds': clock.eval_seconds,
         'images_per_second': clock.images_per_second,
     }
+    if self.val_is_test and config.reference.pytorch_final:
+      # When validation (the test set) first scored the PyTorch reference's final accuracy.
+      results['reference_reached'] = report.first_reaching(
+          history, config.reference.pytorch_final / 100)
     if jax.process_index() == 0:
       report.write_report(writers.as_path(run.workdir), results, history,
                           report.confusion_matrix(splits.test_labels, predictions,

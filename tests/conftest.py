@@ -1,6 +1,7 @@
 """Shared fixtures: the real CIFAR-10 images (JPEG copy in ../shared), skipped where absent."""
 
 import contextlib
+import importlib
 import os
 import pathlib
 import subprocess
@@ -104,6 +105,13 @@ def histogram_events(logdir) -> dict:
           continue
         found.setdefault(value.tag, []).append((event.step, int(count)))
   return found
+
+
+def config_file(name: str, *args):
+  """configs/<name>.py's get_config(*args) (`--config=configs/<name>.py:arg` passes one arg)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.syspath_prepend(str(REPO))
+    return importlib.import_module(f'configs.{name}').get_config(*args)
 
 
 def tiny_config(data_dir, **overrides):

@@ -1,6 +1,8 @@
-"""The command line: every user mistake ends with one clear line on stderr and a non-zero status."""
+"""The command line: every user mistake ends with one clear line on stderr and a non-zero status;
+a finished run ends with its accuracy and its time to the reference's."""
 
 import concurrent.futures
+import logging
 import os
 import pathlib
 import signal
@@ -8,6 +10,11 @@ import subprocess
 import sys
 
 import pytest
+
+from resnet_jax import defaults
+from resnet_jax import distributed
+from resnet_jax import main
+from resnet_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = f"--config={REPO / 'configs' / 'smoke.py'}"
@@ -102,3 +109,23 @@ def test_ctrl_c_during_compilation_saves_and_exits_130(cifar_batches_dir, tmp_pa
   assert 'Ctrl-C: stopping after the call in flight and saving a checkpoint' in err
   assert 'Ctrl-C: saved a checkpoint at epoch 1' in out
   assert any((tmp_path / 'checkpoints' / 'latest').iterdir())
+
+
+@pytest.mark.parametrize('reached,expected', [
+    ({'epoch': 30, 'elapsed_seconds': 41.0},
+     "time to accuracy: Reached the PyTorch reference's 92.38% at epoch 30 of 32 after 41 s "
+     '(compile and evaluation included; the reference: ~15 min).'),
+    (None, "time to accuracy: Did not reach the PyTorch reference's 92.38%: best 92.10% at epoch "
+           '31 of 32 vs 92.38%.'),
+])
+def test_the_last_lines_give_accuracy_then_time_to_accuracy(monkeypatch, caplog, tmp_path,
+                                                              reached, expected):
+  results = {'final_test_accuracy': 0.9205, 'epochs': 32, 'best_val_accuracy': 0.921,
+             'best_epoch': 31, 'reference': defaults.seed000_reference().to_dict(),
+             'reference_reached': reached}
+  monkeypatch.setattr(train, 'train_and_evaluate', lambda config, workdir: results)
+  monkeypatch.setattr(distributed, 'initialize_from_env', lambda: None)
+  caplog.set_level(logging.INFO)
+  main.run(defaults.base_config(), str(tmp_path))
+  assert [r.getMessage() for r in caplog.records][-2:] == [
+      f'final test accuracy 92.05%; report in {tmp_path}/report.md', expected]

@@ -111,9 +111,28 @@ def test_first_reaching_is_the_first_epoch_at_or_over_the_accuracy():
   assert report.first_reaching(history, 0.96) is None
 
 
-def test_report_says_when_the_reference_accuracy_was_reached(tmp_path):
+@pytest.mark.parametrize('reached,line', [
+    ({'epoch': 150, 'elapsed_seconds': 183.4},
+     "Reached the PyTorch reference's 92.38% at epoch 150 of 2 after 183 s (compile and "
+     'evaluation included; the reference: ~15 min).'),
+    (None, "Did not reach the PyTorch reference's 92.38%: best 55.00% at epoch 1 of 2 vs 92.38%."),
+])
+def test_report_says_first_whether_and_when_the_reference_accuracy_was_reached(tmp_path, reached,
+                                                                             line):
   results, history, confusion = run_figures()
-  results['reference_reached'] = {'epoch': 150, 'elapsed_seconds': 183.4}
+  results['reference'] = dict(REFERENCE, pytorch_seconds=900.0)
+  results['reference_reached'] = reached
   report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
-  assert ("Reached the PyTorch reference's final 92.38% at epoch 150, 183 s into the run"
-          in (tmp_path / 'report.md').read_text())
+  assert report.time_to_reference(results) == line
+  # Near the top: right after the run's summary, before the accuracy table.
+  assert (tmp_path / 'report.md').read_text().splitlines()[4] == f'**Time to accuracy:** {line}'
+
+
+def test_no_time_to_accuracy_where_it_was_not_measured(tmp_path):
+  results, history, confusion = run_figures()  # No reference_reached: validation was no test.
+  assert report.time_to_reference(results) is None
+  results['reference_reached'] = None
+  results['reference'] = dict(REFERENCE, pytorch_final=0.0)  # No reference accuracy known.
+  assert report.time_to_reference(results) is None
+  report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
+  assert 'Time to accuracy' not in (tmp_path / 'report.md').read_text()

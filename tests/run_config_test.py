@@ -1,7 +1,6 @@
 """run_config: the config a run was trained with, from its config.json, and a --config checked
 against it."""
 
-import importlib
 import json
 import pathlib
 
@@ -11,16 +10,10 @@ from resnet_jax import defaults
 from resnet_jax import run_config
 from resnet_jax.errors import UserError
 
-from conftest import fake_bucket  # pylint: disable=g-bad-import-order
+from conftest import config_file, fake_bucket  # pylint: disable=g-bad-import-order
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_FILES = sorted(path.stem for path in (REPO / 'configs').glob('*.py'))
-
-
-def config_file(name: str):
-  with pytest.MonkeyPatch.context() as patch:
-    patch.syspath_prepend(str(REPO))
-    return importlib.import_module(f'configs.{name}').get_config()
 
 
 def leaves(tree: dict, prefix: str = '') -> dict:
