@@ -39,7 +39,6 @@ from resnet_jax import run_config
 from resnet_jax import runs
 from resnet_jax import workdir_lock
 from resnet_jax import writers
-from resnet_jax.errors import UserError
 
 GRADCAM_FILE = 'gradcam.png'
 SUMMARY_FILE = 'summary.txt'
@@ -80,8 +79,6 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
   Raises:
     UserError: no checkpoint, a checkpoint of another config, unknown layers, missing data.
   """
-  if num_images < 1:
-    raise UserError(f'--num_images={num_images} must be at least 1')
   gradcam.check_grid_images(num_images)
   run = runs.setup_run(config, workdir)
   state, _ = runs.restore(run, checkpoint)

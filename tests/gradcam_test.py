@@ -16,6 +16,8 @@ from resnet_jax import models
 from resnet_jax import writers
 from resnet_jax.errors import UserError
 
+from conftest import histogram_events  # pylint: disable=g-bad-import-order
+
 SIZE = 16    # image side; quadrants are 8x8
 PATCH = 4    # the patch whose colour is the class
 COLOURS = np.array([[2.5, -1.0, -1.0], [-1.0, 2.5, -1.0]], np.float32)  # class 0 red, 1 green
