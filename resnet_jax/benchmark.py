@@ -1,199 +1,252 @@
-"""Training and evaluation throughput of a config, the way the training command runs it.
+"""Training throughput of a config and of its variants, in one table and one JSON.
 
     python -m resnet_jax.benchmark --config configs/best.py --output bench.json
+    python -m resnet_jax.benchmark --config configs/best.py \
+        --variants configs/benchmarks/gpu_variants.py --output bench.json
 
-For each batch size and compute dtype: compile time; steady-state training throughput end to end
-on the device-resident path (batch gather, augmentation and mixup as the config sets them, forward,
-backward, the optax chain with Lookahead, several steps per compiled call); evaluation throughput;
-FLOPs per training image counted by XLA and the model FLOPs utilisation they give against the
-device's peak; and the device memory the compiled training call needs. The steps per call are
-the training plan's. Prints a table and writes JSON.
+Each variant (`resnet_jax.variants`; the config alone without --variants) is measured
+(`throughput.measure`) at each batch size and compute dtype of the grid; the first variant also
+counts FLOPs (which give every row its model FLOPs utilisation) and times evaluation. Variants
+that set environment variables (XLA_FLAGS take effect only in a fresh process) run first, each
+in a fresh process of this command restricted to it, before this process takes the device; the
+others run here; a PyTorch baseline of the same model (`torch_baseline`) last, where torch is
+importable. The JSON is rewritten after every variant, so that a run cut short keeps what it
+measured; the fastest JAX row of each batch size and dtype is marked, and each PyTorch row
+shows that row's speed-up over it. `--check_numerics` instead trains one epoch of each variant
+on this machine against the config alone (`variants.check_numerics`).
 """
 
 import dataclasses
 import functools
 import json
-import time
-from typing import Optional, Sequence
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 
 from resnet_jax import cli
 from resnet_jax import errors
-from resnet_jax import evaluator
-from resnet_jax import feed
 from resnet_jax import input_pipeline
 from resnet_jax import report
-from resnet_jax import runs
+from resnet_jax import throughput
+from resnet_jax import torch_baseline
+from resnet_jax import variants as variants_lib
 from resnet_jax import writers
+from resnet_jax.throughput import Measurement
 
-# Dense peak FLOP/s by device kind and compute dtype (vendor datasheets; float32 on NVIDIA GPUs
-# means TF32 tensor cores, which XLA uses for float32 convolutions by default).
-PEAK_FLOPS = {
-    'NVIDIA H100 80GB HBM3': {'bfloat16': 989e12, 'float32': 494e12},
-    'NVIDIA H100': {'bfloat16': 989e12, 'float32': 494e12},
-    'NVIDIA H200': {'bfloat16': 989e12, 'float32': 494e12},
-    'NVIDIA A100-SXM4-80GB': {'bfloat16': 312e12, 'float32': 156e12},
-    'NVIDIA A100-SXM4-40GB': {'bfloat16': 312e12, 'float32': 156e12},
-    'TPU v4': {'bfloat16': 275e12, 'float32': 275e12},
-    'TPU v5 lite': {'bfloat16': 197e12, 'float32': 197e12},
-    'TPU v5': {'bfloat16': 459e12, 'float32': 459e12},
-    'TPU v6 lite': {'bfloat16': 918e12, 'float32': 918e12},
-}
+# What the JSON says of the devices measured.
+DEVICE_KEYS = ('device_kind', 'platform', 'device_count')
 
 
-@dataclasses.dataclass
-class Measurement:
-  batch_size: int
-  dtype: str
-  steps_per_call: int
-  compile_seconds: float
-  train_images_per_second: float
-  eval_images_per_second: float
-  train_gflop_per_image: Optional[float]
-  mfu: Optional[float]
-  memory_gib: Optional[float]
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What a benchmark run measures.
 
-
-def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
-  return PEAK_FLOPS.get(device_kind, {}).get(dtype)
-
-
-def _flops(compiled) -> Optional[float]:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
-    analysis = analysis[0] if analysis else None
-  flops = (analysis or {}).get('flops')
-  return float(flops) if flops and flops > 0 else None
-
-
-def memory_gib(compiled) -> Optional[float]:
-  """Device memory a compiled call needs: arguments, outputs and temporaries, less donated buffers.
-
-  From XLA's memory analysis of the executable, so each configuration gets its own figure (the
-  runtime's peak_bytes_in_use counter never resets: it would report the largest so far).
+  Attributes:
+    batch_sizes, dtypes: the grid every variant is measured on (a variant overriding
+      batch_size or model.dtype is measured once per distinct pair it gives).
+    calls: timed calls after two warm-up calls.
+    variants: in their file's order; the first also counts FLOPs and times evaluation.
+    extras: False: no variant counts FLOPs or times evaluation (the parent run does).
+    env_applied: the variants' environment is this process's already (a child run).
+    torch_steps: PyTorch steps timed per mode (0: no PyTorch baseline).
+    torch_modes: torch_baseline's modes.
+    argv: the command line a child run repeats (with its own flags after it).
   """
-  stats = compiled.memory_analysis()
-  if isinstance(stats, (list, tuple)):  # older jax: one per computation
-    stats = stats[0] if stats else None
-  if stats is None:
-    return None
-  used = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-          - getattr(stats, 'alias_size_in_bytes', 0))
-  return used / 2**30
+  batch_sizes: Sequence[int] = (128, 512)
+  dtypes: Sequence[str] = ('float32', 'bfloat16')
+  calls: int = 5
+  variants: Sequence[variants_lib.Variant] = (variants_lib.DEFAULT,)
+  extras: bool = True
+  env_applied: bool = False
+  torch_steps: int = 0
+  torch_modes: Sequence[str] = (torch_baseline.EAGER, torch_baseline.COMPILED)
+  argv: Sequence[str] = ()
 
 
-def _timed(fn, repeats: int) -> float:
-  """Seconds for `repeats` calls of fn, which returns something to block on."""
-  start = time.perf_counter()
-  out = None
-  for _ in range(repeats):
-    out = fn()
-  jax.block_until_ready(out)
-  return time.perf_counter() - start
+def grid_configs(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
+                 options: Options) -> list[ml_collections.ConfigDict]:
+  """The variant's configs on the grid: one per distinct (dtype, batch size) it gives."""
+  configs, seen = [], set()
+  for dtype in options.dtypes:
+    for batch_size in options.batch_sizes:
+      cell = config.copy_and_resolve_references()
+      cell.batch_size, cell.model.dtype = batch_size, dtype
+      cell = variants_lib.apply(cell, variant)
+      if (cell.model.dtype, cell.batch_size) not in seen:
+        seen.add((cell.model.dtype, cell.batch_size))
+        configs.append(cell)
+  return configs
 
 
-def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_calls: int = 2,
-            eval_repeats: int = 3) -> Measurement:
-  """Measures one configuration as training runs it.
+def _failed(config: ml_collections.ConfigDict, name: str, error: str) -> Measurement:
+  return Measurement(config.batch_size, config.model.dtype, config.steps_per_call, None, None,
+                     None, None, None, None, variant=name, error=error)
 
-  Batch size, dtype and steps per compiled call are config.batch_size, config.model.dtype and
-  the training plan's (`feed.epoch_plan`: config.steps_per_call, 0 = as training picks it).
-  Timed is the first call of an epoch, the training set on the devices.
+
+def measure_variant(config: ml_collections.ConfigDict, splits, variant: variants_lib.Variant,
+                    options: Options, extras: bool) -> list[Measurement]:
+  """The variant's rows in this process; a failure other than a user's mistake is its row's."""
+  rows = []
+  for cell in grid_configs(config, variant, options):
+    try:
+      row = throughput.measure(cell, splits, calls=options.calls,
+                               eval_repeats=3 if extras else 0, count_flops=extras)
+      rows.append(dataclasses.replace(row, variant=variant.name))
+    except errors.UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the next runs.
+      rows.append(_failed(cell, variant.name, cli.one_line(e)))
+    logging.info('%s', rows[-1])
+  return rows
+
+
+def run_child(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
+              options: Options, extras: bool) -> tuple[list[Measurement], Optional[dict]]:
+  """The variant's rows and device (`device_info`), measured by this command in a fresh
+  process with the variant's environment; on its failure, rows saying so and no device."""
+  with tempfile.TemporaryDirectory() as folder:
+    output = os.path.join(folder, 'child.json')
+    command = [sys.executable, '-m', 'resnet_jax.benchmark', *options.argv,
+               f'--only_variants={variant.name}', '--env_applied', f'--extras={extras}',
+               '--torch_steps=0', f'--output={output}']
+    result = subprocess.run(command, env=variants_lib.environment(variant, os.environ),
+                            capture_output=True, text=True, check=False)
+    if result.returncode == 0:
+      with open(output, encoding='utf-8') as f:
+        written = json.load(f)
+      return ([Measurement(**row) for row in written['results']],
+              {key: written[key] for key in DEVICE_KEYS})
+  lines = result.stderr.strip().splitlines() or [f'exit status {result.returncode}']
+  logging.warning('variant %s failed:\n%s', variant.name, '\n'.join(lines[-20:]))
+  error = f'its process failed: {lines[-1][:300]}'
+  return [_failed(cell, variant.name, error)
+          for cell in grid_configs(config, variant, options)], None
+
+
+def torch_rows(config: ml_collections.ConfigDict, options: Options,
+               groups: Sequence[tuple[str, int]]) -> list[Measurement]:
+  """The PyTorch baseline at each (dtype, batch size) the JAX rows have."""
+  rows = []
+  for dtype, batch_size in groups:
+    cell = config.copy_and_resolve_references()
+    cell.batch_size, cell.model.dtype = batch_size, dtype
+    for r in torch_baseline.torch_baseline(cell, batch_size, dtype, steps=options.torch_steps,
+                                           modes=options.torch_modes):
+      rows.append(Measurement(batch_size, dtype, 1, r.compile_seconds, r.images_per_second,
+                              None, None, None, r.memory_gib, variant=f'pytorch {r.mode}',
+                              placement='synthetic', framework='torch', error=r.error))
+  return rows
+
+
+def finish(rows: Sequence[Measurement], device_kind: str,
+           device_count: int) -> list[Measurement]:
+  """Rows ordered by dtype and batch size, FLOPs and MFU filled in, the fastest marked.
+
+  A group's FLOPs per image are those its first variant counted: the model's FLOPs, which
+  variants do not change (MFU is the model's FLOPs over the time taken).
   """
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.data.placement = 'device'
-  run = runs.setup_run(config, workdir='', splits=splits)
-  mesh, ctx, plan = run.mesh, run.ctx, run.plan
-  batch_sharding = feed.batch_sharded(mesh)
-  _, steps, batch_size = plan.calls(0)[0]
+  finished = []
+  groups = sorted({(r.dtype, r.batch_size) for r in rows},
+                  key=lambda g: (g[0] != 'float32', g[1]))
+  for dtype, batch_size in groups:
+    group = [r for r in rows if (r.dtype, r.batch_size) == (dtype, batch_size)]
+    jax_rows = [r for r in group if r.framework == 'jax' and r.train_images_per_second]
+    gflop = next((r.train_gflop_per_image for r in jax_rows if r.train_gflop_per_image), None)
+    peak = throughput.peak_flops(device_kind, dtype)
+    best = max((r.train_images_per_second for r in jax_rows), default=None)
+    for r in group:
+      rate = r.train_images_per_second
+      if r.framework == 'jax':
+        r = dataclasses.replace(
+            r, train_gflop_per_image=gflop if rate else None,
+            mfu=gflop * 1e9 * rate / (peak * device_count) if gflop and rate and peak else None,
+            fastest=rate is not None and rate == best)
+      elif rate and best:
+        r = dataclasses.replace(r, speedup=best / rate)
+      finished.append(r)
+  return finished
 
-  state = feed.initial_state(ctx, config.data.image_size, mesh)
-  train_images, train_labels = feed.put_train_set(splits.train_images, splits.train_labels, mesh)
-  batches = np.stack(plan.epoch_batches(epoch=0)[:steps])
-  indices = feed.put_global(batches.astype(np.int32), batch_sharding)
 
-  run_steps = feed.jit_train_steps(ctx, mesh, resident=True)
-  start = time.perf_counter()
-  compiled = run_steps.lower(state, indices, train_images, train_labels).compile()
-  compile_seconds = time.perf_counter() - start
-  # XLA's cost analysis counts a loop body once, whatever its trip count, so a call of several
-  # steps (a lax.scan off the CPU) would count one of them: the FLOPs are a one-step call's.
-  one_step = compiled if steps == 1 else run_steps.lower(
-      state, feed.put_global(batches[:1].astype(np.int32), batch_sharding), train_images,
-      train_labels).compile()
-  flops_per_step = _flops(one_step)
-
-  holder = {'state': state}
-
-  def one_call():
-    holder['state'], result = compiled(holder['state'], indices, train_images, train_labels)
-    return result
-
-  _timed(one_call, warmup_calls)
-  train_rate = calls * steps * batch_size / _timed(one_call, calls)
-
-  eval_set = evaluator.make_eval_set(splits.test_images, splits.test_labels,
-                                     config.eval_batch_size, mesh)
-  variables = holder['state'].eval_variables()
-  evaluate_compiled = evaluator.compile_evaluate(ctx, mesh).lower(
-      variables, *eval_set.arrays()).compile()
-  call_eval = lambda: evaluate_compiled(variables, *eval_set.arrays())
-  _timed(call_eval, 1)
-  eval_rate = eval_repeats * eval_set.size / _timed(call_eval, eval_repeats)
-
-  gflop_per_image = None if flops_per_step is None else flops_per_step / batch_size / 1e9
-  peak = peak_flops(jax.devices()[0].device_kind, config.model.dtype)
-  mfu = None
-  if gflop_per_image is not None and peak:
-    mfu = gflop_per_image * 1e9 * train_rate / (peak * jax.device_count())
-  return Measurement(batch_size=batch_size, dtype=config.model.dtype, steps_per_call=steps,
-                     compile_seconds=compile_seconds, train_images_per_second=train_rate,
-                     eval_images_per_second=eval_rate, train_gflop_per_image=gflop_per_image,
-                     mfu=mfu, memory_gib=memory_gib(compiled))
+def _note(r: Measurement) -> str:
+  if r.error:
+    return f'error: {r.error}'
+  if r.speedup:
+    return f'fastest JAX is {r.speedup:.2f}x this'
+  return '**fastest**' if r.fastest else ''
 
 
 def format_table(rows: Sequence[Measurement]) -> str:
-  header = ('| batch | dtype | steps/call | compile s | train img/s | eval img/s '
-            '| GFLOP/img | MFU | memory GiB |')
-  lines = [header, '|' + '---|' * 9]
+  header = ('| variant | batch | dtype | steps/call | placement | compile s | train img/s '
+            '| eval img/s | GFLOP/img | MFU | memory GiB | note |')
+  lines = [header, '|' + '---|' * 12]
   fmt = lambda value, spec: '-' if value is None else format(value, spec)
   for r in rows:
     lines.append(
-        f'| {r.batch_size} | {r.dtype} | {r.steps_per_call} | {r.compile_seconds:.1f} | '
-        f'{r.train_images_per_second:,.0f} | {r.eval_images_per_second:,.0f} | '
-        f'{fmt(r.train_gflop_per_image, ".2f")} | {fmt(r.mfu, ".1%")} | '
-        f'{fmt(r.memory_gib, ".2f")} |')
+        f'| {r.variant} | {r.batch_size} | {r.dtype} | {r.steps_per_call} | {r.placement} | '
+        f'{fmt(r.compile_seconds, ".1f")} | {fmt(r.train_images_per_second, ",.0f")} | '
+        f'{fmt(r.eval_images_per_second, ",.0f")} | {fmt(r.train_gflop_per_image, ".2f")} | '
+        f'{fmt(r.mfu, ".1%")} | {fmt(r.memory_gib, ".2f")} | {_note(r)} |')
   return '\n'.join(lines)
 
 
-def run_benchmark(config: ml_collections.ConfigDict, batch_sizes: Sequence[int],
-                  dtypes: Sequence[str], calls: int) -> dict:
-  """Measures every (batch size, dtype) pair; returns what the JSON file holds."""
-  splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
-  rows = []
-  for dtype in dtypes:
-    for batch_size in batch_sizes:
-      variant = config.copy_and_resolve_references()
-      variant.batch_size = batch_size
-      variant.model.dtype = dtype
-      rows.append(measure(variant, splits, calls=calls))
-      logging.info('%s', rows[-1])
+def device_info() -> dict:
+  """This process's devices (starts its backend: on a GPU, takes most of its memory)."""
   device = jax.devices()[0]
+  return {'device_kind': device.device_kind, 'platform': device.platform,
+          'device_count': jax.device_count()}
+
+
+def run_benchmark(config: ml_collections.ConfigDict, options: Options,
+                  write: Callable[[dict], None] = lambda result: None) -> dict:
+  """Measures every variant on the grid, then the PyTorch baseline; returns the JSON's dict.
+
+  `write` receives the result so far after every variant.
+  """
+  splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
+  for variant in options.variants:  # A mistake in any variant stops the run before it starts.
+    grid_configs(config, variant, options)
+  order = {v.name: i for i, v in enumerate(options.variants)}
+  in_child = lambda v: bool(v.env) and not options.env_applied
+  rows, device = [], None
+  # Children first: they would share the device with this process once it has measured.
+  for variant in sorted(options.variants, key=lambda v: not in_child(v)):
+    extras = options.extras and order[variant.name] == 0
+    if in_child(variant):
+      measured, child_device = run_child(config, variant, options, extras)
+      device = device or child_device
+    else:
+      measured, device = measure_variant(config, splits, variant, options, extras), device_info()
+    rows = sorted(rows + measured, key=lambda r: order[r.variant])
+    write(_result(config, splits, options, rows, device))
+  if options.torch_steps and torch_baseline.unavailable():
+    logging.warning('no PyTorch baseline: %s', torch_baseline.unavailable())
+  elif options.torch_steps:
+    rows += torch_rows(config, options, sorted({(r.dtype, r.batch_size) for r in rows}))
+  result = _result(config, splits, options, rows, device or device_info())
+  write(result)
+  return result
+
+
+def _result(config: ml_collections.ConfigDict, splits, options: Options,
+            rows: Sequence[Measurement], device: Optional[dict]) -> dict:
+  device = device or dict.fromkeys(DEVICE_KEYS)  # Only children so far, each failed.
+  rows = finish(rows, device['device_kind'], device['device_count'] or 1)
   return {
       'model': config.model.name,
       'data_source': splits.source,
-      'device_kind': device.device_kind,
-      'platform': device.platform,
-      'device_count': jax.device_count(),
+      **device,
       'versions': report.versions(),
+      'torch_version': torch_baseline.version(),
       'augment': config.augment.to_dict(),
+      'variants': [dataclasses.asdict(v) for v in options.variants],
       'results': [dataclasses.asdict(r) for r in rows],
       'table': format_table(rows),
   }
@@ -206,6 +259,42 @@ _STEPS_PER_CALL = flags.DEFINE_integer(
     'as training picks them for this config and data size.')
 _CALLS = flags.DEFINE_integer('calls', 5, 'Timed calls after two warm-up calls.')
 _OUTPUT = flags.DEFINE_string('output', 'benchmark.json', 'Where the JSON goes.')
+_VARIANTS = flags.DEFINE_string(
+    'variants', '', 'A variants file (configs/benchmarks/*.py); empty: the config alone.')
+_ONLY_VARIANTS = flags.DEFINE_list('only_variants', [], 'Measure only these variants.')
+_CHECK_NUMERICS = flags.DEFINE_bool(
+    'check_numerics', False, 'Instead of timing: train one epoch of each variant here and '
+    'compare it with the config alone (use a small config, e.g. configs/smoke.py).')
+_TORCH_STEPS = flags.DEFINE_integer(
+    'torch_steps', 20, 'PyTorch baseline steps timed per mode, where torch is importable; 0: '
+    'no baseline.')
+_TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
+_EXTRAS = flags.DEFINE_bool(
+    'extras', True, 'Count FLOPs and time evaluation (each another compile) on the first variant.')
+_ENV_APPLIED = flags.DEFINE_bool(
+    'env_applied', False, "Internal: the variants' environment is this process's already.")
+
+
+def _check_numerics(config, variants: Sequence[variants_lib.Variant]) -> None:
+  """Prints the numerics checks; UserError naming the variants that failed."""
+  flag_error = variants_lib.unknown_xla_flags(variants)
+  if flag_error:
+    raise errors.UserError(f'an XLA flag of the variants is unknown to this jax: {flag_error}')
+  splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
+  checks = variants_lib.check_numerics(config, splits, variants, _DTYPES.value)
+  print(variants_lib.format_checks(checks))
+  with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
+    json.dump([dataclasses.asdict(c) for c in checks], f, indent=2)
+  failed = sorted({c.variant for c in checks if c.passed is False})
+  if failed:
+    raise errors.UserError(f"variants train other numbers than the config alone: "
+                           f"{', '.join(failed)}")
+  print(f'wrote {_OUTPUT.value}')
+
+
+def _write(result: dict) -> None:
+  with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=2)
 
 
 def _main(argv):
@@ -218,9 +307,17 @@ def _main(argv):
     raise errors.UserError(f'--batch_sizes must be integers, e.g. 128,512 ({e})') from e
   if _STEPS_PER_CALL.value:
     config.steps_per_call = _STEPS_PER_CALL.value
-  result = run_benchmark(config, batch_sizes, _DTYPES.value, _CALLS.value)
-  with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
-    json.dump(result, f, indent=2)
+  listed = (variants_lib.load_variants(_VARIANTS.value) if _VARIANTS.value
+            else [variants_lib.DEFAULT])
+  selected = variants_lib.select(listed, _ONLY_VARIANTS.value)
+  if _CHECK_NUMERICS.value:
+    _check_numerics(config, selected)
+    return
+  modes = (torch_baseline.EAGER,) + ((torch_baseline.COMPILED,) if _TORCH_COMPILE.value else ())
+  options = Options(batch_sizes=batch_sizes, dtypes=_DTYPES.value, calls=_CALLS.value,
+                    variants=selected, extras=_EXTRAS.value, env_applied=_ENV_APPLIED.value,
+                    torch_steps=_TORCH_STEPS.value, torch_modes=modes, argv=sys.argv[1:])
+  result = run_benchmark(config, options, write=_write)
   print(f'{result["model"]} on {result["device_count"]} x {result["device_kind"]} '
         f'({result["data_source"]})')
   print(result['table'])

@@ -38,6 +38,8 @@ def model_config(**overrides) -> config_dict.ConfigDict:
                                   # | preact_kuangliu (kuangliu/pytorch-cifar's PreActBlock)
       num_classes=10,
       dtype='float32',            # compute dtype: float32 | bfloat16 (parameters stay float32)
+      bn_dtype='float32',         # BatchNorm's normalisation arithmetic: float32 | compute (in
+                                  # `dtype`); its statistics and parameters are float32 either way
       param_budget=5_000_000,     # a larger model stops before compiling; raise it on purpose
   ))
   cfg.update(overrides)

@@ -32,6 +32,7 @@ INITS = ('pytorch', 'he', 'xavier', 'normal', 'orthogonal')
 BLOCK_ORDERS = ('original', 'preact', 'bn_after_add', 'preact_kuangliu')
 PREACT_ORDERS = ('preact', 'preact_kuangliu')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+BN_DTYPES = ('float32', 'compute')
 LAYER_KEYS = ('num_blocks', 'channels', 'kernel_sizes', 'shortcut_kernel_sizes')
 
 
@@ -135,11 +136,13 @@ class BatchNorm(nn.Module):
 
   Normalises with the biased batch variance and updates `var` with the unbiased one, as PyTorch
   does. Statistics are plain means over every axis but the last; under a data-parallel jit XLA
-  makes them global over the batch. Statistics and parameters are float32 whatever `dtype` is.
+  makes them global over the batch. Statistics and parameters are float32 whatever `dtype` is;
+  the normalisation itself runs in `arithmetic_dtype` (config.model.bn_dtype).
   """
   momentum: float = 0.1
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  arithmetic_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -148,13 +151,13 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
     running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
-    x = x.astype(jnp.float32)
+    x32 = x.astype(jnp.float32)
     if train:
       axes = tuple(range(x.ndim - 1))
       # One pass over x (E[x^2] - E[x]^2, as flax.linen.BatchNorm does by default): the two
       # reductions fuse into one read, where the centred form reads x twice.
-      mean = jnp.mean(x, axes)
-      var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
+      mean = jnp.mean(x32, axes)
+      var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0.0)
       if not self.is_initializing():
         count = x.size // features
         unbiased_var = var * (count / max(count - 1, 1))
@@ -162,7 +165,9 @@ class BatchNorm(nn.Module):
         running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased_var
     else:
       mean, var = running_mean.value, running_var.value
-    y = (x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+    a = self.arithmetic_dtype
+    y = ((x.astype(a) - mean.astype(a)) * (scale * jax.lax.rsqrt(var + self.epsilon)).astype(a)
+         + bias.astype(a))
     return y.astype(self.dtype)
 
 
@@ -203,10 +208,12 @@ class ResidualBlock(nn.Module):
   se_reduction: int = 0
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  bn_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = lambda i, h: BatchNorm(dtype=self.dtype, name=f'bn{i}')(h, train)
+    norm = functools.partial(BatchNorm, dtype=self.dtype, arithmetic_dtype=self.bn_dtype)
+    bn = lambda i, h: norm(name=f'bn{i}')(h, train)
     preact = self.block_order in PREACT_ORDERS
     last = len(self.convs)
     h = x
@@ -233,7 +240,7 @@ class ResidualBlock(nn.Module):
       shortcut = conv(h.shape[-1], self.shortcut_kernel_size, self.weight_init, self.dtype,
                       'shortcut_conv', stride=stride)(activated if kuangliu else x)
       if not kuangliu:
-        shortcut = BatchNorm(dtype=self.dtype, name='shortcut_bn')(shortcut, train)
+        shortcut = norm(name='shortcut_bn')(shortcut, train)
     h = h + shortcut
     if preact:
       return h
@@ -269,6 +276,7 @@ class ResNet(nn.Module):
   block_order: str = 'original'
   num_classes: int = 10
   dtype: Any = jnp.float32
+  bn_dtype: Any = jnp.float32  # BatchNorm's arithmetic
 
   def _branch(self, features: int, kernel_size: int, stride: int) -> tuple[tuple[int, ...], ...]:
     if self.block == 'bottleneck':
@@ -280,10 +288,11 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """Logits (float32) of images x (B, H, W, 3); dropout draws from the 'dropout' rng stream."""
     act = activation_fn(self.activation, self.leaky_relu_slope)
+    norm = functools.partial(BatchNorm, dtype=self.dtype, arithmetic_dtype=self.bn_dtype)
     x = jnp.asarray(x, self.dtype)
     x = conv(self.stem_channels, self.stem_kernel_size, self.weight_init, self.dtype,
              'conv1')(x)
-    x = act(BatchNorm(dtype=self.dtype, name='bn1')(x, train))
+    x = act(norm(name='bn1')(x, train))
     if self.se == 'stem':
       x = SqueezeExcite(self.se_reduction, self.weight_init, self.dtype, name='se')(x)
 
@@ -295,13 +304,14 @@ class ResNet(nn.Module):
             convs=self._branch(features, kernel_size, stride),
             shortcut_kernel_size=shortcut_kernel_size, block_order=self.block_order, act=act,
             weight_init=self.weight_init, dropout=self.block_dropout, dtype=self.dtype,
+            bn_dtype=self.bn_dtype,
             se_reduction=self.se_reduction if self.se == 'block' else 0,
             name=f'layer{layer}_{i}')(x, train)
       if self.layer_dropout:
         x = nn.Dropout(self.layer_dropout, deterministic=not train,
                        name=f'layer{layer}_dropout')(x)
     if self.block_order == 'preact':
-      x = act(BatchNorm(dtype=self.dtype, name='bn_final')(x, train))
+      x = act(norm(name='bn_final')(x, train))
 
     x = self._pool(x.astype(jnp.float32))
     if self.head_dropout:
@@ -361,38 +371,25 @@ def validate(model_cfg: config_dict.ConfigDict):
     rate = model_cfg[key]
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
       raise UserError(f'config.model.{key}={rate!r} must be a dropout rate in [0, 1)')
-  _check_choice('block', model_cfg.block, BLOCKS)
-  _check_choice('se', model_cfg.se, SE_PLACES)
-  _check_choice('activation', model_cfg.activation, ACTIVATIONS)
-  _check_choice('init', model_cfg.init, INITS)
-  _check_choice('block_order', model_cfg.block_order, BLOCK_ORDERS)
-  _check_choice('dtype', model_cfg.dtype, tuple(DTYPES))
+  for key, choices in (('block', BLOCKS), ('se', SE_PLACES), ('activation', ACTIVATIONS),
+                       ('init', INITS), ('block_order', BLOCK_ORDERS), ('dtype', tuple(DTYPES)),
+                       ('bn_dtype', BN_DTYPES)):
+    _check_choice(key, model_cfg[key], choices)
 
 
 def build_model(model_cfg: config_dict.ConfigDict) -> ResNet:
   """The ResNet that `config.model` describes; raises UserError for an invalid config."""
   validate(model_cfg)
+  as_is = ('block', 'expansion', 'stem_channels', 'stem_kernel_size', 'pool', 'se',
+           'se_reduction', 'activation', 'block_order', 'num_classes')
+  rates = ('block_dropout', 'layer_dropout', 'head_dropout', 'leaky_relu_slope')
+  dtype = DTYPES[model_cfg.dtype]
   return ResNet(
-      block=model_cfg.block,
-      num_blocks=tuple(model_cfg.num_blocks),
-      channels=tuple(model_cfg.channels),
-      kernel_sizes=tuple(model_cfg.kernel_sizes),
-      shortcut_kernel_sizes=tuple(model_cfg.shortcut_kernel_sizes),
-      expansion=model_cfg.expansion,
-      stem_channels=model_cfg.stem_channels,
-      stem_kernel_size=model_cfg.stem_kernel_size,
-      pool=model_cfg.pool,
-      se=model_cfg.se,
-      se_reduction=model_cfg.se_reduction,
-      block_dropout=float(model_cfg.block_dropout),
-      layer_dropout=float(model_cfg.layer_dropout),
-      head_dropout=float(model_cfg.head_dropout),
-      activation=model_cfg.activation,
-      leaky_relu_slope=float(model_cfg.leaky_relu_slope),
-      weight_init=model_cfg.init,
-      block_order=model_cfg.block_order,
-      num_classes=model_cfg.num_classes,
-      dtype=DTYPES[model_cfg.dtype])
+      **{key: model_cfg[key] for key in as_is},
+      **{key: float(model_cfg[key]) for key in rates},
+      **{key: tuple(model_cfg[key]) for key in LAYER_KEYS},
+      weight_init=model_cfg.init, dtype=dtype,
+      bn_dtype=dtype if model_cfg.bn_dtype == 'compute' else jnp.float32)
 
 
 def variable_shapes(model: nn.Module, image_size: int = 32) -> dict:

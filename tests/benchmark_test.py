@@ -1,133 +1,96 @@
-"""The benchmark: its FLOP count against an analytic one, its table, JSON and errors."""
+"""The benchmark command: variants over the grid, children for environments, table and JSON."""
 
 import json
 import os
 import subprocess
 import sys
+import textwrap
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 from resnet_jax import benchmark
-from resnet_jax import defaults
-from resnet_jax import input_pipeline
-from resnet_jax import feed
+from resnet_jax import variants
+from resnet_jax.throughput import Measurement
 
-from conftest import REPO
-
-
-def tiny_config():
-  config = defaults.base_config()
-  config.model = defaults.model_config(
-      name='tiny', num_blocks=(1, 1), channels=(8, 16), kernel_sizes=(3, 3),
-      shortcut_kernel_sizes=(1, 1), stem_channels=8, se='none')
-  config.data.source = 'synthetic'
-  config.data.train_subset = 256
-  config.data.test_subset = 100
-  config.batch_size = 64
-  config.eval_batch_size = 50
-  return config
+from conftest import REPO, synthetic_config
 
 
-def forward_conv_flops(image_size=32):
-  """2 * H * W * k * k * Cin * Cout of every convolution of tiny_config's model, one image."""
-  convs = [(32, 3, 3, 8),                     # stem
-           (32, 3, 8, 8), (32, 3, 8, 8),      # layer 1 block
-           (16, 3, 8, 16), (16, 3, 16, 16),   # layer 2 block (stride 2)
-           (16, 1, 8, 16)]                    # its projection shortcut
-  return sum(2 * size * size * k * k * cin * cout for size, k, cin, cout in convs)
-
-
-def test_measure_counts_training_flops_and_throughput():
-  config = tiny_config()
-  config.steps_per_call = 2
-  splits = input_pipeline.load_splits(config.data, config.seed)
-  row = benchmark.measure(config, splits, calls=2, warmup_calls=1, eval_repeats=1)
-  assert (row.batch_size, row.dtype, row.steps_per_call) == (64, 'float32', 2)
-  assert row.train_images_per_second > 0 and row.eval_images_per_second > 0
-  # Forward + backward is about 3x the forward convolutions; XLA also counts BatchNorm,
-  # activations, augmentation and the optimizer, which add a little on top.
-  ratio = row.train_gflop_per_image * 1e9 / forward_conv_flops()
-  assert 2.8 < ratio < 4.5, ratio
-  assert row.mfu is None  # no peak is known for a CPU
-  # The call holds the resident training set (256 images) and a few MiB of activations.
-  assert splits.train_images.nbytes / 2**30 < row.memory_gib < 0.5
-
-
-@pytest.fixture(scope='module')
-def scan_rows():
-  """Rows measured on the lax.scan path (as on a GPU): steps per call as training picks them, 1.
-
-  40 full steps an epoch: training fuses 20 a call (a divisor near 32), not 32.
-  """
-  config = tiny_config()
-  config.batch_size = 8
-  config.data.train_subset = 320
-  splits = input_pipeline.load_splits(config.data, config.seed)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(feed.jax, 'default_backend', lambda: 'gpu')
-    plan = feed.epoch_plan(config, len(splits.train_labels), num_devices=1)
-    rows = {}
-    for steps_per_call in (0, 1):
-      config.steps_per_call = steps_per_call
-      rows[steps_per_call] = benchmark.measure(config, splits, calls=1, warmup_calls=0,
-                                               eval_repeats=1)
-  return plan, rows
-
-
-def test_steps_per_call_are_the_training_plans(scan_rows):
-  plan, rows = scan_rows
-  assert plan.steps_per_call == 20
-  assert [rows[0].steps_per_call, rows[1].steps_per_call] == [20, 1]
-
-
-def test_flops_per_image_do_not_depend_on_steps_per_call_under_scan(scan_rows):
-  _, rows = scan_rows
-  one, fused = rows[1].train_gflop_per_image, rows[0].train_gflop_per_image
-  assert fused == pytest.approx(one, rel=1e-3), (fused, one)
-  assert 2.8 < one * 1e9 / forward_conv_flops() < 4.5
-
-
-def test_memory_is_what_the_compiled_call_needs():
-  x = jnp.zeros((512, 512), jnp.float32)  # 1 MiB
-  doubled = jax.jit(lambda a: a @ a).lower(x).compile()
-  assert benchmark.memory_gib(doubled) * 2**10 == pytest.approx(2.0, abs=0.1)  # in + out
-  donated = jax.jit(lambda a: a + 1, donate_argnums=0).lower(x).compile()
-  assert benchmark.memory_gib(donated) * 2**10 == pytest.approx(1.0, abs=0.1)  # out reuses in
+def _row(variant, batch, rate, framework='jax', gflop=None, dtype='bfloat16'):
+  return Measurement(batch, dtype, 32, 10.0, rate, None, gflop, None, 3.5, variant=variant,
+                     framework=framework)
 
 
 def test_table_has_a_row_per_measurement():
-  row = benchmark.Measurement(128, 'bfloat16', 32, 10.0, 60000.0, 150000.0, 4.8, 0.29, 3.5)
+  row = Measurement(128, 'bfloat16', 32, 10.0, 60000.0, 150000.0, 4.8, 0.29, 3.5)
   table = benchmark.format_table([row, row]).splitlines()
   assert len(table) == 4
   assert 'memory GiB' in table[0]
-  assert '| 128 | bfloat16 | 32 | 10.0 | 60,000 | 150,000 | 4.80 | 29.0% | 3.50 |' == table[2]
+  assert ('| default | 128 | bfloat16 | 32 | device | 10.0 | 60,000 | 150,000 | 4.80 | 29.0% '
+          '| 3.50 |  |') == table[2]
 
 
-def test_peak_flops_known_for_the_h100_bfloat16():
-  assert benchmark.peak_flops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989e12
-  assert benchmark.peak_flops('cpu', 'float32') is None
+def test_finish_marks_the_fastest_per_group_and_the_speedup_over_pytorch():
+  rows = [_row('default', 128, 50_000.0, gflop=4.4), _row('graphs', 128, 60_000.0),
+          _row('default', 512, 90_000.0, gflop=4.4), _row('graphs', 512, 80_000.0),
+          _row('pytorch eager', 128, 12_000.0, framework='torch')]
+  done = benchmark.finish(rows, 'NVIDIA H100', 1)
+  assert [(r.variant, r.batch_size, r.fastest) for r in done] == [
+      ('default', 128, False), ('graphs', 128, True), ('pytorch eager', 128, False),
+      ('default', 512, True), ('graphs', 512, False)]
+  # The group's FLOPs, counted by its first variant, give every JAX row its MFU.
+  assert done[1].train_gflop_per_image == 4.4
+  assert done[1].mfu == pytest.approx(4.4e9 * 60_000 / 989e12)
+  assert done[2].speedup == pytest.approx(5.0) and done[2].mfu is None
+  assert 'fastest JAX is 5.00x this' in benchmark.format_table(done)
 
 
-def _run(args, tmp_path):
+def test_a_variant_setting_the_batch_size_is_measured_once_per_dtype():
+  options = benchmark.Options(batch_sizes=(128, 512), dtypes=('float32', 'bfloat16'))
+  larger = variants.Variant('b1024', {'batch_size': 1024}, numerics=variants.DIFFERS)
+  cells = benchmark.grid_configs(synthetic_config(), larger, options)
+  assert [(c.model.dtype, c.batch_size) for c in cells] == [('float32', 1024),
+                                                            ('bfloat16', 1024)]
+  assert len(benchmark.grid_configs(synthetic_config(), variants.DEFAULT, options)) == 4
+
+
+def _run(args):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   return subprocess.run([sys.executable, '-m', 'resnet_jax.benchmark', *args], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=300)
+                        env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_command_line_prints_table_and_writes_json(tmp_path):
+VARIANTS_FILE = textwrap.dedent('''
+    from resnet_jax.variants import Variant
+
+    def get_variants():
+      return [Variant('default'),
+              Variant('steps_2', {'steps_per_call': 2}),
+              Variant('lhs', env={'XLA_FLAGS': '--xla_gpu_enable_latency_hiding_scheduler=true'}),
+              Variant('unused', {'steps_per_call': 4})]
+''')
+
+
+def test_command_line_measures_variants_in_one_table_and_json(tmp_path):
+  """An in-process variant and one with XLA_FLAGS (its own process) in one run."""
+  (tmp_path / 'variants.py').write_text(VARIANTS_FILE)
   output = tmp_path / 'bench.json'
   result = _run(['--config=configs/smoke.py', '--config.data.source=synthetic',
-                 '--batch_sizes=32', '--dtypes=float32,bfloat16', '--calls=1',
-                 f'--output={output}'], tmp_path)
+                 '--batch_sizes=32', '--dtypes=float32', '--calls=1', '--torch_steps=0',
+                 f'--variants={tmp_path}/variants.py', '--only_variants=default,steps_2,lhs',
+                 f'--output={output}'])
   assert result.returncode == 0, result.stderr[-2000:]
   written = json.loads(output.read_text())
-  assert [(r['batch_size'], r['dtype']) for r in written['results']] == [
-      (32, 'float32'), (32, 'bfloat16')]
+  rows = written['results']
+  assert [(r['variant'], r['batch_size'], r['steps_per_call']) for r in rows] == [
+      ('default', 32, 1), ('steps_2', 32, 2), ('lhs', 32, 1)]
+  assert all(r['error'] is None and r['memory_gib'] > 0 for r in rows)
+  assert sum(r['fastest'] for r in rows) == 1
+  # The first variant counted the FLOPs and timed evaluation; every row has the FLOPs.
+  assert rows[0]['eval_images_per_second'] and not rows[1]['eval_images_per_second']
+  assert len({r['train_gflop_per_image'] for r in rows}) == 1
   assert written['table'] in result.stdout
-  assert written['versions']['jax']
-  assert all(r['memory_gib'] > 0 for r in written['results'])
+  assert [v['name'] for v in written['variants']] == ['default', 'steps_2', 'lhs']
+  assert written['versions']['jax'] and written['device_count'] == 1
 
 
 @pytest.mark.parametrize('args, message', [
@@ -136,11 +99,13 @@ def test_command_line_prints_table_and_writes_json(tmp_path):
     # Checked before the benchmark runs, not after it (which lost the results).
     (['--config=configs/smoke.py', '--output={tmp_path}/missing/b.json'],
      'missing does not exist; create it first'),
+    (['--config=configs/smoke.py', '--variants={tmp_path}/none.py'], 'none.py does not exist'),
+    (['--config=configs/smoke.py', '--variants=configs/benchmarks/gpu_variants.py',
+      '--only_variants=fastest'], 'no variant named fastest'),
 ])
 def test_mistakes_are_one_line(tmp_path, args, message):
   args = [arg.format(tmp_path=tmp_path) for arg in args]
-  result = _run([f'--output={tmp_path}/b.json', *args, '--config.data.source=synthetic'],
-                tmp_path)
+  result = _run([f'--output={tmp_path}/b.json', *args, '--config.data.source=synthetic'])
   assert result.returncode == 2
   assert 'Traceback' not in result.stderr
   assert message in result.stderr.strip().splitlines()[-1]

@@ -129,6 +129,13 @@ def tiny_config(data_dir, **overrides):
   return with_overrides(config, overrides)
 
 
+def synthetic_config(**overrides):
+  """tiny_config's model on 256 synthetic training and 100 test images, batch 64 (4 steps)."""
+  return tiny_config('', **{'data.source': 'synthetic', 'data.train_subset': 256,
+                            'data.test_subset': 100, 'batch_size': 64, 'eval_batch_size': 50,
+                            **overrides})
+
+
 def short_config(data_dir, **overrides):
   """2 epochs of 1,000 images, 2 steps a call, every call's loss logged."""
   return tiny_config(data_dir, **{'data.train_subset': 1000, 'data.test_subset': 500,

@@ -117,6 +117,7 @@ def test_unknown_preset_lists_the_names():
     (dict(head_dropout=1.0), 'config.model.head_dropout'),
     (dict(layer_dropout=-0.1), 'config.model.layer_dropout'),
     (dict(dtype='float16'), 'config.model.dtype'),
+    (dict(bn_dtype='bfloat16'), "config.model.bn_dtype='bfloat16' is not one of float32, compute"),
     (dict(pool=-1), 'config.model.pool'),
 ])
 def test_invalid_configs_raise_one_line_naming_the_key(overrides, key):
@@ -199,6 +200,24 @@ def test_block_orders_compute_different_functions():
     model = models.build_model(_small_cfg(block_order=block_order))
     logits.append(_train(model, _init(model, images), images)[0])
   assert not np.allclose(logits[0], logits[1])
+
+
+def test_bn_dtype_compute_normalises_in_the_compute_dtype():
+  images = _images()
+  cfg = functools.partial(_small_cfg, se='block', se_reduction=4)
+  variables = _init(models.build_model(cfg()), images)
+  train = lambda **kw: _train(models.build_model(cfg(**kw)), variables, images)
+  # In float32 'compute' is float32: the same function, bit for bit.
+  np.testing.assert_array_equal(train(bn_dtype='compute')[0], train()[0])
+  logits, batch_stats = train(dtype='bfloat16', bn_dtype='compute')
+  reference, reference_stats = train(dtype='bfloat16')
+  assert logits.dtype == jnp.float32
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(batch_stats))
+  error = np.max(np.abs(logits - reference)) / np.max(np.abs(reference))
+  assert 0 < error < 0.05
+  # The statistics are float32 sums of the same bfloat16 activations in both.
+  np.testing.assert_allclose(batch_stats['bn1']['mean'], reference_stats['bn1']['mean'],
+                             rtol=1e-6, atol=1e-7)
 
 
 def test_batchnorm_matches_pytorch_formulas():
