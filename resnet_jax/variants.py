@@ -223,7 +223,7 @@ def check_numerics(config: ml_collections.ConfigDict, splits, variants: Sequence
     reference = None
     for variant in variants:
       if variant.numerics == DIFFERS or not variant.overrides:
-        reason = ('another training: not compared' if variant.numerics == DIFFERS else
+        reason = ('another training' if variant.numerics == DIFFERS else
                   'environment only: on a CPU it trains as the config alone' if variant.env else
                   'the config alone')
         checks.append(NumericsCheck(variant.name, dtype, variant.numerics, None, reason=reason))

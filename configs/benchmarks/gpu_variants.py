@@ -22,8 +22,8 @@ def get_variants():
               'one call (epoch_plan caps it at the full steps)'),
       # Input path: the streamed host batches against the resident gather.
       Variant('streamed', {'data.placement': 'host'}, note='host batches sent every call'),
-      # BatchNorm's normalisation in bfloat16 (statistics stay float32): half the bytes of
-      # this memory-bound part; the same as the default in float32.
+      # BatchNorm's normalisation in bfloat16 (statistics stay float32): no float32 copies in
+      # the elementwise, memory-bound part; the same as the default in float32.
       Variant('bn_compute', {'model.bn_dtype': 'compute'}, numerics=CLOSE),
       Variant('batch_1024', {'batch_size': 1024}, numerics=DIFFERS,
               note='another recipe: a larger batch than the grid, for the ceiling'),
