@@ -7,7 +7,7 @@ scored and where its data lies), else it is refused in one line naming the keys 
 """
 
 import json
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from etils import epath
 from ml_collections import config_dict
@@ -101,6 +101,28 @@ def flat_json(config: Any, prefix: str = '') -> dict[str, Any]:
     else:
       flat[f'{prefix}{key}'] = value
   return flat
+
+
+def set_key(config: config_dict.ConfigDict, key: str, value: Any) -> None:
+  """Sets a dotted key of config, as --config.KEY=VALUE would; a section takes a mapping.
+
+  Raises:
+    KeyError: no such key (also in sections a config file built unlocked).
+    TypeError, ValueError, AttributeError: a value the key cannot take.
+  """
+  *parents, leaf = key.split('.')
+  section = config
+  for name in parents:
+    section = section[name]
+  if leaf not in section:
+    raise KeyError(f'no key {leaf!r}')
+  if isinstance(section[leaf], config_dict.ConfigDict):
+    if not isinstance(value, (Mapping, config_dict.ConfigDict)):
+      raise TypeError(f'{key} is a section: give a dict of its keys')
+    for name, item in value.items():
+      section[leaf][name] = item
+  else:
+    section[leaf] = value
 
 
 def is_free(key: str, free_keys: Sequence[str]) -> bool:

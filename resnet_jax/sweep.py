@@ -165,18 +165,8 @@ def _label(value) -> str:
 
 def _apply(config: config_dict.ConfigDict, key: str, value, where: str) -> None:
   """Sets a dotted key of a locked config; a section takes a mapping of its keys."""
-  *parents, leaf = key.split('.')
   try:
-    section = config
-    for name in parents:
-      section = section[name]
-    if isinstance(section[leaf], config_dict.ConfigDict):
-      if not isinstance(value, (Mapping, config_dict.ConfigDict)):
-        raise TypeError(f'{key} is a section: give a dict of its keys')
-      for name, item in value.items():
-        section[leaf][name] = item
-    else:
-      section[leaf] = value
+    run_config.set_key(config, key, value)
   except (KeyError, AttributeError, TypeError, ValueError) as e:
     reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
     raise UserError(f'{where}: cannot set config.{key} to {_label(value)!r} ({reason}); use a '

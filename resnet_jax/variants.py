@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import feed
+from resnet_jax import run_config
 from resnet_jax import runs
 from resnet_jax import steps
 from resnet_jax.errors import UserError
@@ -102,14 +103,8 @@ def apply(config: ml_collections.ConfigDict, variant: Variant) -> ml_collections
   """A copy of config with the variant's overrides; UserError for a key the config lacks."""
   config = config.copy_and_resolve_references()
   for key, value in variant.overrides.items():
-    section = config
-    *parents, leaf = key.split('.')
     try:
-      for parent in parents:
-        section = section[parent]
-      if leaf not in section:  # Sections a config file builds may be unlocked.
-        raise KeyError(f'no key {leaf!r}')
-      section[leaf] = value
+      run_config.set_key(config, key, value)
     except (KeyError, AttributeError, TypeError) as e:
       raise UserError(f'variant {variant.name}: config.{key} cannot be set to {value!r} '
                       f'({e}); every key is in resnet_jax/defaults.py') from e

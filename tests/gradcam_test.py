@@ -1,6 +1,5 @@
 """Grad-CAM: a network whose evidence sits in one image region must light that region."""
 
-import pathlib
 
 import flax.linen as nn
 import jax

@@ -1,14 +1,11 @@
 """Writers: TensorBoard events and metrics.jsonl, with and without TensorFlow, local or gs://."""
 
-import contextlib
 import os
 import pathlib
 import subprocess
 import sys
 import textwrap
-from unittest import mock
 
-from etils import epath
 import numpy as np
 import pytest
 
