@@ -103,7 +103,7 @@ def measure_variant(config: ml_collections.ConfigDict, splits, variant: variants
     except errors.UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the next runs.
-      rows.append(_failed(cell, variant.name, cli.one_line(e)))
+      rows.append(_failed(cell, variant.name, errors.one_line(e)))
     logging.info('%s', rows[-1])
   return rows
 

@@ -7,6 +7,7 @@ epoch's running metric sums, the history and the run's identity, so a resumed ru
 bitwise. On several processes, process 0's view of storage decides every question about it.
 """
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -25,7 +26,7 @@ import orbax.checkpoint as ocp
 from resnet_jax import run_config
 from resnet_jax import steps
 from resnet_jax import writers
-from resnet_jax.errors import UserError
+from resnet_jax.errors import UserError, one_line
 
 CHECKPOINTS = ('latest', 'best')
 
@@ -83,6 +84,24 @@ def process_zero_decides(value: Optional[int]) -> Optional[int]:
   return None if agreed < 0 else agreed
 
 
+@contextlib.contextmanager
+def writes_to(manager: ocp.CheckpointManager):
+  """Turns a failed write into one UserError naming the folder.
+
+  Orbax saves in a background thread: a folder deleted, filled or made read-only under it
+  surfaces at the next save, wait or close, as whatever that thread raised (often a ValueError).
+  """
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'saving a checkpoint in {manager.directory} failed ({one_line(e)}): was '
+                    'the folder deleted, its disk filled or made read-only while this run wrote '
+                    'to it? Checkpoints already saved are kept; fix it and rerun the same command '
+                    'to resume, or start again in a new --workdir') from e
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state: steps.TrainState,
                     meta: CheckpointMeta) -> None:
   """Saves state and meta at the state's step, unless a checkpoint of that step exists.
@@ -100,8 +119,22 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: steps.TrainState,
                     'folder back and rerun the same command to resume from it)')
   if process_zero_decides(int(step in manager.all_steps())):
     return
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta.to_json())), force=True)
+  with writes_to(manager):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta.to_json())), force=True)
+
+
+def wait_for_saves(manager: ocp.CheckpointManager) -> None:
+  """Returns once the manager's saves are on disk; UserError if one failed."""
+  with writes_to(manager):
+    manager.wait_until_finished()
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """Waits for the manager's saves, then closes it; UserError if a save failed."""
+  with writes_to(manager):
+    manager.wait_until_finished()
+    manager.close()
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: steps.TrainState,
@@ -112,11 +145,10 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: steps.Tra
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   except Exception as e:  # pylint: disable=broad-except
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise UserError(f'checkpoint {manager.directory}/{step} cannot be restored into this config '
-                    f'({reason}): it is damaged or was written by another config; use the config '
-                    'it was trained with, or move the checkpoint aside or use a new --workdir to '
-                    'start over') from e
+                    f'({one_line(e)}): it is damaged or was written by another config; use the '
+                    'config it was trained with, or move the checkpoint aside or use a new '
+                    '--workdir to start over') from e
   return restored.state, CheckpointMeta.from_json(restored.meta)
 
 

@@ -19,7 +19,7 @@ from ml_collections import config_dict
 from ml_collections import config_flags
 
 from resnet_jax import console_logs
-from resnet_jax.errors import UserError
+from resnet_jax.errors import UserError, last_line, one_line
 
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Configuration file (configs/*.py; configs/sweeps/*.py for sweep).',
@@ -133,15 +133,3 @@ def _where(error: BaseException) -> str:
   frames = [f for f in traceback.extract_tb(error.__traceback__)
             if not f.filename.startswith('<frozen')]
   return f' ({frames[-1].filename}, line {frames[-1].lineno})' if frames else ''
-
-
-def one_line(error: BaseException) -> str:
-  """The first non-empty line of an exception's message, at most 300 characters."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return (lines[0] if lines else type(error).__name__)[:300]
-
-
-def last_line(error: BaseException) -> str:
-  """The last non-empty line of an exception's message (where tracebacks put the cause)."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return (lines[-1] if lines else type(error).__name__)[:300]

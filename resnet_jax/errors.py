@@ -13,6 +13,21 @@ class UserError(Exception):
   """A mistake the user can fix; its message is one line naming the fix."""
 
 
+def one_line(error: BaseException) -> str:
+  """The first non-empty line of an exception's message (its type if none), at most 300 characters.
+
+  What a UserError quotes of the error beneath it.
+  """
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def last_line(error: BaseException) -> str:
+  """The last non-empty line of an exception's message (where tracebacks put the cause)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return (lines[-1] if lines else type(error).__name__)[:300]
+
+
 def exit_on_user_error(fn, *args, **kwargs):
   """Runs fn; a UserError becomes one line on stderr and exit status 2, Ctrl-C status 130.
 

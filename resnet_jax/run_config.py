@@ -13,9 +13,8 @@ from etils import epath
 from ml_collections import config_dict
 
 from resnet_jax import defaults
-from resnet_jax import cli
 from resnet_jax import writers
-from resnet_jax.errors import UserError
+from resnet_jax.errors import UserError, one_line
 
 # The resolved config a run was started with, in its workdir.
 CONFIG_FILE = 'config.json'
@@ -86,7 +85,7 @@ def saved_config(workdir: epath.PathLike) -> config_dict.ConfigDict:
   try:
     return config_from_json(path.read_text())
   except (OSError, ValueError, TypeError, AttributeError) as e:
-    raise UserError(f'{path} cannot be read ({cli.one_line(e)}); pass --config=<the '
+    raise UserError(f'{path} cannot be read ({one_line(e)}); pass --config=<the '
                     'config file the run was trained with>') from e
 
 

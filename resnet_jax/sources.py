@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from resnet_jax import tf_host
-from resnet_jax.errors import UserError
+from resnet_jax.errors import UserError, one_line
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
                    'ship', 'truck')
@@ -64,11 +64,6 @@ class Loaded(NamedTuple):
   test: Split
   class_names: tuple[str, ...]
   source: str
-
-
-def _one_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return text[0] if text else type(error).__name__
 
 
 def random_stream(tag: int, seed: int = 0, epoch: int = 0) -> np.random.Generator:
@@ -118,7 +113,7 @@ def _load_tfds(data_cfg) -> Loaded:
   except (AssertionError, ValueError, OSError, KeyError, tf.errors.OpError) as e:
     raise UserError(
         f'TFDS dataset {name!r} is not prepared in {data_dir or "the default TFDS data_dir"} '
-        f'({_one_line(e)}); prepare it with `tfds build {name} --data_dir=DIR` and set '
+        f'({one_line(e)}); prepare it with `tfds build {name} --data_dir=DIR` and set '
         'config.data.data_dir=DIR, or use config.data.source=cifar_batches|jpeg_npz') from None
   return Loaded(arrays['train'], arrays['test'], tuple(info.features['label'].names),
                 f'tfds {name} ({data_dir or "default data_dir"})')
@@ -158,7 +153,7 @@ def _read_cifar_batch(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
       raise ValueError(f'{len(labels)} labels for {len(data)} images')
   except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError,
           AttributeError, IndexError) as e:
-    raise UserError(f'{path} is not a readable CIFAR-10 batch ({_one_line(e)}); re-extract '
+    raise UserError(f'{path} is not a readable CIFAR-10 batch ({one_line(e)}); re-extract '
                     'cifar-10-python.tar.gz (or rerun to_cifar_batches.py) there, or point '
                     'config.data.data_dir at a good copy') from None
   return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
@@ -190,7 +185,7 @@ def _load_cifar_batches(path: pathlib.Path) -> Loaded:
       class_names = tuple(n.decode() if isinstance(n, bytes) else str(n)
                           for n in _read_pickle(folder / 'batches.meta')['label_names'])
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
-      raise UserError(f'{folder / "batches.meta"} is unreadable ({_one_line(e)}); delete it '
+      raise UserError(f'{folder / "batches.meta"} is unreadable ({one_line(e)}); delete it '
                       '(the CIFAR-10 class names are then used) or re-extract the data') from None
   return Loaded(Split(np.concatenate([t[0] for t in train]),
                       np.concatenate([t[1] for t in train]),
@@ -222,7 +217,7 @@ def _decode_images(files: Sequence, image_size: int, where) -> np.ndarray:
     with concurrent.futures.ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
       decoded = list(pool.map(decode_chunk, chunks))
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(f'cannot decode an image in {where} ({_one_line(e)}); replace or remove the '
+    raise UserError(f'cannot decode an image in {where} ({one_line(e)}); replace or remove the '
                     'file, or point config.data.data_dir at good data') from None
   return np.concatenate(decoded) if decoded else np.zeros((0, image_size, image_size, 3), np.uint8)
 
@@ -250,7 +245,7 @@ def _read_jpeg_npz(path: pathlib.Path, order_seed: int, limit: int, image_size: 
       raise ValueError(f'jpeg/offsets/labels disagree ({len(jpeg)} bytes, {len(offsets)} '
                        f'offsets, {len(labels)} labels)')
   except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as e:
-    raise UserError(f'{path} is not a readable JPEG npz ({_one_line(e)}); copy train.npz and '
+    raise UserError(f'{path} is not a readable JPEG npz ({one_line(e)}); copy train.npz and '
                     'test.npz again (see their sha256 in the README), or set '
                     'config.data.data_dir to a good copy') from None
   order = _fixed_order(len(labels), order_seed, limit)

@@ -168,9 +168,8 @@ def _apply(config: config_dict.ConfigDict, key: str, value, where: str) -> None:
   try:
     run_config.set_key(config, key, value)
   except (KeyError, AttributeError, TypeError, ValueError) as e:
-    reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-    raise UserError(f'{where}: cannot set config.{key} to {_label(value)!r} ({reason}); use a '
-                    'key and value of resnet_jax/defaults.py') from e
+    raise UserError(f'{where}: cannot set config.{key} to {_label(value)!r} '
+                    f'({errors.one_line(e)}); use a key and value of resnet_jax/defaults.py') from e
 
 
 def sweep_points(sweep_cfg: config_dict.ConfigDict) -> list[Point]:
@@ -247,7 +246,7 @@ def changed_keys(point: Point, workdir: str) -> list[str]:
   try:
     recorded = _read_json(path)
   except (OSError, ValueError) as e:
-    raise UserError(f'{path} cannot be read ({cli.one_line(e)}); delete '
+    raise UserError(f'{path} cannot be read ({errors.one_line(e)}); delete '
                     f'{os.path.dirname(path)} to train the point again') from None
   if recorded is None:
     return []

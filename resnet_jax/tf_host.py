@@ -1,4 +1,4 @@
-"""TensorFlow for host-side work only (tf.data, TFDS, TensorBoard files), where it is installed."""
+"""TensorFlow for host-side work only (tf.data, TFDS), where it is installed."""
 
 import importlib.util
 

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import ml_collections
 
+from resnet_jax import errors
+
 EAGER = 'eager'
 COMPILED = 'compiled'
 
@@ -47,11 +49,6 @@ def version() -> Optional[str]:
     return importlib.metadata.version('torch')
   except importlib.metadata.PackageNotFoundError:
     return None
-
-
-def _one_line(error: BaseException) -> str:
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return f'{type(error).__name__}: {lines[0] if lines else ""}'[:300]
 
 
 def _time_mode(torch, net, images, labels, dtype: str, steps: int, warmup: int):
@@ -112,7 +109,8 @@ def torch_baseline(config: ml_collections.ConfigDict, batch_size: int, dtype: st
       first, rate = _time_mode(torch, torch.compile(net) if mode == COMPILED else net, images,
                                labels, dtype, steps, warmup)
     except Exception as e:  # pylint: disable=broad-except  # torch.compile fails many ways.
-      results.append(TorchResult(mode, batch_size, dtype, device=device.type, error=_one_line(e)))
+      results.append(TorchResult(mode, batch_size, dtype, device=device.type,
+                                 error=f'{type(e).__name__}: {errors.one_line(e)}'))
       continue
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else None
     results.append(TorchResult(mode, batch_size, dtype, compile_seconds=first,

@@ -22,7 +22,6 @@ import jax
 import ml_collections
 
 from resnet_jax import checkpoints
-from resnet_jax import cli
 from resnet_jax import evaluator
 from resnet_jax import feed
 from resnet_jax import gradcam
@@ -35,7 +34,7 @@ from resnet_jax import runs
 from resnet_jax import steps
 from resnet_jax import workdir_lock
 from resnet_jax import writers
-from resnet_jax.errors import UserError
+from resnet_jax.errors import UserError, one_line
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -61,7 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       with contextlib.ExitStack() as stack:
         return TrainLoop(run, clock, stack).train()
     except OSError as e:  # The workdir (or its disk) failed under the run.
-      raise UserError(f'writing to --workdir={workdir} failed ({cli.one_line(e)}): was it '
+      raise UserError(f'writing to --workdir={workdir} failed ({one_line(e)}): was it '
                       'deleted, filled or made read-only? Checkpoints already saved there are '
                       'kept; fix it and rerun the same command to resume') from e
 
@@ -75,11 +74,6 @@ class InFlight:
   result: steps.CallResult  # on the device
 
 
-def _close_manager(manager) -> None:
-  manager.wait_until_finished()
-  manager.close()
-
-
 class TrainLoop:
   """One run of the epoch loop: its resources (closed by `stack`), the state and meta it carries."""
 
@@ -91,7 +85,7 @@ class TrainLoop:
     self.latest = checkpoints.checkpoint_manager(checkpoint_dir / 'latest')
     self.best = checkpoints.checkpoint_manager(checkpoint_dir / 'best')
     for manager in (self.best, self.latest):
-      stack.callback(_close_manager, manager)
+      stack.callback(checkpoints.close, manager)
     self.stop_signals = checkpoints.StopSignals()
     stack.callback(self.stop_signals.restore)
     self.compiler = precompile.Compiler()
@@ -319,7 +313,7 @@ class TrainLoop:
 
   def stopped(self, epoch: int, step_in_epoch: int, step: int) -> dict:
     """After SIGTERM or Ctrl-C: waits for the checkpoint, says how to resume; the run's result."""
-    self.latest.wait_until_finished()
+    checkpoints.wait_for_saves(self.latest)
     signal_name = self.stop_signals.signal_name
     print(f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: saved a checkpoint at epoch '
           f'{epoch + 1}, step {step_in_epoch} of it (global step {step}); resume with the same '

@@ -1,12 +1,12 @@
 """Metric writers (TensorBoard, a JSON-lines file) through clu, and the workdir's paths.
 
-clu's `metric_writers` package imports TensorFlow for its TensorBoard writer as it loads, and the
-GPU machines have no TensorFlow. Importing this module first registers a stand-in
-`clu.metric_writers.summary_writer` that picks the writer only when one is created: clu's
-TensorFlow writer where TensorFlow is installed (its GPUs hidden from it first, so that it takes
-no accelerator memory from JAX), else TensorBoard event files through the `tensorboard` package.
-So `clu.metric_writers` and `clu.periodic_actions` import the same everywhere, without TensorFlow.
-Import this module before either of them.
+TensorBoard events are written by `TensorBoardWriter`, through the `tensorboard` package alone,
+whether or not TensorFlow is installed: importing TensorFlow costs a run's start several seconds
+(7 s on a 2-core CPU) and the GPU machines have none. clu's `metric_writers` package imports
+TensorFlow for its own TensorBoard writer as it loads, so importing this module first registers a
+stand-in `clu.metric_writers.summary_writer` that makes this writer instead; `clu.metric_writers`
+and `clu.periodic_actions` then import the same everywhere, without TensorFlow. Import this
+module before either of them.
 
 Workdirs may be local folders or URLs (gs://... on Cloud TPU VMs, where checkpoints must outlive
 the VM): every file of a run goes through `etils.epath`.
@@ -26,7 +26,6 @@ from absl import logging
 from etils import epath
 import numpy as np
 
-from resnet_jax import tf_host
 from resnet_jax.errors import UserError
 
 _SUMMARY_MODULE = 'clu.metric_writers.summary_writer'
@@ -80,19 +79,10 @@ def check_writable(path: epath.PathLike, flag: str, *, is_file: bool = False) ->
                     'permissions, or pick a writable path') from None
 
 
-def _summary_writer(logdir: str):
-  """clu's TensorFlow summary writer where TensorFlow is installed, else the TensorFlow-free one."""
-  if tf_host.tf_importable():
-    tf_host.import_tensorflow()  # Hides its GPUs.
-    from clu.metric_writers.tf import summary_writer  # pylint: disable=g-import-not-at-top
-    return summary_writer.SummaryWriter(logdir)
-  return TensorBoardWriter(logdir)
-
-
 def _register_summary_writer() -> None:
   if _SUMMARY_MODULE not in sys.modules:  # Else clu was imported first (with TensorFlow).
     module = types.ModuleType(_SUMMARY_MODULE)
-    module.SummaryWriter = _summary_writer
+    module.SummaryWriter = lambda logdir: TensorBoardWriter(logdir)
     sys.modules[_SUMMARY_MODULE] = module
 
 
@@ -103,11 +93,18 @@ from clu import metric_writers  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 
+# tensorboard reaches files through TensorFlow's file system where TensorFlow is installed, unless
+# a module of this name exists (its `no_tensorflow` build target); then through its own, which
+# writes local files and, through fsspec, URLs (gcsfs for gs://).
+_TENSORBOARD_WITHOUT_TF = 'tensorboard.compat.notf'
+
+
 class TensorBoardWriter(metric_writers.MetricWriter):
-  """Writes TensorBoard event files without TensorFlow (tensorboard's own event writer)."""
+  """Writes TensorBoard event files with tensorboard's own event writer, never TensorFlow."""
 
   def __init__(self, logdir: str):
     super().__init__()
+    sys.modules.setdefault(_TENSORBOARD_WITHOUT_TF, types.ModuleType(_TENSORBOARD_WITHOUT_TF))
     # pylint: disable=g-import-not-at-top
     from tensorboard.compat.proto import event_pb2
     from tensorboard.compat.proto import summary_pb2
@@ -247,16 +244,16 @@ def _fsspec_can_open(url: str) -> bool:
 def tensorboard_dir(workdir: epath.PathLike) -> str:
   """workdir/tensorboard, or a local temporary folder where events cannot be written there.
 
-  TensorBoard's event writer reaches a URL through TensorFlow's file system or, without
-  TensorFlow, through fsspec's (gcsfs for gs://); with neither, the events stay on this machine.
+  TensorBoard's event writer reaches a URL through fsspec's file system for it (gcsfs for gs://,
+  the `gcs` extra); without one, the events stay on this machine.
   """
   logdir = os.fspath(as_path(workdir) / TENSORBOARD_DIR)
-  tensorflow = tf_host.tf_importable()
-  if not is_url(logdir) or tensorflow or _fsspec_can_open(logdir):
+  if not is_url(logdir) or _fsspec_can_open(logdir):
     return logdir
   local = tempfile.mkdtemp(prefix='resnet_jax_tensorboard_')
-  logging.warning('TensorBoard events go to %s on this machine: writing them to %s needs '
-                  'TensorFlow or an fsspec file system for it (gcsfs for gs://)', local, logdir)
+  logging.warning('TensorBoard events go to %s on this machine: writing them to %s needs an '
+                  "fsspec file system for it (gcsfs for gs://: pip install -e '.[gcs]')", local,
+                  logdir)
   return local
 
 
@@ -271,6 +268,6 @@ def create_writer(workdir: Optional[epath.PathLike], *,
   if is_main and workdir:
     path = as_path(workdir)
     path.mkdir(parents=True, exist_ok=True)
-    writers.append(_summary_writer(tensorboard_dir(path)))
+    writers.append(TensorBoardWriter(tensorboard_dir(path)))
     writers.append(JsonLinesWriter(path / METRICS_FILE))
   return metric_writers.MultiWriter(writers)

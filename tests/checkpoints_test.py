@@ -3,8 +3,10 @@
 import signal
 
 import numpy as np
+import pytest
 
 from resnet_jax import checkpoints
+from resnet_jax import errors
 
 
 def test_preemption_call_ids_keep_rising_across_runs_of_one_process(monkeypatch):
@@ -55,3 +57,17 @@ def test_sigterm_and_ctrl_c_ask_for_a_stop_and_a_second_ctrl_c_ends_at_once(monk
   assert exits == [130]
   assert 'Ctrl-C again: stopped at once, without saving' in capsys.readouterr().err
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_failed_background_write_is_one_line_naming_the_folder(tmp_path):
+  manager = checkpoints.checkpoint_manager(tmp_path / 'latest')
+  # What orbax's save thread raised when the folder went away under it.
+  with pytest.raises(errors.UserError, match=r'saving a checkpoint in .*/latest failed \(No '
+                     r'ArrayMetadata found\): was the folder deleted.*new --workdir') as raised:
+    with checkpoints.writes_to(manager):
+      raise ValueError('No ArrayMetadata found\nfor process_index=0 ...')
+  assert '\n' not in str(raised.value)
+  with pytest.raises(errors.UserError, match='^kept as it is$'):
+    with checkpoints.writes_to(manager):
+      raise errors.UserError('kept as it is')
+  checkpoints.close(manager)

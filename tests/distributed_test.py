@@ -19,6 +19,8 @@ import pytest
 from resnet_jax import distributed
 from resnet_jax.errors import UserError
 
+from conftest import host_devices_env  # pylint: disable=g-bad-import-order
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 LOCAL_DEVICES = 2  # per process: each process feeds and shards over more than one device
 # The training run: two steps an epoch, each global batch split between the processes.
@@ -103,11 +105,9 @@ def _free_port() -> int:
 def _run_processes(mode: str, tmp_path: pathlib.Path, timeout: int) -> list[dict]:
   """Runs `_worker(mode)` in two processes joined as the launch scripts join them."""
   port = _free_port()
-  base_env = {k: v for k, v in os.environ.items()
-              if not k.startswith(('RESNET_JAX_', 'SLURM_')) and k != 'XLA_FLAGS'}
-  base_env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO),
-                  XLA_FLAGS=f'--xla_force_host_platform_device_count={LOCAL_DEVICES}',
-                  RESNET_JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+  base_env = {k: v for k, v in host_devices_env(LOCAL_DEVICES).items()
+              if not k.startswith(('RESNET_JAX_', 'SLURM_'))}
+  base_env.update(PYTHONPATH=str(REPO), RESNET_JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
                   RESNET_JAX_NUM_PROCESSES='2')
   processes = []
   for process_id in range(2):
@@ -274,7 +274,8 @@ def _worker(mode: str, out_path: str, workdir: str) -> None:
         mesh, jax.sharding.PartitionSpec()))(sharded)
     result['global_sum'] = int(np.asarray(total.addressable_data(0)))
   else:
-    result.update(_train(os.path.join(workdir, 'run'), sigterm_process=1 if mode == 'preempt' else -1))
+    result.update(_train(os.path.join(workdir, 'run'),
+                         sigterm_process=1 if mode == 'preempt' else -1))
   pathlib.Path(out_path).write_bytes(pickle.dumps(result))
 
 
