@@ -1,6 +1,7 @@
 """Shared fixtures: the real CIFAR-10 images (JPEG copy in ../shared), skipped where absent."""
 
 import contextlib
+import fcntl
 import importlib
 import os
 import pathlib
@@ -65,9 +66,18 @@ def cifar_batches_dir(tmp_path_factory, shared_data_dir) -> pathlib.Path:
 
   Returns the folder that contains `cifar-10-batches-py/` (what `data.data_dir` points at).
   """
-  out = tmp_path_factory.mktemp('cifar_subset')
-  subprocess.run([sys.executable, str(shared_data_dir / 'to_cifar_batches.py'), str(out),
-                  '--subset', str(SUBSET)], check=True, capture_output=True)
+  # One copy for every xdist worker (each has its own basetemp below a shared one): the first to
+  # take the lock writes it, about 12 s.
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    shared = shared.parent
+  out, done = shared / 'cifar_subset', shared / 'cifar_subset.done'
+  with open(shared / 'cifar_subset.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      subprocess.run([sys.executable, str(shared_data_dir / 'to_cifar_batches.py'), str(out),
+                      '--subset', str(SUBSET)], check=True, capture_output=True)
+      done.touch()
   return out
 
 
