@@ -102,26 +102,30 @@ def flat_json(config: Any, prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def set_key(config: config_dict.ConfigDict, key: str, value: Any) -> None:
+def set_key(config: config_dict.ConfigDict, key: str, value: Any, where: str) -> None:
   """Sets a dotted key of config, as --config.KEY=VALUE would; a section takes a mapping.
 
   Raises:
-    KeyError: no such key (also in sections a config file built unlocked).
-    TypeError, ValueError, AttributeError: a value the key cannot take.
+    UserError: no such key (also in sections a config file built unlocked), or a value the key
+      cannot take; one line that starts with `where` (what asked for it).
   """
-  *parents, leaf = key.split('.')
-  section = config
-  for name in parents:
-    section = section[name]
-  if leaf not in section:
-    raise KeyError(f'no key {leaf!r}')
-  if isinstance(section[leaf], config_dict.ConfigDict):
-    if not isinstance(value, (Mapping, config_dict.ConfigDict)):
-      raise TypeError(f'{key} is a section: give a dict of its keys')
-    for name, item in value.items():
-      section[leaf][name] = item
-  else:
-    section[leaf] = value
+  try:
+    *parents, leaf = key.split('.')
+    section = config
+    for name in parents:
+      section = section[name]
+    if leaf not in section:
+      raise KeyError(f'no key {leaf!r}')
+    if isinstance(section[leaf], config_dict.ConfigDict):
+      if not isinstance(value, (Mapping, config_dict.ConfigDict)):
+        raise TypeError(f'{key} is a section: give a dict of its keys')
+      for name, item in value.items():
+        section[leaf][name] = item
+    else:
+      section[leaf] = value
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    raise UserError(f'{where}: config.{key} cannot be set to {value!r} ({one_line(e)}); use a '
+                    'key and value of resnet_jax/defaults.py') from e
 
 
 def is_free(key: str, free_keys: Sequence[str]) -> bool:

@@ -163,15 +163,6 @@ def _label(value) -> str:
   return str(value)
 
 
-def _apply(config: config_dict.ConfigDict, key: str, value, where: str) -> None:
-  """Sets a dotted key of a locked config; a section takes a mapping of its keys."""
-  try:
-    run_config.set_key(config, key, value)
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
-    raise UserError(f'{where}: cannot set config.{key} to {_label(value)!r} '
-                    f'({errors.one_line(e)}); use a key and value of resnet_jax/defaults.py') from e
-
-
 def sweep_points(sweep_cfg: config_dict.ConfigDict) -> list[Point]:
   """Every point of the sweep, in order: the grid product, each with every random draw."""
   grid = _flatten(sweep_cfg.grid, 'config.grid')
@@ -192,7 +183,7 @@ def sweep_points(sweep_cfg: config_dict.ConfigDict) -> list[Point]:
       config = copy.deepcopy(sweep_cfg.base)
       for key, value in values.items():
         where = 'config.grid' if key in grid else 'config.random.params'
-        _apply(config, key, value, f'{where}.{key}')
+        run_config.set_key(config, key, value, f'{where}.{key}')
       labels = {key: _label(value) for key, value in values.items()}
       parts = [f'sample={sample}'] if random_specs else []
       parts += [f'{shorts[key]}={label}' for key, label in labels.items()]

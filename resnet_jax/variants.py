@@ -103,11 +103,7 @@ def apply(config: ml_collections.ConfigDict, variant: Variant) -> ml_collections
   """A copy of config with the variant's overrides; UserError for a key the config lacks."""
   config = config.copy_and_resolve_references()
   for key, value in variant.overrides.items():
-    try:
-      run_config.set_key(config, key, value)
-    except (KeyError, AttributeError, TypeError) as e:
-      raise UserError(f'variant {variant.name}: config.{key} cannot be set to {value!r} '
-                      f'({e}); every key is in resnet_jax/defaults.py') from e
+    run_config.set_key(config, key, value, f'variant {variant.name}')
   return config
 
 

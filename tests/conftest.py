@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import defaults
+from resnet_jax import run_config
 from resnet_jax import runs
 from resnet_jax.errors import UserError
 
@@ -90,11 +91,7 @@ def host_devices_env(count: int) -> dict:
 def with_overrides(config, overrides: dict):
   """config with {'dotted.key': value} set (as --config.dotted.key=value would)."""
   for key, value in overrides.items():
-    section = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      section = section[parent]
-    section[leaf] = value
+    run_config.set_key(config, key, value, 'a test override')
   return config
 
 
