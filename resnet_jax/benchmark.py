@@ -4,7 +4,7 @@
     python -m resnet_jax.benchmark --config configs/best.py \
         --variants configs/benchmarks/gpu_variants.py --output bench.json
 
-Each variant (`resnet_jax.variants`; the config alone without --variants) is measured
+Each variant (`resnet_jax.bench.variants`; the config alone without --variants) is measured
 (`throughput.measure`) at each batch size and compute dtype of the grid; the first variant also
 counts FLOPs (which give every row its model FLOPs utilisation) and times evaluation. Variants
 that set environment variables (XLA_FLAGS take effect only in a fresh process) run first, each
@@ -33,13 +33,13 @@ import ml_collections
 
 from resnet_jax import cli
 from resnet_jax import errors
-from resnet_jax import input_pipeline
-from resnet_jax import report
-from resnet_jax import throughput
-from resnet_jax import torch_baseline
-from resnet_jax import variants as variants_lib
-from resnet_jax import writers
-from resnet_jax.throughput import Measurement
+from resnet_jax import files
+from resnet_jax.bench import throughput
+from resnet_jax.bench import variants as variants_lib
+from resnet_jax.bench.throughput import Measurement
+from resnet_jax.data import input_pipeline
+from resnet_jax.pytorch import torch_baseline
+from resnet_jax.reporting import report
 
 # What the JSON says of the devices measured.
 DEVICE_KEYS = ('device_kind', 'platform', 'device_count')
@@ -300,7 +300,7 @@ def _write(result: dict) -> None:
 def _main(argv):
   del argv
   config = cli.CONFIG.value
-  writers.check_writable(_OUTPUT.value, '--output', is_file=True)
+  files.check_writable(_OUTPUT.value, '--output', is_file=True)
   try:
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
   except ValueError as e:

@@ -6,10 +6,15 @@ every mistake in the flags or the config file (a missing file, a syntax error or
 in it, no `get_config`, an unknown key, a bad value, a sweep config given to a training command
 or the reverse) one line `error: ...` on stderr and exit status 2.
 
+The commands that read a finished run (evaluate, inspect, export) share `--checkpoint` and, for
+the first two, `--output_dir`: `checkpoint_flag()` and `output_dir_flag()` define each once, for
+the commands that call them, so no command lists a flag it ignores.
+
 The flags live here, not in main.py, because main.py runs as `__main__` and sweep configs import
 `resnet_jax.sweep`, which imports this module: flags defined in `__main__` would be defined twice.
 """
 
+import functools
 import re
 import sys
 import traceback
@@ -19,6 +24,7 @@ from ml_collections import config_dict
 from ml_collections import config_flags
 
 from resnet_jax import console_logs
+from resnet_jax import files
 from resnet_jax.errors import UserError, last_line, one_line
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -32,6 +38,29 @@ VERBOSE = flags.DEFINE_bool(
 RUN = 'run'
 SWEEP = 'sweep'
 _KEY_HINT = 'every key and its default is in resnet_jax/defaults.py'
+
+
+@functools.cache
+def checkpoint_flag(choices: tuple[str, ...]) -> flags.FlagHolder:
+  """--checkpoint: which checkpoint of the workdir a reading command uses (choices[0] by default)."""
+  return flags.DEFINE_enum('checkpoint', choices[0], choices,
+                           'Which checkpoint of the workdir to use.')
+
+
+@functools.cache
+def output_dir_flag() -> flags.FlagHolder:
+  """--output_dir: where evaluate and inspect write (by default a folder inside the workdir)."""
+  return flags.DEFINE_string(
+      'output_dir', None,
+      'Where the outputs go; default <workdir>/evaluate_<which> (evaluate), <workdir>/inspect.')
+
+
+def check_output_writable(workdir: str, output_dir: str | None) -> None:
+  """UserError unless a reading command's outputs can be written: to output_dir, else workdir."""
+  if output_dir:
+    files.check_writable(output_dir, '--output_dir')
+  else:
+    files.check_writable(workdir, '--workdir')
 
 
 def parse_flags(argv: list[str], require_workdir: bool = True, require_config: bool = True,

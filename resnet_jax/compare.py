@@ -27,10 +27,11 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 
-from resnet_jax import errors  # noqa: E402
 from resnet_jax import cli  # noqa: E402
-from resnet_jax import report  # noqa: E402
-from resnet_jax import writers  # noqa: E402
+from resnet_jax import errors  # noqa: E402
+from resnet_jax import files
+from resnet_jax.reporting import report  # noqa: E402
+from resnet_jax.reporting import writers  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FRAMEWORKS = ('jax', 'torch')
@@ -54,20 +55,20 @@ def _seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.Conf
 
 def jax_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """A JAX run's results with its per-epoch 'history' (trained here unless it has finished)."""
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
-  results_path = writers.as_path(workdir) / report.RESULTS_FILE
+  from resnet_jax.training import train  # pylint: disable=g-import-not-at-top
+  results_path = files.as_path(workdir) / report.RESULTS_FILE
   results = (json.loads(results_path.read_text()) if results_path.exists()
              else train.train_and_evaluate(config, workdir))
   if results.get('preempted'):
     raise errors.UserError(f'the JAX run in {workdir} was stopped before its end; run it again')
-  records = writers.read_jsonl(writers.as_path(workdir) / writers.METRICS_FILE)
+  records = writers.read_jsonl(files.as_path(workdir) / writers.METRICS_FILE)
   history = {int(r['epoch']): dict(r, epoch=int(r['epoch'])) for r in records
              if 'epoch_seconds' in r}
   return dict(results, history=[history[e] for e in sorted(history)])
 
 
 def _torch_run(config: ml_collections.ConfigDict, workdir: str, threads: int) -> dict:
-  from resnet_jax import torch_train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.pytorch import torch_train  # pylint: disable=g-import-not-at-top
   return torch_train.train_and_evaluate(config, workdir, threads=threads)
 
 
@@ -157,7 +158,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int
   Raises:
     UserError: a config the PyTorch trainer cannot run, missing data, an unfinished JAX run.
   """
-  from resnet_jax import torch_train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.pytorch import torch_train  # pylint: disable=g-import-not-at-top
   torch_train.check_config(config)
   seeds = [config.seed] if jax_workdir or not seeds else list(seeds)
   runs = {framework: [] for framework in FRAMEWORKS}

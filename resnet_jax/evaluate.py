@@ -23,32 +23,27 @@ from absl import flags
 import jax
 import ml_collections
 
-from resnet_jax import checkpoints
 from resnet_jax import cli
-from resnet_jax import distributed
 from resnet_jax import errors
-from resnet_jax import evaluator
-from resnet_jax import feed
 from resnet_jax import models
-from resnet_jax import report
-from resnet_jax import run_config
-from resnet_jax import runs
-from resnet_jax import torch_import
-from resnet_jax import workdir_lock
-from resnet_jax import writers
+from resnet_jax.pytorch import torch_import
+from resnet_jax.reporting import report
+from resnet_jax.training import checkpoints
+from resnet_jax.training import distributed
+from resnet_jax.training import evaluator
+from resnet_jax.training import feed
+from resnet_jax.training import run_config
+from resnet_jax.training import runs
+from resnet_jax.training import workdir_lock
 
-
-CHECKPOINT = flags.DEFINE_enum('checkpoint', 'latest', checkpoints.CHECKPOINTS,
-                               'Which checkpoint of the workdir to use.')
+CHECKPOINT = cli.checkpoint_flag(checkpoints.CHECKPOINTS)
+OUTPUT_DIR = cli.output_dir_flag()
 _TORCH_STATE_DICT = flags.DEFINE_string(
     'torch_state_dict', None, 'Score this PyTorch state_dict (torch.save file: a state_dict or '
     "a training script's checkpoint, e.g. kuangliu's ckpt.pth) instead.")
 _MODEL = flags.DEFINE_enum('model', None, list(models.PRESETS),
                            'Use this named model instead of config.model (e.g. the network '
                            'a PyTorch checkpoint holds).')
-OUTPUT_DIR = flags.DEFINE_string(
-    'output_dir', None,
-    'Where the outputs go; default <workdir>/evaluate_<which> (evaluate), <workdir>/inspect.')
 
 
 def with_named_model(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -92,7 +87,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
     source = checkpoint
   test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size).score_split(
       variables, run.splits.test_images, run.splits.test_labels)
-  results = report.run_results(run, models.count_params(variables['params']), test) | {
+  results = runs.run_results(run, models.count_params(variables['params']), test) | {
       'evaluated': torch_state_dict if torch_state_dict else directory,
       'wall_seconds': time.time() - start,
   }
@@ -104,16 +99,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
   return results
 
 
-def check_output_writable(workdir: str, output_dir: str | None) -> None:
-  """UserError unless the outputs can be written: to output_dir, else inside workdir."""
-  if output_dir:
-    writers.check_writable(output_dir, '--output_dir')
-  else:
-    writers.check_writable(workdir, '--workdir')
-
-
 def run_evaluation(config, workdir: str) -> None:
-  check_output_writable(workdir, OUTPUT_DIR.value)
+  cli.check_output_writable(workdir, OUTPUT_DIR.value)
   distributed.initialize_from_env()
   with workdir_lock.hold(workdir, 'evaluate'):  # Not while a run writes its checkpoints.
     config = run_config.load_run_config(workdir, config)

@@ -6,7 +6,7 @@ The run's own config comes from its config.json (a --config given must agree wit
 
 model.pt is what kuangliu/pytorch-cifar's main.py saves (`{'net': state_dict, 'acc': ...,
 'epoch': ...}`) plus `model_config` (config.model as a dict) and `normalize` (the mean and std
-the inputs were normalised with). model.py beside it is `torch_models.py`, the PyTorch module
+the inputs were normalised with). model.py beside it is `torch_resnet.py`, the PyTorch module
 that loads it, needing nothing but torch:
 
   import torch, model
@@ -26,14 +26,14 @@ from absl import app
 from absl import flags
 import ml_collections
 
-from resnet_jax import checkpoints
 from resnet_jax import cli
 from resnet_jax import errors
-from resnet_jax import evaluate
-from resnet_jax import run_config
-from resnet_jax import runs
-from resnet_jax import torch_import
+from resnet_jax.pytorch import torch_import
+from resnet_jax.training import checkpoints
+from resnet_jax.training import run_config
+from resnet_jax.training import runs
 
+_CHECKPOINT = cli.checkpoint_flag(checkpoints.CHECKPOINTS)
 _TO = flags.DEFINE_string('to', None, 'Where the PyTorch checkpoint goes, e.g. model.pt.')
 
 
@@ -61,7 +61,7 @@ def save_torch_checkpoint(variables: dict, model_cfg: ml_collections.ConfigDict,
     {'path', 'definition', 'keys', 'acc', 'epoch'}.
   """
   import torch  # pylint: disable=g-import-not-at-top  # Only export needs PyTorch.
-  from resnet_jax import torch_models  # pylint: disable=g-import-not-at-top
+  from resnet_jax.pytorch import torch_resnet  # pylint: disable=g-import-not-at-top
   definition = definition_path(path)
   if os.path.abspath(definition) == os.path.abspath(path):
     raise errors.UserError(f'--to={path} must not end in .py (model.py goes beside it)')
@@ -70,7 +70,7 @@ def save_torch_checkpoint(variables: dict, model_cfg: ml_collections.ConfigDict,
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   torch.save({'net': state_dict, 'acc': acc, 'epoch': epoch,
               'model_config': model_cfg.to_dict(), 'normalize': normalize}, path)
-  shutil.copyfile(torch_models.__file__, definition)
+  shutil.copyfile(torch_resnet.__file__, definition)
   return {'path': path, 'definition': definition, 'keys': len(state_dict), 'acc': acc,
           'epoch': epoch}
 
@@ -101,7 +101,7 @@ def main(argv):
     if not _TO.value:
       raise errors.UserError('--to is required, e.g. --to=model.pt')
     config = run_config.load_run_config(workdir, config)  # The run's own, by default.
-    exported = export_run(config, workdir, _TO.value, evaluate.CHECKPOINT.value)
+    exported = export_run(config, workdir, _TO.value, _CHECKPOINT.value)
     print(f"wrote {exported['path']} ({exported['keys']} tensors, epoch {exported['epoch']}) "
           f"and its module {exported['definition']}", flush=True)
 

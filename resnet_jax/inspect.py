@@ -26,23 +26,25 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 import numpy as np
 
-from resnet_jax import augment
 from resnet_jax import cli
-from resnet_jax import distributed
 from resnet_jax import errors
-from resnet_jax import evaluate  # Its --checkpoint and --output_dir flags.
-from resnet_jax import evaluator
-from resnet_jax import gradcam
 from resnet_jax import models
-from resnet_jax import report
-from resnet_jax import run_config
-from resnet_jax import runs
-from resnet_jax import workdir_lock
-from resnet_jax import writers
+from resnet_jax.data import augment
+from resnet_jax.reporting import gradcam
+from resnet_jax.reporting import report
+from resnet_jax.reporting import writers
+from resnet_jax.training import checkpoints
+from resnet_jax.training import distributed
+from resnet_jax.training import evaluator
+from resnet_jax.training import run_config
+from resnet_jax.training import runs
+from resnet_jax.training import workdir_lock
 
 GRADCAM_FILE = 'gradcam.png'
 SUMMARY_FILE = 'summary.txt'
 
+_CHECKPOINT = cli.checkpoint_flag(checkpoints.CHECKPOINTS)
+_OUTPUT_DIR = cli.output_dir_flag()
 _GRADCAM_LAYERS = flags.DEFINE_list(
     'gradcam_layers', [], 'Layers to map: conv1, se, layer3_1, or layerL for the last block of '
     'residual layer L; default: the last block of every residual layer.')
@@ -121,13 +123,13 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
 
 
 def _run(config, workdir: str) -> None:
-  evaluate.check_output_writable(workdir, evaluate.OUTPUT_DIR.value)
+  cli.check_output_writable(workdir, _OUTPUT_DIR.value)
   distributed.initialize_from_env()
   with workdir_lock.hold(workdir, 'inspect'):  # Not while a run writes its checkpoints.
     config = run_config.load_run_config(workdir, config)
     inspected = inspect_run(config, workdir, gradcam_layers=_GRADCAM_LAYERS.value,
-                            num_images=_NUM_IMAGES.value, checkpoint=evaluate.CHECKPOINT.value,
-                            output_dir=evaluate.OUTPUT_DIR.value)
+                            num_images=_NUM_IMAGES.value, checkpoint=_CHECKPOINT.value,
+                            output_dir=_OUTPUT_DIR.value)
   print(inspected['summary'], flush=True)
   print(f"step {inspected['step']}: test accuracy {100 * inspected['test_accuracy']:.2f}%; "
         f"Grad-CAM of {', '.join(inspected['layers'])}; files in {inspected['output_dir']}",

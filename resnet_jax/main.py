@@ -11,16 +11,16 @@ from absl import app
 from absl import logging
 
 from resnet_jax import cli
-from resnet_jax import distributed
 from resnet_jax import errors
+from resnet_jax import files
 from resnet_jax import models
-from resnet_jax import report
-from resnet_jax import train
-from resnet_jax import writers
+from resnet_jax.reporting import report
+from resnet_jax.training import distributed
+from resnet_jax.training import train
 
 
 def run(config, workdir: str) -> None:
-  writers.check_writable(workdir, '--workdir')
+  files.check_writable(workdir, '--workdir')
   distributed.initialize_from_env()
   print(models.summary_table(config.model), flush=True)
   results = train.train_and_evaluate(config, workdir)

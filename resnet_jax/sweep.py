@@ -42,15 +42,15 @@ from ml_collections import config_dict
 import numpy as np
 
 from resnet_jax import cli
-from resnet_jax import distributed
 from resnet_jax import errors
+from resnet_jax import files
 from resnet_jax import models
-from resnet_jax import report
-from resnet_jax import run_config
-from resnet_jax import sweep_report
-from resnet_jax import train
-from resnet_jax import writers
 from resnet_jax.errors import UserError
+from resnet_jax.reporting import report
+from resnet_jax.reporting import sweep_report
+from resnet_jax.training import distributed
+from resnet_jax.training import run_config
+from resnet_jax.training import train
 
 DISTRIBUTIONS = ('uniform', 'log_uniform', 'int', 'choice')
 ERROR_FILE = 'sweep_error.txt'
@@ -357,7 +357,7 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
 
 
 def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> None:
-  writers.check_writable(workdir, '--workdir')
+  files.check_writable(workdir, '--workdir')
   distributed.initialize_from_env()
   rows = run_sweep(sweep_cfg, workdir, process_index, process_count)
   if jax.process_index() == 0:

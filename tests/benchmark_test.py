@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from resnet_jax import benchmark
-from resnet_jax import variants
-from resnet_jax.throughput import Measurement
+from resnet_jax.bench import variants
+from resnet_jax.bench.throughput import Measurement
 
 from conftest import REPO, synthetic_config
 
@@ -60,7 +60,7 @@ def _run(args):
 
 
 VARIANTS_FILE = textwrap.dedent('''
-    from resnet_jax.variants import Variant
+    from resnet_jax.bench.variants import Variant
 
     def get_variants():
       return [Variant('default'),

@@ -5,10 +5,10 @@ from ml_collections import config_flags
 import pytest
 
 from resnet_jax import models
-from resnet_jax import optim
-from resnet_jax import train
-from resnet_jax import writers
 from resnet_jax.errors import UserError
+from resnet_jax.models import optim
+from resnet_jax.reporting import writers
+from resnet_jax.training import train
 
 from conftest import REPO, config_file, with_overrides  # pylint: disable=g-bad-import-order
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from resnet_jax import defaults
-from resnet_jax import run_config
-from resnet_jax import runs
 from resnet_jax.errors import UserError
+from resnet_jax.training import run_config
+from resnet_jax.training import runs
 
 # Compiling, not running, is most of a test's time here. Two settings cut it, for every test and
 # (through the environment) the subprocesses they start:
@@ -220,7 +220,7 @@ def smoke_config(**overrides):
 @pytest.fixture(scope='session')
 def smoke_run(tmp_path_factory):
   """(config, workdir, results) of a finished smoke_config() run."""
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('smoke_run')
   config = smoke_config()
   return config, workdir, train.train_and_evaluate(config, str(workdir))

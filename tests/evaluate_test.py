@@ -7,9 +7,9 @@ import pytest
 
 from resnet_jax import errors
 from resnet_jax import evaluate
-from resnet_jax import run_config
-from resnet_jax import torch_import
-from resnet_jax import train
+from resnet_jax.pytorch import torch_import
+from resnet_jax.training import run_config
+from resnet_jax.training import train
 from conftest import restore_state, short_config
 
 torch = pytest.importorskip('torch')

@@ -9,7 +9,7 @@ import pytest
 from conftest import relative_error
 from resnet_jax import export
 from resnet_jax import models
-from resnet_jax import torch_import
+from resnet_jax.pytorch import torch_import
 
 torch = pytest.importorskip('torch')
 

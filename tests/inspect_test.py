@@ -14,10 +14,10 @@ from PIL import Image
 from resnet_jax import defaults
 from resnet_jax import inspect
 from resnet_jax import models
-from resnet_jax import run_config
-from resnet_jax import train
-from resnet_jax import writers
 from resnet_jax.errors import UserError
+from resnet_jax.reporting import writers
+from resnet_jax.training import run_config
+from resnet_jax.training import train
 
 from conftest import histogram_events  # pylint: disable=g-bad-import-order
 

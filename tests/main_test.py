@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from resnet_jax import defaults
-from resnet_jax import distributed
 from resnet_jax import main
-from resnet_jax import train
+from resnet_jax.training import distributed
+from resnet_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = f"--config={REPO / 'configs' / 'smoke.py'}"

@@ -13,10 +13,10 @@ import pytest
 
 from resnet_jax import models
 from resnet_jax import sweep
-from resnet_jax import sweep_report
-from resnet_jax import run_config
-from resnet_jax import train
 from resnet_jax.errors import UserError
+from resnet_jax.reporting import sweep_report
+from resnet_jax.training import run_config
+from resnet_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'

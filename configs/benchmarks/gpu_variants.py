@@ -5,7 +5,7 @@ Each is measured on the benchmark's grid (--batch_sizes x --dtypes). `numerics` 
 `env` run in a fresh process each (XLA reads its flags once) and train, on a CPU, as the default.
 """
 
-from resnet_jax.variants import CLOSE, DIFFERS, SAME, Variant
+from resnet_jax.bench.variants import CLOSE, DIFFERS, SAME, Variant
 
 
 def _xla(name: str, flags: str, note: str) -> Variant:

@@ -1,0 +1,166 @@
+"""One measurement: a config's training throughput, the way the training command runs it.
+
+Compile time; steady-state training throughput end to end on the path config.data.placement
+picks (the resident set with the batch gather, or host batches streamed; augmentation and
+mixup as the config sets them, forward, backward, the optax chain with Lookahead, the training
+plan's steps per compiled call); the device memory the compiled call needs; where asked,
+evaluation throughput and the FLOPs per training image counted by XLA. `resnet_jax.benchmark`
+measures variants of a config with it.
+"""
+
+import dataclasses
+import time
+from typing import Iterator, Optional
+
+import jax
+import ml_collections
+
+from resnet_jax.training import evaluator
+from resnet_jax.training import feed
+from resnet_jax.training import runs
+
+# Dense peak FLOP/s by device kind and compute dtype (vendor datasheets; float32 on NVIDIA GPUs
+# means TF32 tensor cores, which XLA uses for float32 convolutions by default).
+PEAK_FLOPS = {
+    'NVIDIA H100 80GB HBM3': {'bfloat16': 989e12, 'float32': 494e12},
+    'NVIDIA H100': {'bfloat16': 989e12, 'float32': 494e12},
+    'NVIDIA H200': {'bfloat16': 989e12, 'float32': 494e12},
+    'NVIDIA A100-SXM4-80GB': {'bfloat16': 312e12, 'float32': 156e12},
+    'NVIDIA A100-SXM4-40GB': {'bfloat16': 312e12, 'float32': 156e12},
+    'TPU v4': {'bfloat16': 275e12, 'float32': 275e12},
+    'TPU v5 lite': {'bfloat16': 197e12, 'float32': 197e12},
+    'TPU v5': {'bfloat16': 459e12, 'float32': 459e12},
+    'TPU v6 lite': {'bfloat16': 918e12, 'float32': 918e12},
+}
+
+
+@dataclasses.dataclass
+class Measurement:
+  """One row: a variant (or a PyTorch mode) at one batch size and dtype; None = not measured."""
+  batch_size: int
+  dtype: str
+  steps_per_call: int
+  compile_seconds: Optional[float]
+  train_images_per_second: Optional[float]
+  eval_images_per_second: Optional[float]
+  train_gflop_per_image: Optional[float]
+  mfu: Optional[float]
+  memory_gib: Optional[float]
+  variant: str = 'default'
+  placement: str = 'device'  # device (resident set) | host (streamed) | synthetic (PyTorch)
+  framework: str = 'jax'
+  fastest: bool = False      # the fastest JAX row of its batch size and dtype
+  speedup: Optional[float] = None  # PyTorch rows: the fastest JAX row's rate over this one's
+  error: Optional[str] = None
+
+
+def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
+  return PEAK_FLOPS.get(device_kind, {}).get(dtype)
+
+
+def _flops(compiled) -> Optional[float]:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get('flops')
+  return float(flops) if flops and flops > 0 else None
+
+
+def memory_gib(compiled) -> Optional[float]:
+  """Device memory a compiled call needs: arguments, outputs and temporaries, less donated buffers.
+
+  From XLA's memory analysis of the executable, so each configuration gets its own figure (the
+  runtime's peak_bytes_in_use counter never resets: it would report the largest so far).
+  """
+  stats = compiled.memory_analysis()
+  if isinstance(stats, (list, tuple)):  # older jax: one per computation
+    stats = stats[0] if stats else None
+  if stats is None:
+    return None
+  used = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+          - getattr(stats, 'alias_size_in_bytes', 0))
+  return used / 2**30
+
+
+def _timed(fn, repeats: int) -> float:
+  """Seconds for `repeats` calls of fn, which returns something to block on."""
+  start = time.perf_counter()
+  out = None
+  for _ in range(repeats):
+    out = fn()
+  jax.block_until_ready(out)
+  return time.perf_counter() - start
+
+
+def _full_calls(train_feed: feed.Feed, plan: feed.EpochPlan) -> Iterator[tuple]:
+  """The batch arguments of the epoch's calls of the first call's shape, epoch after epoch.
+
+  The other calls (a shorter last one, the partial batch) are skipped, though a streamed feed
+  still makes their host batches: its calls come in order.
+  """
+  shape = plan.calls(0)[0][1:]
+  for epoch in range(1 << 30):
+    call_batches = train_feed.epoch(epoch, 0)
+    for first, count, batch_size in plan.calls(0):
+      batches = call_batches(first, count, batch_size)
+      if (count, batch_size) == shape:
+        yield batches
+
+
+def _eval_rate(run: runs.Run, variables: dict, repeats: int) -> float:
+  splits, mesh = run.splits, run.mesh
+  eval_set = evaluator.make_eval_set(splits.test_images, splits.test_labels,
+                                     run.config.eval_batch_size, mesh)
+  compiled = evaluator.compile_evaluate(run.ctx, mesh).lower(variables,
+                                                             *eval_set.arrays()).compile()
+  call_eval = lambda: compiled(variables, *eval_set.arrays())
+  _timed(call_eval, 1)
+  return repeats * eval_set.size / _timed(call_eval, repeats)
+
+
+def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_calls: int = 2,
+            eval_repeats: int = 3, count_flops: bool = True) -> Measurement:
+  """Measures one configuration as training runs it.
+
+  Batch size, dtype, placement and steps per compiled call are config.batch_size,
+  config.model.dtype, config.data.placement (`feed.resident_placement`) and the training plan's
+  (`feed.epoch_plan`: config.steps_per_call, 0 = as training picks it). Timed are the epoch's
+  calls of the first call's shape, through the feed training uses. eval_repeats=0 skips timing
+  evaluation; count_flops=False skips counting FLOPs (another compile where a call has several
+  steps).
+  """
+  run = runs.setup_run(config.copy_and_resolve_references(), workdir='', splits=splits)
+  mesh, ctx, plan = run.mesh, run.ctx, run.plan
+  _, steps, batch_size = plan.calls(0)[0]
+  state = feed.initial_state(ctx, config.data.image_size, mesh)
+  train_feed = feed.create_feed(run.config, plan, mesh, splits.train_images, splits.train_labels,
+                                resident=run.resident)
+  run_steps = feed.jit_train_steps(ctx, mesh, resident=run.resident)
+  start = time.perf_counter()
+  compiled = run_steps.lower(state, *train_feed.batch_specs(steps, batch_size)).compile()
+  compile_seconds = time.perf_counter() - start
+  flops_per_step = None
+  if count_flops:
+    # XLA's cost analysis counts a loop body once, whatever its trip count, so a call of several
+    # steps (a lax.scan off the CPU) would count one of them: the FLOPs are a one-step call's.
+    one_step = compiled if steps == 1 else run_steps.lower(
+        state, *train_feed.batch_specs(1, batch_size)).compile()
+    flops_per_step = _flops(one_step)
+
+  holder, batches = {'state': state}, _full_calls(train_feed, plan)
+
+  def one_call():
+    holder['state'], result = compiled(holder['state'], *next(batches))
+    return result
+
+  _timed(one_call, warmup_calls)
+  train_rate = calls * steps * batch_size / _timed(one_call, calls)
+  eval_rate = (_eval_rate(run, holder['state'].eval_variables(), eval_repeats)
+               if eval_repeats else None)
+  gflop_per_image = None if flops_per_step is None else flops_per_step / batch_size / 1e9
+  return Measurement(batch_size=batch_size, dtype=config.model.dtype, steps_per_call=steps,
+                     compile_seconds=compile_seconds, train_images_per_second=train_rate,
+                     eval_images_per_second=eval_rate, train_gflop_per_image=gflop_per_image,
+                     mfu=None, memory_gib=memory_gib(compiled), placement=run.placement)
+
+

@@ -1,0 +1,254 @@
+"""What a run leaves for people: results.json, learning curves, confusion matrix and report.md.
+
+`write_report` is called by the trainer at the end of a run and by `resnet_jax.evaluate`, with the
+results they gathered (`runs.run_results`): this module knows nothing of training. The
+report sets the run beside `config.reference`: the seed paper's own accuracy and, for the
+seed-000 recipe, the PyTorch reference measured on the same data (REFERENCE.md).
+"""
+
+import io
+import json
+import platform
+from typing import Optional, Sequence
+
+from etils import epath
+import flax
+import jax
+import matplotlib
+
+matplotlib.use('Agg')  # Files only; never a display.
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+RESULTS_FILE = 'results.json'
+CURVES_FILE = 'curves.png'
+CONFUSION_FILE = 'confusion.png'
+REPORT_FILE = 'report.md'
+
+
+def versions() -> dict:
+  return {'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
+          'orbax_checkpoint': getattr(ocp, '__version__', ''),
+          'python': platform.python_version()}
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """counts[true, predicted]."""
+  flat = labels.astype(np.int64) * num_classes + predictions.astype(np.int64)
+  return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+  """Recall of each class: the diagonal over the row sums (NaN for a class with no examples)."""
+  confusion = np.asarray(confusion, np.float64)
+  totals = confusion.sum(axis=1)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(totals > 0, np.diag(confusion) / totals, np.nan)
+
+
+def _save_figure(fig, path: epath.PathLike) -> None:
+  """Saves a figure as a PNG at path (local or a URL such as gs://...) and closes it."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=110)
+  plt.close(fig)
+  epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def plot_curves(history: Sequence[dict], path: epath.PathLike) -> None:
+  """Loss and accuracy per epoch, train and validation, side by side."""
+  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  for split, style in (('train', '-'), ('val', '--')):
+    rows = [r for r in history if f'{split}_loss' in r]
+    if not rows:
+      continue
+    epochs = [r['epoch'] for r in rows]
+    label = 'validation' if split == 'val' else split
+    loss_ax.plot(epochs, [r[f'{split}_loss'] for r in rows], style, marker='.', label=label)
+    acc_ax.plot(epochs, [100 * r[f'{split}_accuracy'] for r in rows], style, marker='.',
+                label=label)
+  for ax, name in ((loss_ax, 'loss'), (acc_ax, 'accuracy (%)')):
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  _save_figure(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
+                   path: epath.PathLike) -> None:
+  """The confusion matrix (counts, true class in rows) and the accuracy of each class."""
+  confusion = np.asarray(confusion)
+  num_classes = len(confusion)
+  fig, (matrix_ax, bar_ax) = plt.subplots(
+      1, 2, figsize=(14, 6), gridspec_kw={'width_ratios': [3, 2]})
+  matrix_ax.imshow(confusion, cmap='Blues')
+  threshold = confusion.max() / 2 if confusion.size else 0
+  for i in range(num_classes):
+    for j in range(num_classes):
+      matrix_ax.text(j, i, str(confusion[i, j]), ha='center', va='center', fontsize=8,
+                     color='white' if confusion[i, j] > threshold else 'black')
+  ticks = np.arange(num_classes)
+  matrix_ax.set_xticks(ticks, class_names, rotation=45, ha='right')
+  matrix_ax.set_yticks(ticks, class_names)
+  matrix_ax.set_xlabel('predicted')
+  matrix_ax.set_ylabel('true')
+  matrix_ax.set_title('confusion matrix (test set)')
+  accuracy = 100 * per_class_accuracy(confusion)
+  bar_ax.barh(ticks, np.nan_to_num(accuracy))
+  bar_ax.set_yticks(ticks, class_names)
+  bar_ax.invert_yaxis()
+  bar_ax.set_xlim(0, 100)
+  bar_ax.set_xlabel('accuracy (%)')
+  bar_ax.set_title('per-class accuracy')
+  for i, value in enumerate(accuracy):
+    bar_ax.text(min(np.nan_to_num(value), 88) + 1, i, f'{value:.1f}', va='center', fontsize=8)
+  fig.tight_layout()
+  _save_figure(fig, path)
+
+
+def first_reaching(history: Sequence[dict], accuracy: float) -> Optional[dict]:
+  """{'epoch', 'elapsed_seconds'} of the first epoch whose validation accuracy >= accuracy."""
+  for record in history:
+    if record.get('val_accuracy', -1.0) >= accuracy:
+      return {'epoch': record['epoch'], 'elapsed_seconds': record.get('elapsed_seconds')}
+  return None
+
+
+def _percent(value: Optional[float]) -> str:
+  return '-' if value is None else f'{100 * value:.2f}%'
+
+
+def _reference_percent(value: float) -> str:
+  return f'{value:.2f}%' if value else '-'
+
+
+def _duration(seconds: float) -> str:
+  return f'~{seconds / 60:.0f} min' if seconds >= 120 else f'{seconds:.0f} s'
+
+
+def time_to_reference(results: dict) -> Optional[str]:
+  """Time-to-accuracy against the PyTorch reference, one sentence; None where not measured.
+
+  Measured where results hold `reference_reached` (the trainer sets it when validation is the
+  test set and `config.reference.pytorch_final` is known): the first epoch at or over it, or
+  None when no epoch got there.
+  """
+  reference = results.get('reference', {})
+  target = reference.get('pytorch_final', 0.0)
+  if not target or 'reference_reached' not in results:
+    return None
+  reached, epochs = results['reference_reached'], results.get('epochs', '?')
+  if reached is None:
+    best = results.get('best_val_accuracy')
+    at = f" at epoch {results.get('best_epoch')} of {epochs}" if best is not None else ''
+    return (f"Did not reach the PyTorch reference's {target:.2f}%: best {_percent(best)}{at} "
+            f'vs {target:.2f}%.')
+  seconds = reached.get('elapsed_seconds')
+  after = '' if seconds is None else f' after {seconds:.0f} s'
+  reference_seconds = reference.get('pytorch_seconds', 0.0)
+  against = f'; the reference: {_duration(reference_seconds)}' if reference_seconds else ''
+  return (f"Reached the PyTorch reference's {target:.2f}% at epoch {reached['epoch']} of "
+          f'{epochs}{after} (compile and evaluation included{against}).')
+
+
+def _training_figures(results: dict) -> list[str]:
+  """The training run's speed figures that results holds (evaluate's results hold none)."""
+  figures = []
+  if 'images_per_second' in results:
+    figures.append(f"{results['images_per_second']:,.0f} training images/s")
+  if 'compile_seconds' in results:
+    figures.append(f"compile {results['compile_seconds']:.1f} s")
+  if 'wall_seconds' in results and 'evaluated' not in results:
+    figures.append(f"wall {results['wall_seconds']:.0f} s")
+  return figures
+
+
+def markdown(results: dict, history: Sequence[dict], per_class: dict,
+             write_plots: bool) -> str:
+  """report.md: the run, its reference figures, per-class accuracy and the plots."""
+  reference = results.get('reference', {})
+  system = reference.get('system') or results['model']
+  epoch_times = [r['epoch_seconds'] for r in history if 'epoch_seconds' in r]
+  lines = [
+      f"# {system}: {results['model']} on CIFAR-10",
+      '',
+      f"{results['parameters']:,} parameters; {len(history)} of {results['epochs']} epochs "
+      f"recorded; data: {results.get('data_source', '?')} ({results.get('train_examples', '?')} "
+      f"train, {results.get('test_examples', '?')} test examples); "
+      f"{results.get('device_count', '?')} x {results.get('device_kind', '?')}.",
+      '',
+  ]
+  timing = time_to_reference(results)
+  if timing:
+    lines += [f'**Time to accuracy:** {timing}', '']
+  lines += [
+      '| test accuracy | final | best |',
+      '|---|---|---|',
+      f"| this run | {_percent(results.get('final_test_accuracy'))} | "
+      f"{_percent(results.get('best_test_accuracy'))} |",
+      f"| PyTorch reference, same data (REFERENCE.md) | "
+      f"{_reference_percent(reference.get('pytorch_final', 0.0))} | "
+      f"{_reference_percent(reference.get('pytorch_best', 0.0))} |",
+      f"| the seed paper (its own data and run) | | "
+      f"{_reference_percent(reference.get('paper_accuracy', 0.0))} |",
+      '',
+  ]
+  if results.get('best_val_accuracy') is not None:
+    lines += [f"Validation accuracy: final {_percent(results.get('final_val_accuracy'))}, best "
+              f"{_percent(results['best_val_accuracy'])} (epoch {results.get('best_epoch')}).", '']
+  if epoch_times:
+    reference_epoch = reference.get('pytorch_epoch_seconds', 0.0)
+    against = f' (PyTorch reference: {reference_epoch:.1f} s)' if reference_epoch else ''
+    lines += ['; '.join([f'Time an epoch: {np.median(epoch_times):.2f} s median{against}',
+                         *_training_figures(results)]) + '.', '']
+  if 'evaluated' in results:
+    lines += [f"Scored {results['evaluated']} in {results.get('wall_seconds', 0):.0f} s.", '']
+  if per_class:
+    lines += ['| class | test accuracy |', '|---|---|']
+    lines += [f'| {name} | {100 * value:.1f}% |' for name, value in per_class.items()]
+    lines.append('')
+  if write_plots:
+    if history:
+      lines += [f'![learning curves]({CURVES_FILE})', '']
+    lines += [f'![confusion matrix]({CONFUSION_FILE})', '']
+  versions = results.get('versions', {})
+  if versions:
+    lines += ['Versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items()) + '.', '']
+  return '\n'.join(lines)
+
+
+def write_report(workdir: epath.PathLike, results: dict, history: Sequence[dict],
+                 confusion: np.ndarray, *, write_plots: bool = True) -> dict:
+  """Writes results.json, curves.png, confusion.png and report.md into workdir.
+
+  Args:
+    workdir: the run's folder (local, or a URL such as gs://...).
+    results: the run's figures (train.train_and_evaluate's results, or evaluate's); its
+      'class_names' label the confusion matrix and its 'reference' the comparison.
+    history: one dict an epoch ({'epoch', 'train_loss', 'train_accuracy', 'val_loss', ...}).
+    confusion: counts[true class, predicted class] on the test set.
+    write_plots: False skips the PNGs (config.write_plots).
+
+  Returns:
+    The results as written, with the confusion matrix and per-class accuracy added.
+  """
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  confusion = np.asarray(confusion, np.int64)
+  class_names = results.get('class_names') or [str(i) for i in range(len(confusion))]
+  per_class = {name: float(value)
+               for name, value in zip(class_names, per_class_accuracy(confusion))}
+  written = dict(results, per_class_accuracy=per_class, confusion_matrix=confusion.tolist())
+  (workdir / RESULTS_FILE).write_text(json.dumps(written, indent=2) + '\n')
+  if write_plots:
+    if history:
+      plot_curves(history, workdir / CURVES_FILE)
+    plot_confusion(confusion, class_names, workdir / CONFUSION_FILE)
+  (workdir / REPORT_FILE).write_text(markdown(written, history, per_class, write_plots))
+  return written

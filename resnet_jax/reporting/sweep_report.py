@@ -1,0 +1,158 @@
+"""What a sweep writes for people: sweep.csv, sweep.md and its figures.
+
+The table has one row a point (built by `sweep.summary_rows`); the figures are the validation
+curves of every run (curves.png) and accuracy against each swept key (accuracy_vs_<key>.png).
+Points are `sweep.Point`s; this module imports nothing of sweep.py.
+"""
+
+import csv
+import io
+import os
+from typing import Sequence
+
+from matplotlib import figure
+import numpy as np
+
+from resnet_jax.reporting import writers
+
+ACCURACIES = ('final_val_accuracy', 'best_val_accuracy', 'final_test_accuracy',
+              'best_test_accuracy')
+# Lines get a legend (one a combination of the other swept values) up to this many.
+MAX_SERIES = 12
+
+
+def short_keys(keys: Sequence[str]) -> dict:
+  """key -> its last component, or the whole dotted key where two last components collide."""
+  last = [key.rsplit('.', 1)[-1] for key in keys]
+  return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes a file whole (processes sharing a sweep may write its tables at the same time)."""
+  partial = f'{path}.{os.getpid()}.tmp'
+  with open(partial, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(partial, path)
+
+
+def _csv(rows: Sequence[dict]) -> str:
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator='\n')
+  writer.writeheader()
+  writer.writerows(rows)
+  return buffer.getvalue()
+
+
+def _cell(name: str, value) -> str:
+  if value is None:
+    return '-'
+  if name in ACCURACIES:
+    return f'{100 * value:.2f}%'
+  if name == 'parameters':
+    return f'{value:,}'
+  if name == 'wall_seconds':
+    return f'{value:.0f}'
+  return str(value).replace('|', '\\|')
+
+
+def _markdown(rows: Sequence[dict], keys: Sequence[str]) -> str:
+  """The table of sweep.md, swept keys by their full dotted names."""
+  columns = [name for name in rows[0] if name != 'point']
+  headers = [*keys, 'parameters', 'final val', 'best val', 'final test', 'best test',
+             'wall (s)', 'status']
+  lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+  lines += ['| ' + ' | '.join(_cell(name, row[name]) for name in columns) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def validation_curve(run_dir: str) -> tuple[list[int], list[float]]:
+  """(epochs, validation accuracy) from a run's metrics.jsonl; the last record of an epoch wins."""
+  path = os.path.join(run_dir, writers.METRICS_FILE)
+  if not os.path.isfile(path):
+    return [], []
+  by_epoch = {int(r['epoch']): r['val_accuracy'] for r in writers.read_jsonl(path)
+              if 'epoch' in r and 'val_accuracy' in r}
+  epochs = sorted(by_epoch)
+  return epochs, [by_epoch[epoch] for epoch in epochs]
+
+
+def plot_curves(points: Sequence, workdir: str, path: str) -> int:
+  """Validation accuracy against epoch of every run on one figure; returns the runs drawn."""
+  fig = figure.Figure(figsize=(9, 5.5), layout='constrained')
+  ax = fig.subplots()
+  drawn = 0
+  for point in points:
+    epochs, accuracy = validation_curve(os.path.join(workdir, point.name))
+    if epochs:
+      ax.plot(epochs, 100 * np.asarray(accuracy), marker='.', label=point.name)
+      drawn += 1
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('validation accuracy (%)')
+  ax.grid(alpha=0.3)
+  if drawn and drawn <= 2 * MAX_SERIES:
+    ax.legend(fontsize=7, loc='lower right')
+  fig.savefig(path, dpi=110)
+  return drawn
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def plot_accuracy_vs(points: Sequence, rows: Sequence[dict], key: str, path: str,
+                     grid_keys: Sequence[str]) -> None:
+  """Best validation accuracy against one swept key; a line for each combination of the others."""
+  numeric = all(_is_number(point.values[key]) for point in points)
+  categories = list(dict.fromkeys(point.labels[key] for point in points))
+  fig = figure.Figure(figsize=(7, 4.5), layout='constrained')
+  ax = fig.subplots()
+  others = [other for other in grid_keys if other != key]
+  series = {}
+  for point, row in zip(points, rows):
+    if row['best_val_accuracy'] is None:
+      continue
+    x = point.values[key] if numeric else categories.index(point.labels[key])
+    group = ', '.join(f'{short}={point.labels[other]}'
+                      for other, short in short_keys(others).items())
+    series.setdefault(group, []).append((x, 100 * row['best_val_accuracy']))
+  as_lines = key in grid_keys and len(series) <= MAX_SERIES
+  for group, xy in series.items():
+    xs, ys = zip(*sorted(xy))
+    ax.plot(xs, ys, marker='o', linestyle='-' if as_lines else 'none', label=group or None)
+  if numeric:
+    values = [point.values[key] for point in points]
+    if min(values) > 0 and max(values) / min(values) >= 20:
+      ax.set_xscale('log')
+  else:
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha='right')
+  ax.set_xlabel(key)
+  ax.set_ylabel('best validation accuracy (%)')
+  ax.grid(alpha=0.3)
+  if as_lines and any(series):
+    ax.legend(fontsize=7)
+  fig.savefig(path, dpi=110)
+
+
+def write_summary(points: Sequence, rows: Sequence[dict], workdir: str, grid_keys: Sequence[str],
+                  trained: int) -> None:
+  """Writes sweep.csv, sweep.md, curves.png and accuracy_vs_<key>.png.
+
+  Args:
+    points: every `sweep.Point` of the sweep, in order.
+    rows: the table, one row a point (`sweep.summary_rows`).
+    workdir: the sweep's folder, where the files go.
+    grid_keys: the keys of the grid (the figures draw lines along them).
+    trained: how many points are trained, for sweep.md's title.
+  """
+  keys = list(points[0].values)
+  write_atomic(os.path.join(workdir, 'sweep.csv'), _csv(rows))
+  shorts = short_keys(keys)
+  plots = [f'accuracy_vs_{shorts[key]}.png' for key in keys]
+  text = (f'# Sweep: {len(points)} points, {trained} trained\n\nAccuracy columns: validation and '
+          'test accuracy at the last epoch (final) and at the best validation epoch (best).\n\n'
+          + _markdown(rows, keys) + '\n![validation curves](curves.png)\n\n'
+          + ''.join(f'![accuracy against {key}]({plot})\n\n' for key, plot in zip(keys, plots)))
+  write_atomic(os.path.join(workdir, 'sweep.md'), text)
+  plot_curves(points, workdir, os.path.join(workdir, 'curves.png'))
+  for key, plot in zip(keys, plots):
+    plot_accuracy_vs(points, rows, key, os.path.join(workdir, plot), grid_keys)

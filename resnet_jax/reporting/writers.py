@@ -1,0 +1,225 @@
+"""Metric writers (TensorBoard, a JSON-lines file) through clu.
+
+TensorBoard events are written by `TensorBoardWriter`, through the `tensorboard` package alone,
+whether or not TensorFlow is installed: importing TensorFlow costs a run's start several seconds
+(7 s on a 2-core CPU) and the GPU machines have none. clu's `metric_writers` package imports
+TensorFlow for its own TensorBoard writer as it loads, so importing this module first registers a
+stand-in `clu.metric_writers.summary_writer` that makes this writer instead; `clu.metric_writers`
+and `clu.periodic_actions` then import the same everywhere, without TensorFlow. Import this
+module before either of them.
+
+Workdirs may be local folders or URLs (gs://... on Cloud TPU VMs): paths go through `files`.
+"""
+
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import types
+from typing import Any, Mapping, Optional
+
+from absl import logging
+from etils import epath
+import numpy as np
+
+from resnet_jax import files
+
+_SUMMARY_MODULE = 'clu.metric_writers.summary_writer'
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
+
+
+def _register_summary_writer() -> None:
+  if _SUMMARY_MODULE not in sys.modules:  # Else clu was imported first (with TensorFlow).
+    module = types.ModuleType(_SUMMARY_MODULE)
+    module.SummaryWriter = lambda logdir: TensorBoardWriter(logdir)
+    sys.modules[_SUMMARY_MODULE] = module
+
+
+_register_summary_writer()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
+from clu import metric_writers  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
+
+
+# tensorboard reaches files through TensorFlow's file system where TensorFlow is installed, unless
+# a module of this name exists (its `no_tensorflow` build target); then through its own, which
+# writes local files and, through fsspec, URLs (gcsfs for gs://).
+_TENSORBOARD_WITHOUT_TF = 'tensorboard.compat.notf'
+
+
+class TensorBoardWriter(metric_writers.MetricWriter):
+  """Writes TensorBoard event files with tensorboard's own event writer, never TensorFlow."""
+
+  def __init__(self, logdir: str):
+    super().__init__()
+    sys.modules.setdefault(_TENSORBOARD_WITHOUT_TF, types.ModuleType(_TENSORBOARD_WITHOUT_TF))
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.text import summary_v2 as text_summary
+    from tensorboard.summary.writer import event_file_writer
+    # pylint: enable=g-import-not-at-top
+    self._event_pb2, self._summary_pb2, self._text_summary = event_pb2, summary_pb2, text_summary
+    self._writer = event_file_writer.EventFileWriter(os.fspath(logdir))
+
+  def _add(self, step: int, values: list) -> None:
+    self._writer.add_event(self._event_pb2.Event(
+        wall_time=time.time(), step=int(step), summary=self._summary_pb2.Summary(value=values)))
+
+  def write_summaries(self, step, values, metadata=None):
+    self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
+
+  def write_scalars(self, step, scalars):
+    self._add(step, [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                     for k, v in scalars.items()])
+
+  def write_images(self, step, images):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    summary_pb2 = self._summary_pb2
+    values = []
+    for tag, image in images.items():
+      image = np.asarray(image)
+      if image.dtype != np.uint8:
+        image = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+      for index, single in enumerate(image if image.ndim == 4 else image[None]):
+        buffer = io.BytesIO()
+        Image.fromarray(single.squeeze()).save(buffer, format='PNG')
+        height, width = single.shape[:2]
+        channels = single.shape[2] if single.ndim == 3 else 1
+        name = tag if image.ndim == 3 else f'{tag}/{index}'
+        values.append(summary_pb2.Summary.Value(tag=name, image=summary_pb2.Summary.Image(
+            height=height, width=width, colorspace=channels,
+            encoded_image_string=buffer.getvalue())))
+    self._add(step, values)
+
+  def write_videos(self, step, videos):
+    del step, videos  # Not used by resnet-jax.
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate  # Not used by resnet-jax.
+
+  def write_texts(self, step, texts):
+    self._add(step, [value for tag, text in texts.items()
+                     for value in self._text_summary.text_pb(tag, np.array(text)).value])
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    summary_pb2 = self._summary_pb2
+    values = []
+    for tag, array in arrays.items():
+      array = np.asarray(array, dtype=np.float64).ravel()
+      bins = (num_buckets or {}).get(tag) or 30
+      counts, edges = np.histogram(array, bins=bins)
+      values.append(summary_pb2.Summary.Value(tag=tag, histo=summary_pb2.HistogramProto(
+          min=float(array.min()), max=float(array.max()), num=float(array.size),
+          sum=float(array.sum()), sum_squares=float(np.square(array).sum()),
+          bucket_limit=[float(e) for e in edges[1:]], bucket=[float(c) for c in counts])))
+    self._add(step, values)
+
+  def write_hparams(self, hparams):
+    self.write_texts(0, {'hparams': json.dumps(dict(hparams), default=str, sort_keys=True)})
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+class JsonLinesWriter(metric_writers.MetricWriter):
+  """One JSON object per `write_scalars` call ({"step": s, name: value, ...}), one a line.
+
+  Object stores (gs://) cannot append to a file, so the lines are kept in memory (a run writes a
+  few thousand at most) and `flush` rewrites the whole file; lines already in it (the earlier
+  part of a resumed run) are kept.
+  """
+
+  def __init__(self, path: epath.PathLike):
+    super().__init__()
+    self._path = epath.Path(path)
+    self._lines = ([line for line in self._path.read_text().splitlines() if line.strip()]
+                   if self._path.exists() else [])
+    self._written = len(self._lines)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    record = {'step': int(step), 'time': time.time()}
+    record.update({k: float(v) for k, v in scalars.items()})
+    self._lines.append(json.dumps(record))
+
+  def write_summaries(self, step, values, metadata=None):
+    self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_videos(self, step, videos):
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate
+
+  def write_texts(self, step, texts):
+    del step, texts
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def write_hparams(self, hparams):
+    self._lines.append(json.dumps({'hparams': dict(hparams)}, default=str))
+
+  def flush(self):
+    if len(self._lines) != self._written:
+      self._path.write_text(''.join(line + '\n' for line in self._lines))
+      self._written = len(self._lines)
+
+  def close(self):
+    self.flush()
+
+
+def read_jsonl(path: epath.PathLike) -> list[dict]:
+  """The records a JsonLinesWriter wrote, in order."""
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
+
+
+def _fsspec_can_open(url: str) -> bool:
+  """Whether fsspec (which tensorboard uses without TensorFlow) has a filesystem for url."""
+  try:
+    import fsspec  # pylint: disable=g-import-not-at-top
+    return fsspec.get_filesystem_class(url.split('://', 1)[0]) is not None
+  except (ImportError, ValueError):
+    return False
+
+
+def tensorboard_dir(workdir: epath.PathLike) -> str:
+  """workdir/tensorboard, or a local temporary folder where events cannot be written there.
+
+  TensorBoard's event writer reaches a URL through fsspec's file system for it (gcsfs for gs://,
+  the `gcs` extra); without one, the events stay on this machine.
+  """
+  logdir = os.fspath(files.as_path(workdir) / TENSORBOARD_DIR)
+  if not files.is_url(logdir) or _fsspec_can_open(logdir):
+    return logdir
+  local = tempfile.mkdtemp(prefix='resnet_jax_tensorboard_')
+  logging.warning('TensorBoard events go to %s on this machine: writing them to %s needs an '
+                  "fsspec file system for it (gcsfs for gs://: pip install -e '.[gcs]')", local,
+                  logdir)
+  return local
+
+
+def create_writer(workdir: Optional[epath.PathLike], *,
+                  is_main: bool) -> metric_writers.MetricWriter:
+  """TensorBoard events and metrics.jsonl on the main process; nothing on the others.
+
+  No console writer: the trainer logs each progress and epoch line itself, in its own words, so
+  clu's LoggingWriter would print every one of them a second time.
+  """
+  writers = []
+  if is_main and workdir:
+    path = files.as_path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    writers.append(TensorBoardWriter(tensorboard_dir(path)))
+    writers.append(JsonLinesWriter(path / METRICS_FILE))
+  return metric_writers.MultiWriter(writers)

@@ -1,0 +1,256 @@
+"""Checkpoints of a run: save and restore, what a resume must share, and when to stop (SIGTERM).
+
+A run's workdir holds `checkpoints/latest` (every epoch, and at a SIGTERM) and
+`checkpoints/best` (the best by validation accuracy), orbax managers keeping one step each. A
+checkpoint is the `steps.TrainState` and a `CheckpointMeta`: the position in the epoch, the
+epoch's running metric sums, the history and the run's identity, so a resumed run continues
+bitwise. On several processes, process 0's view of storage decides every question about it.
+"""
+
+import contextlib
+import dataclasses
+import itertools
+import os
+import signal
+import sys
+import threading
+from typing import Optional
+
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from resnet_jax import files
+from resnet_jax.errors import UserError, one_line
+from resnet_jax.training import run_config
+from resnet_jax.training import steps
+
+CHECKPOINTS = ('latest', 'best')
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointMeta:
+  """What a checkpoint holds besides the state (saved as JSON).
+
+  Attributes:
+    epoch: epochs finished.
+    step_in_epoch: steps of the next epoch already trained (a mid-epoch stop).
+    train_sums: that epoch's running metric sums (`steps.metric_sums` dicts).
+    best_val_accuracy: the best validation accuracy so far (-1: none yet).
+    best_epoch: the epoch that scored it.
+    history: one record per finished epoch.
+    run: the run's identity (`run_identity`), checked on resume.
+    elapsed_seconds: the run's wall time so far, summed over the processes that trained it.
+  """
+  epoch: int = 0
+  step_in_epoch: int = 0
+  train_sums: dict = dataclasses.field(default_factory=dict)
+  best_val_accuracy: float = -1.0
+  best_epoch: int = 0
+  history: list = dataclasses.field(default_factory=list)
+  run: dict = dataclasses.field(default_factory=dict)
+  elapsed_seconds: float = 0.0
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, saved: dict) -> 'CheckpointMeta':
+    """The meta of a saved dict; fields that older checkpoints lack take their defaults."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{name: value for name, value in saved.items() if name in names})
+
+
+def checkpoint_manager(directory: epath.PathLike, *,
+                       read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(files.as_path(directory), options=options,
+                               item_names=('state', 'meta'))
+
+
+def process_zero_decides(value: Optional[int]) -> Optional[int]:
+  """Process 0's value (an int >= 0, or None) on every process.
+
+  What each process reads of shared storage (a bucket's listing) may differ for a moment; a
+  decision that sent processes down different paths would leave some waiting in a collective.
+  """
+  if jax.process_count() == 1:
+    return value
+  agreed = int(multihost_utils.broadcast_one_to_all(
+      np.asarray(-1 if value is None else value, np.int32)))
+  return None if agreed < 0 else agreed
+
+
+@contextlib.contextmanager
+def writes_to(manager: ocp.CheckpointManager):
+  """Turns a failed write into one UserError naming the folder.
+
+  Orbax saves in a background thread: a folder deleted, filled or made read-only under it
+  surfaces at the next save, wait or close, as whatever that thread raised (often a ValueError).
+  """
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'saving a checkpoint in {manager.directory} failed ({one_line(e)}): was '
+                    'the folder deleted, its disk filled or made read-only while this run wrote '
+                    'to it? Checkpoints already saved are kept; fix it and rerun the same command '
+                    'to resume, or start again in a new --workdir') from e
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: steps.TrainState,
+                    meta: CheckpointMeta) -> None:
+  """Saves state and meta at the state's step, unless a checkpoint of that step exists.
+
+  One exists when a run that died without a clean stop (no SIGTERM) is resumed and replays steps
+  it had saved, e.g. a best checkpoint written after the latest one. The existing checkpoint is
+  kept rather than deleted and rewritten, so there is never a moment without one.
+  """
+  step = int(jax.device_get(state.step))
+  if not process_zero_decides(int(manager.directory.exists())):
+    # Orbax would quietly make the folder again, and the run would go on without the checkpoints
+    # a resume (or the best model) needs.
+    raise UserError(f'{manager.directory} was deleted while this run was writing to it, with the '
+                    'checkpoints it held; start the run again in a new --workdir (or put the '
+                    'folder back and rerun the same command to resume from it)')
+  if process_zero_decides(int(step in manager.all_steps())):
+    return
+  with writes_to(manager):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta.to_json())), force=True)
+
+
+def wait_for_saves(manager: ocp.CheckpointManager) -> None:
+  """Returns once the manager's saves are on disk; UserError if one failed."""
+  with writes_to(manager):
+    manager.wait_until_finished()
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """Waits for the manager's saves, then closes it; UserError if a save failed."""
+  with writes_to(manager):
+    manager.wait_until_finished()
+    manager.close()
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: steps.TrainState,
+                       step: Optional[int] = None) -> tuple[steps.TrainState, CheckpointMeta]:
+  """The state and metadata saved at `step` (default: the latest); UserError if unusable."""
+  step = manager.latest_step() if step is None else step
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'checkpoint {manager.directory}/{step} cannot be restored into this config '
+                    f'({one_line(e)}): it is damaged or was written by another config; use the '
+                    'config it was trained with, or move the checkpoint aside or use a new '
+                    '--workdir to start over') from e
+  return restored.state, CheckpointMeta.from_json(restored.meta)
+
+
+def restore_named(workdir: str, checkpoint: str, abstract_state: steps.TrainState
+                  ) -> tuple[steps.TrainState, CheckpointMeta]:
+  """A run's latest or best checkpoint; UserError if there is none."""
+  if checkpoint not in CHECKPOINTS:
+    raise UserError(f'--checkpoint={checkpoint} is not one of {", ".join(CHECKPOINTS)}')
+  directory = files.as_path(workdir) / 'checkpoints' / checkpoint
+  if not directory.is_dir():
+    raise UserError(f'no checkpoint in {directory}: train first (python -m resnet_jax.main '
+                    f'--workdir={workdir}), or check --workdir')
+  manager = checkpoint_manager(directory, read_only=True)
+  try:
+    if manager.latest_step() is None:
+      raise UserError(f'no checkpoint in {directory}: train first, or check --workdir')
+    return restore_checkpoint(manager, abstract_state)
+  finally:
+    manager.close()
+
+
+def run_identity(config: ml_collections.ConfigDict, data_fingerprint: str,
+                 steps_an_epoch: int) -> dict:
+  """What a checkpoint's run must share with a run resuming it (saved in its meta, flat JSON).
+
+  Every config key but `run_config.RESUMABLE_KEYS`, the data the run trains and validates on
+  (a fingerprint of its images and labels: the same size is not the same data), and the steps
+  an epoch.
+  """
+  identity = {f'config.{key}': value for key, value in run_config.flat_json(config).items()
+              if not run_config.is_free(key, run_config.RESUMABLE_KEYS)}
+  return identity | {'data (a fingerprint of its images and labels)': data_fingerprint,
+                     'steps an epoch': steps_an_epoch}
+
+
+def check_same_run(identity: dict, meta: CheckpointMeta, directory) -> None:
+  """UserError naming the settings a resuming run changed since the checkpoint was saved.
+
+  Only what both record is compared: a checkpoint of an older version records less.
+  """
+  changes = run_config.changed(meta.run, identity, both=True)
+  if changes:
+    (name, (saved, now)), *others = changes.items()
+    also = f'also changed: {", ".join(key for key, _ in others[:6])}; ' if others else ''
+    saved, now = (tuple(v) if isinstance(v, list) else v for v in (saved, now))
+    raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, the '
+                    f'config gives {now}; resume with the original config, or use a new '
+                    f'--workdir ({also}a resume may change only '
+                    f'{", ".join(run_config.RESUMABLE_KEYS)} and config.reference)')
+
+
+# JAX's preemption sync point counts calls over the whole process, which may train several runs
+# (a sweep): the ids given to it must keep rising from one run to the next.
+_PREEMPTION_CALL_IDS = itertools.count(1)
+
+
+class StopSignals:
+  """Whether SIGTERM (a preemption) or Ctrl-C (SIGINT) asked the run to stop; read once a call.
+
+  Every process answers alike for the same call. One process: a handler sets a flag. Several:
+  JAX's preemption service (started by jax.distributed.initialize, which hears SIGTERM itself)
+  agrees on the call at which all stop, through the coordinator, without a device collective
+  that would wait for the call in flight; Ctrl-C there becomes a SIGTERM to this process. A
+  second Ctrl-C ends the process at once, saving nothing.
+  """
+
+  def __init__(self):
+    self.signal_name = None  # 'SIGTERM' or 'SIGINT' once one came
+    self._event = threading.Event()
+    self._previous = {}
+    self._several = jax.process_count() > 1
+    if threading.current_thread() is not threading.main_thread():
+      return  # Signals reach only the main thread's handlers.
+    signals = (signal.SIGINT,) if self._several else (signal.SIGTERM, signal.SIGINT)
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if signum == signal.SIGINT and self.signal_name == 'SIGINT':
+      print('Ctrl-C again: stopped at once, without saving (the last checkpoint is kept)',
+            file=sys.stderr, flush=True)
+      os._exit(130)  # pylint: disable=protected-access  # No traceback, no waiting on compiles.
+    self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      print('Ctrl-C: stopping after the call in flight and saving a checkpoint (Ctrl-C again '
+            'stops at once, without saving)', file=sys.stderr, flush=True)
+      if self._several:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    self._event.set()
+
+  def should_stop(self) -> bool:
+    """Stop after the call just made? Call it once per call, on every process alike."""
+    if self._several:
+      stop = multihost_utils.reached_preemption_sync_point(next(_PREEMPTION_CALL_IDS))
+      if stop and self.signal_name is None:
+        self.signal_name = 'SIGTERM'
+      return stop
+    return self._event.is_set()
+
+  def restore(self) -> None:
+    """Puts back the handlers this replaced."""
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}

@@ -1,0 +1,103 @@
+"""Scoring a model's variables on a split: the one evaluator of training, evaluate and inspect.
+
+A split is padded to whole batches (a mask marks the real examples) and put on the devices
+once (`EvalSet`); one compiled call scores all its batches (`steps.evaluate_batches`), summing
+loss and accuracy on the device.
+"""
+
+import dataclasses
+import functools
+from typing import Callable, Optional
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from resnet_jax.training import feed
+from resnet_jax.training import steps
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """A split padded to whole batches and placed on the devices, batches along axis 0."""
+  images: jax.Array
+  labels: jax.Array
+  mask: jax.Array
+  size: int
+
+  def arrays(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The evaluate call's arguments after the variables."""
+    return self.images, self.labels, self.mask
+
+
+def make_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                  mesh: jax.sharding.Mesh) -> EvalSet:
+  """Pads a split to a whole number of batches (mask 0 on padding) and puts it on the devices."""
+  num_devices = mesh.devices.size
+  size = len(labels)
+  batch_size = -(-min(batch_size, size) // num_devices) * num_devices
+  num_batches = -(-size // batch_size)
+  padding = num_batches * batch_size - size
+
+  def stack(array):
+    padded = np.concatenate([array, np.zeros((padding,) + array.shape[1:], array.dtype)])
+    return padded.reshape((num_batches, batch_size) + array.shape[1:])
+
+  sharding = feed.batch_sharded(mesh)
+  return EvalSet(images=feed.put_global(stack(images), sharding),
+                 labels=feed.put_global(stack(labels.astype(np.int32)), sharding),
+                 mask=feed.put_global(stack(np.ones(size, bool)), sharding), size=size)
+
+
+def compile_evaluate(ctx: steps.StepContext, mesh: jax.sharding.Mesh) -> Callable:
+  """The jitted evaluate call: (variables, images, labels, mask) -> (summed Metrics, classes)."""
+  return jax.jit(functools.partial(steps.evaluate_batches, ctx=ctx),
+                 out_shardings=(feed.replicated(mesh), feed.batch_sharded(mesh)))
+
+
+def evaluate(evaluate_fn: Callable, variables: dict, eval_set: EvalSet, *,
+             with_predictions: bool = True) -> tuple[dict, Optional[np.ndarray]]:
+  """{'loss', 'accuracy'} over a split and the predicted class of each of its examples.
+
+  Args:
+    evaluate_fn: `compile_evaluate`'s function, or anything called the same way.
+    variables: {'params', 'batch_stats'}, replicated.
+    eval_set: the split, from `make_eval_set`.
+    with_predictions: False skips gathering the predictions to the host (returns None for them).
+  """
+  summed, predictions = evaluate_fn(variables, *eval_set.arrays())
+  computed = {name: float(value) for name, value in summed.compute().items()}
+  if not with_predictions:
+    return computed, None
+  predictions = np.asarray(multihost_utils.process_allgather(predictions, tiled=True))
+  return computed, predictions.reshape(-1)[:eval_set.size]
+
+
+class Evaluator:
+  """Scores variables on splits of one model and mesh, with one compiled evaluate function.
+
+  Attributes:
+    evaluate_fn: the jitted call (`compile_evaluate`).
+  """
+
+  def __init__(self, ctx: steps.StepContext, mesh: jax.sharding.Mesh, batch_size: int, *,
+               call: Optional[Callable] = None):
+    """`call(jitted, *args)` runs the jitted function (default: directly), e.g. a Compiler's."""
+    self._mesh, self._batch_size = mesh, batch_size
+    self.evaluate_fn = compile_evaluate(ctx, mesh)
+    self._call = call
+
+  def eval_set(self, images: np.ndarray, labels: np.ndarray) -> EvalSet:
+    return make_eval_set(images, labels, self._batch_size, self._mesh)
+
+  def score(self, variables: dict, eval_set: EvalSet, *,
+            with_predictions: bool = True) -> tuple[dict, Optional[np.ndarray]]:
+    """`evaluate` with this evaluator's function (through `call` where given)."""
+    evaluate_fn = (self.evaluate_fn if self._call is None
+                   else functools.partial(self._call, self.evaluate_fn))
+    return evaluate(evaluate_fn, variables, eval_set, with_predictions=with_predictions)
+
+  def score_split(self, variables: dict, images: np.ndarray,
+                  labels: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Metrics and predictions of a split given as host arrays."""
+    return self.score(variables, self.eval_set(images, labels))

@@ -1,0 +1,280 @@
+"""Where a run's arrays live, and how each compiled train call gets its batches.
+
+One 1-D mesh (axis 'data') over every device: the state is replicated, batches are sharded on
+their leading axis, so XLA computes BatchNorm statistics over the global batch and N devices
+train like one. An epoch is planned as optimizer steps grouped into compiled calls
+(`EpochPlan`). Two feeds give a call its batch arguments, behind one interface (`Feed`):
+- `ResidentFeed` (the fast path): the whole uint8 training set is replicated on every device; a
+  call receives only the batch indices (the host's `input_pipeline.epoch_permutation`);
+- `StreamedFeed`: `input_pipeline.HostBatcher` sends each process's share of every batch.
+"""
+
+import dataclasses
+import functools
+from typing import Callable, Iterator, Protocol
+
+import jax
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resnet_jax.data import input_pipeline
+from resnet_jax.errors import UserError
+from resnet_jax.training import steps
+
+# A training set larger than this stays on the host under data.placement='auto'.
+MAX_RESIDENT_BYTES = 4 << 30
+# Steps fused in one compiled call when config.steps_per_call is 0 (on a CPU: 1).
+AUTO_STEPS_PER_CALL = 32
+
+# A call's batch arguments: (first step in the epoch, steps, batch size) -> arrays.
+CallBatches = Callable[[int, int, int], tuple]
+
+
+def create_mesh() -> jax.sharding.Mesh:
+  return jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Stacked batches [calls or steps, batch, ...], split over the devices on the batch axis."""
+  return NamedSharding(mesh, P(None, 'data'))
+
+
+def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host array every process holds in full."""
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def initial_state(ctx: steps.StepContext, image_size: int,
+                  mesh: jax.sharding.Mesh) -> steps.TrainState:
+  """A fresh TrainState, replicated on every device."""
+  return jax.jit(functools.partial(steps.create_train_state, ctx, image_size),
+                 out_shardings=replicated(mesh))()
+
+
+def abstract_train_state(ctx: steps.StepContext, image_size: int,
+                         mesh: jax.sharding.Mesh) -> steps.TrainState:
+  """The state's shapes, dtypes and (replicated) shardings, for restoring and compiling."""
+  shapes = jax.eval_shape(functools.partial(steps.create_train_state, ctx, image_size))
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
+
+
+def jit_train_steps(ctx: steps.StepContext, mesh: jax.sharding.Mesh, *,
+                    resident: bool) -> Callable:
+  """The jitted multi-step train call: state donated, batches sharded on the data axis.
+
+  Resident: (state, indices [steps, batch], images_u8, labels) with the whole set replicated.
+  Streamed: (state, images_u8 [steps, batch, ...], labels [steps, batch]).
+  """
+  if resident:
+    return jax.jit(functools.partial(steps.train_steps_resident, ctx=ctx),
+                   in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh),
+                                 replicated(mesh)),
+                   out_shardings=replicated(mesh), donate_argnums=0)
+  return jax.jit(functools.partial(steps.train_steps_streamed, ctx=ctx),
+                 in_shardings=(replicated(mesh), batch_sharded(mesh), batch_sharded(mesh)),
+                 out_shardings=replicated(mesh), donate_argnums=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch plan.
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+  """How one epoch splits into steps (input_pipeline's batches) and compiled calls."""
+  size: int             # training examples
+  batch_size: int       # global
+  steps: int            # optimizer steps an epoch, the partial last batch included
+  partial: int          # size of the trained partial last batch (0: none)
+  steps_per_call: int
+  num_devices: int
+  seed: int             # config.seed: picks each epoch's order
+  drop_remainder: bool
+
+  @property
+  def num_full(self) -> int:
+    return self.steps - (1 if self.partial else 0)
+
+  def calls(self, start_step: int) -> list[tuple[int, int, int]]:
+    """(first step in the epoch, steps, batch size) of each compiled call from start_step on.
+
+    Full steps are grouped from the start of the epoch, so a run resumed at a call boundary
+    makes the same calls (and compiled shapes) as one that never stopped.
+    """
+    calls = []
+    step = start_step
+    while step < self.num_full:
+      count = min(self.steps_per_call - step % self.steps_per_call, self.num_full - step)
+      calls.append((step, count, self.batch_size))
+      step += count
+    if self.partial and start_step <= self.num_full:
+      calls.append((self.num_full, 1, self.partial))
+    return calls
+
+  def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+    """The global example indices of each of the epoch's steps, as the run trains them."""
+    return input_pipeline.epoch_batch_indices(
+        self.size, self.batch_size, seed=self.seed, epoch=epoch,
+        drop_remainder=self.drop_remainder, multiple_of=self.num_devices)
+
+
+def epoch_plan(config: ml_collections.ConfigDict, size: int, num_devices: int) -> EpochPlan:
+  """Steps of an epoch; the last partial batch (cut to a multiple of the devices) is trained."""
+  batch_size = config.batch_size
+  if batch_size < 1 or batch_size % num_devices:
+    raise UserError(f'config.batch_size={batch_size} must be a positive multiple of the '
+                    f'{num_devices} devices')
+  num_steps = input_pipeline.steps_per_epoch(size, batch_size, config.drop_remainder,
+                                             multiple_of=num_devices)
+  if num_steps < 1:
+    raise UserError(f'config.batch_size={batch_size} leaves no training step for the {size} '
+                    'training examples: lower it, or unset config.drop_remainder')
+  num_full = size // batch_size
+  partial = (size % batch_size) // num_devices * num_devices if num_steps > num_full else 0
+  steps_per_call = config.steps_per_call or default_steps_per_call(num_full)
+  return EpochPlan(size=size, batch_size=batch_size, steps=num_steps, partial=partial,
+                   steps_per_call=max(1, min(steps_per_call, num_full)),
+                   num_devices=num_devices, seed=config.seed,
+                   drop_remainder=config.drop_remainder)
+
+
+def default_steps_per_call(num_full: int = AUTO_STEPS_PER_CALL) -> int:
+  """Steps a compiled call fuses when config.steps_per_call is 0: 1 on a CPU (`steps.scan`)."""
+  if jax.default_backend() == 'cpu':
+    return 1
+  # A divisor of the full steps near AUTO_STEPS_PER_CALL (one compiled shape), else that.
+  for count in range(min(AUTO_STEPS_PER_CALL, num_full), AUTO_STEPS_PER_CALL // 2 - 1, -1):
+    if count > 0 and num_full % count == 0:
+      return count
+  return AUTO_STEPS_PER_CALL
+
+
+# ---------------------------------------------------------------------------------------------
+# Feeding the train call.
+
+
+def resident_placement(config: ml_collections.ConfigDict, train_images: np.ndarray) -> bool:
+  """Whether the training set goes on the device (config.data.placement)."""
+  placement = config.data.placement
+  if placement not in ('auto', 'device', 'host'):
+    raise UserError(f'config.data.placement={placement!r} is not one of auto, device, host')
+  if placement != 'auto':
+    return placement == 'device'
+  memory = jax.local_devices()[0].memory_stats() or {}
+  limit = memory.get('bytes_limit', MAX_RESIDENT_BYTES * 4) // 4
+  return train_images.nbytes <= min(limit, MAX_RESIDENT_BYTES)
+
+
+def put_train_set(train_images: np.ndarray, train_labels: np.ndarray,
+                  mesh: jax.sharding.Mesh) -> tuple[jax.Array, jax.Array]:
+  """The training images (uint8) and labels (int32), whole on every device."""
+  return (put_global(train_images, replicated(mesh)),
+          put_global(train_labels.astype(np.int32), replicated(mesh)))
+
+
+class Feed(Protocol):
+  """Gives every compiled train call of an epoch its batch arguments (after the state)."""
+  resident: bool
+
+  def batch_specs(self, count: int, batch_size: int) -> tuple:
+    """The (abstract) batch arguments of a call of `count` steps, for compiling ahead."""
+
+  def epoch(self, epoch: int, start_step: int) -> CallBatches:
+    """The epoch's calls' batch arguments, for calls from start_step on, made in order."""
+
+
+class ResidentFeed:
+  """The training set on every device; a call takes its rows of the epoch's index array."""
+  resident = True
+
+  def __init__(self, plan: EpochPlan, mesh: jax.sharding.Mesh, train_images: np.ndarray,
+               train_labels: np.ndarray):
+    self._plan, self._mesh = plan, mesh
+    self.train_set = put_train_set(train_images, train_labels, mesh)
+    self._take = jax.jit(functools.partial(lax.dynamic_slice_in_dim, axis=0), static_argnums=2,
+                         out_shardings=batch_sharded(mesh))
+
+  def batch_specs(self, count: int, batch_size: int) -> tuple:
+    indices = jax.ShapeDtypeStruct((count, batch_size), jnp.int32,
+                                   sharding=batch_sharded(self._mesh))
+    return indices, *self.train_set
+
+  def epoch(self, epoch: int, start_step: int) -> CallBatches:
+    """The epoch's batch indices go to the devices once; each call takes its rows there."""
+    del start_step  # Each call names its first step.
+    plan, sharding = self._plan, batch_sharded(self._mesh)
+    batches = plan.epoch_batches(epoch)
+    full = (put_global(np.stack(batches[:plan.num_full]).astype(np.int32), sharding)
+            if plan.num_full else None)
+    partial = (put_global(batches[plan.num_full][None].astype(np.int32), sharding)
+               if plan.partial else None)
+
+    def call_batches(first, count, batch_size):
+      del batch_size  # Given by the rows taken.
+      rows = partial if first == plan.num_full else self._take(full, first, count)
+      return rows, *self.train_set
+
+    return call_batches
+
+
+class StreamedFeed:
+  """Batches from this process's host, stacked per call and sent to its devices."""
+  resident = False
+
+  def __init__(self, plan: EpochPlan, mesh: jax.sharding.Mesh,
+               host_batcher: input_pipeline.HostBatcher, image_size: int):
+    self._plan, self._mesh = plan, mesh
+    self._host_batcher, self._image_size = host_batcher, image_size
+
+  def batch_specs(self, count: int, batch_size: int) -> tuple:
+    sharding, size = batch_sharded(self._mesh), self._image_size
+    images = jax.ShapeDtypeStruct((count, batch_size, size, size, 3), jnp.uint8,
+                                  sharding=sharding)
+    return images, jax.ShapeDtypeStruct((count, batch_size), jnp.int32, sharding=sharding)
+
+  def host_call_batches(self, epoch: int,
+                        start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This process's share of each call's batches, stacked [steps, batch/processes, ...]."""
+    plan = self._plan
+    batches = self._host_batcher.epoch(
+        plan.batch_size, seed=plan.seed, epoch=epoch, shuffle=True,
+        drop_remainder=plan.drop_remainder, start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        multiple_of=plan.num_devices)
+    for _, count, _ in plan.calls(start_step):
+      images, labels = [], []
+      for _ in range(count):
+        batch_images, batch_labels = next(batches)
+        images.append(np.asarray(batch_images))
+        labels.append(np.asarray(batch_labels).astype(np.int32))
+      yield np.stack(images), np.stack(labels)
+
+  def epoch(self, epoch: int, start_step: int) -> CallBatches:
+    sharding = batch_sharded(self._mesh)
+    stacked = self.host_call_batches(epoch, start_step)
+
+    def call_batches(first, count, batch_size):
+      del first, count, batch_size  # The generator yields the calls in order.
+      return tuple(jax.make_array_from_process_local_data(sharding, local)
+                   for local in next(stacked))
+
+    return call_batches
+
+
+def create_feed(config: ml_collections.ConfigDict, plan: EpochPlan, mesh: jax.sharding.Mesh,
+                train_images: np.ndarray, train_labels: np.ndarray, *,
+                resident: bool) -> Feed:
+  """The feed `resident` picks (`resident_placement`); the resident one puts the set on devices."""
+  if resident:
+    return ResidentFeed(plan, mesh, train_images, train_labels)
+  host_batcher = input_pipeline.HostBatcher(train_images, train_labels,
+                                            backend=config.data.host_backend)
+  return StreamedFeed(plan, mesh, host_batcher, config.data.image_size)

@@ -1,0 +1,340 @@
+"""Training: `train_and_evaluate` sets a run up, then runs its epoch loop in four phases.
+
+- resume (or start fresh) from the workdir's latest checkpoint;
+- train an epoch: the compiled calls of `feed.EpochPlan`, one in flight (a call is dispatched
+  before the previous one's results are read, so the devices never wait for the host);
+- close the epoch: evaluate, record, checkpoint;
+- finish: score the test set, write results and the report.
+
+The step itself is `steps.train_step`; devices and batches are `feed`; checkpoints, the same-run
+check and SIGTERM are `checkpoints`; the compiles ahead are `precompile`.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import json
+import time
+from typing import Optional
+
+from absl import logging
+import jax
+import ml_collections
+
+from resnet_jax import files
+from resnet_jax import models
+from resnet_jax.errors import UserError, one_line
+from resnet_jax.reporting import gradcam
+from resnet_jax.reporting import report
+from resnet_jax.reporting import writers
+from resnet_jax.training import checkpoints
+from resnet_jax.training import evaluator
+from resnet_jax.training import feed
+from resnet_jax.training import precompile
+from resnet_jax.training import progress
+from resnet_jax.training import run_config
+from resnet_jax.training import runs
+from resnet_jax.training import steps
+from resnet_jax.training import workdir_lock
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains config's system, evaluating every epoch, checkpointing and resuming in workdir.
+
+  Args:
+    config: a config from configs/ (see resnet_jax/defaults.py for every key).
+    workdir: where checkpoints, metrics, plots and the report go (a local folder or a URL such
+      as gs://bucket/run); a run found there resumes.
+
+  Returns:
+    The results (what results.json holds), or {'preempted': True, ...} if SIGTERM stopped it.
+
+  Raises:
+    UserError: a bad config, missing data, an unusable or changed checkpoint, a workdir another
+      process is using or that cannot be written, or a non-finite loss.
+  """
+  clock = progress.RunClock()
+  with workdir_lock.hold(workdir, 'training'):
+    run = runs.setup_run(config, workdir)
+    progress.log_start(run)
+    try:
+      with contextlib.ExitStack() as stack:
+        return TrainLoop(run, clock, stack).train()
+    except OSError as e:  # The workdir (or its disk) failed under the run.
+      raise UserError(f'writing to --workdir={workdir} failed ({one_line(e)}): was it '
+                      'deleted, filled or made read-only? Checkpoints already saved there are '
+                      'kept; fix it and rerun the same command to resume') from e
+
+
+@dataclasses.dataclass(frozen=True)
+class InFlight:
+  """A dispatched train call whose results have not been read yet."""
+  first: int       # its first step in the epoch
+  count: int       # steps
+  batch_size: int
+  result: steps.CallResult  # on the device
+
+
+class TrainLoop:
+  """One run of the epoch loop: its resources (closed by `stack`), the state and meta it carries."""
+
+  def __init__(self, run: runs.Run, clock: progress.RunClock, stack: contextlib.ExitStack):
+    self.run, self.clock = run, clock
+    self.writer = writers.create_writer(run.workdir, is_main=jax.process_index() == 0)
+    stack.callback(self.writer.close)
+    checkpoint_dir = files.as_path(run.workdir) / 'checkpoints'
+    self.latest = checkpoints.checkpoint_manager(checkpoint_dir / 'latest')
+    self.best = checkpoints.checkpoint_manager(checkpoint_dir / 'best')
+    for manager in (self.best, self.latest):
+      stack.callback(checkpoints.close, manager)
+    self.stop_signals = checkpoints.StopSignals()
+    stack.callback(self.stop_signals.restore)
+    self.compiler = precompile.Compiler()
+    clock.compiler = self.compiler
+    stack.callback(self.compiler.close)
+    self.stop_after_epoch = False
+    self.compiles_ahead = None  # compiles started after the first call's, until it is made
+    self.final_test = None  # (metrics, predictions) of the test set, once scored
+
+  def train(self) -> dict:
+    """The phases in order; the results, or the stop's if a SIGTERM stopped the run."""
+    finished = self.resume()
+    if finished is not None:
+      return finished
+    self.prepare()
+    for epoch in range(self.meta.epoch, self.run.config.num_epochs):
+      stopped = self.train_epoch(epoch)
+      if stopped is not None:
+        return stopped
+      self.close_epoch(epoch)
+      if self.stop_after_epoch and epoch + 1 < self.run.config.num_epochs:
+        return self.stopped(epoch + 1, 0, int(self.state.step))
+    return self.finish()
+
+  def elapsed(self) -> float:
+    """The run's wall time so far, summed over the processes that trained it (resumes too)."""
+    return self.elapsed_before + time.time() - self.clock.start
+
+  # -------------------------------------------------------------------------------------------
+  # Resume, and what the loop needs on the devices.
+
+  def resume(self) -> Optional[dict]:
+    """Restores the latest checkpoint, or starts fresh; a finished run's results."""
+    run = self.run
+    self.meta = checkpoints.CheckpointMeta(run=run.identity)
+    latest_step = checkpoints.process_zero_decides(self.latest.latest_step())
+    if latest_step is None:
+      self.state = feed.initial_state(run.ctx, run.config.data.image_size, run.mesh)
+    else:
+      state, meta = checkpoints.restore_checkpoint(self.latest, run.abstract_state(), latest_step)
+      checkpoints.check_same_run(run.identity, meta, self.latest.directory)
+      results_path = files.as_path(run.workdir) / report.RESULTS_FILE
+      if meta.epoch >= run.config.num_epochs and checkpoints.process_zero_decides(
+          int(results_path.exists())):
+        logging.info('%s has finished already; its results: %s', run.workdir, results_path)
+        return json.loads(results_path.read_text())
+      self.state, self.meta = state, dataclasses.replace(meta, run=run.identity)
+      logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
+                   self.latest.directory, meta.epoch + 1, meta.step_in_epoch, int(state.step))
+    # Written once the run is accepted: a refused resume leaves the run's own config.json.
+    if jax.process_index() == 0:
+      run_config.write_config(run.workdir, run.config)
+    self.elapsed_before = self.meta.elapsed_seconds
+    return None
+
+  def prepare(self) -> None:
+    """The feed, the evaluation set, and every compile the run needs, started ahead."""
+    run, compiler, state = self.run, self.compiler, self.state
+    config, splits = run.config, run.splits
+    self.train_steps = feed.jit_train_steps(run.ctx, run.mesh, resident=run.resident)
+    self.feed = feed.create_feed(config, run.plan, run.mesh, splits.train_images,
+                                 splits.train_labels, resident=run.resident)
+    self.evaluator = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size,
+                                         call=functools.partial(compiler, 'eval'))
+    self.val_set = self.evaluator.eval_set(splits.val_images, splits.val_labels)
+    # Validation on the test set (seed 000's protocol): the last epoch's evaluation is the test's.
+    self.val_is_test = splits.val_labels is splits.test_labels
+    # The first call's shape compiles alone; every other shape the run needs, after it, while
+    # the devices train.
+    calls = run.plan.calls(self.meta.step_in_epoch) + run.plan.calls(0)
+    first = compiler.prepare('train', self.train_steps, state,
+                             *self.feed.batch_specs(*calls[0][1:]))
+    for _, count, batch_size in calls[1:]:
+      compiler.prepare('train', self.train_steps, state,
+                       *self.feed.batch_specs(count, batch_size), after=first)
+    compiler.prepare('eval', self.evaluator.evaluate_fn, state.eval_variables(),
+                     *self.val_set.arrays(), after=first)
+    self.compiles_ahead = compiler.num_prepared - 1
+    logging.info('compiling the train call (%d steps of batch %d) and %d more shapes after it',
+                 calls[0][1], calls[0][2], self.compiles_ahead)
+    self.progress = progress.Progress(epoch_sums={}, last_log_step=int(state.step))
+
+  # -------------------------------------------------------------------------------------------
+  # An epoch.
+
+  def train_epoch(self, epoch: int) -> Optional[dict]:
+    """Trains the epoch's calls from the meta's position; the stop's result after a SIGTERM."""
+    plan, meta = self.run.plan, self.meta
+    self.epoch_start = time.perf_counter()
+    self.progress.epoch_sums = meta.train_sums
+    self.progress.mark, self.progress.compile_mark = self.epoch_start, self.clock.compile_seconds
+    call_batches = self.feed.epoch(epoch, meta.step_in_epoch)
+    in_flight = None
+    for first, count, batch_size in plan.calls(meta.step_in_epoch):
+      self.state, result = self.compiler('train', self.train_steps, self.state,
+                                         *call_batches(first, count, batch_size))
+      if in_flight:
+        self.finish_call(epoch, in_flight)
+      in_flight = InFlight(first, count, batch_size, result)
+      if self.compiles_ahead is not None:  # The run's first call: its compile is done.
+        progress.log_compile(self.clock.compile_seconds, self.compiles_ahead)
+        self.compiles_ahead = None
+      if not self.stop_after_epoch and self.stop_signals.should_stop():
+        # The call in flight is checked (its loss finite) before anything is saved.
+        step = self.finish_call(epoch, in_flight)
+        in_flight = None
+        if first + count == plan.steps:  # The epoch's last call: close the epoch, then stop.
+          self.stop_after_epoch = True
+          continue
+        self.meta = dataclasses.replace(
+            meta, epoch=epoch, step_in_epoch=first + count, train_sums=self.progress.epoch_sums,
+            elapsed_seconds=self.elapsed())
+        checkpoints.save_checkpoint(self.latest, self.state, self.meta)
+        return self.stopped(epoch, first + count, step)
+    if in_flight:
+      self.finish_call(epoch, in_flight)
+    return None
+
+  def finish_call(self, epoch: int, call: InFlight) -> int:
+    """Reads a finished call's results: checks its loss, adds them up, logs; its last global step."""
+    plan, config = self.run.plan, self.run.config
+    result = jax.device_get(call.result)
+    if result.first_bad_step >= 0:
+      raise non_finite_error(config, plan.steps, int(result.first_bad_step), self.latest)
+    self.progress.add_call(self.clock, result.metrics, call.count * call.batch_size,
+                           float(result.learning_rate))
+    step = epoch * plan.steps + call.first + call.count
+    if self.progress.due(config, step, call.first + call.count == plan.steps):
+      progress.log_progress(self.writer, self.progress, self.clock, config, plan.steps, epoch,
+                            step)
+    return step
+
+  def close_epoch(self, epoch: int) -> None:
+    """Evaluates (when due), records the epoch and saves the checkpoints it calls for."""
+    config = self.run.config
+    record = {'epoch': epoch + 1, 'step': int(self.state.step),
+              **{f'train_{k}': v for k, v in steps.mean_of_sums(self.progress.epoch_sums).items()},
+              'learning_rate': self.progress.learning_rate,
+              'epoch_seconds': time.perf_counter() - self.epoch_start}
+    is_last = epoch + 1 == config.num_epochs
+    if (epoch + 1) % config.eval_every_epochs == 0 or is_last:
+      last_test = is_last and self.val_is_test
+      val, predictions = self.score(self.val_set, with_predictions=last_test)
+      if last_test:
+        self.final_test = val, predictions
+      record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
+      # Back on the devices: a host-side hook (reduce-on-plateau) may return host arrays.
+      opt_state = self.run.optimizer.on_epoch_end(self.state.opt_state, val)
+      self.state = jax.device_put(self.state.replace(opt_state=opt_state),
+                                  feed.replicated(self.run.mesh))
+    record['elapsed_seconds'] = self.elapsed()
+    self.writer.write_scalars(record['step'], {k: v for k, v in record.items() if k != 'step'})
+    if config.param_histograms_every_epochs and (
+        (epoch + 1) % config.param_histograms_every_epochs == 0):
+      gradcam.write_param_histograms(self.writer, record['step'], self.state.params)
+    self.writer.flush()
+    progress.log_epoch(config, record)
+    meta = dataclasses.replace(self.meta, epoch=epoch + 1, step_in_epoch=0, train_sums={},
+                               history=self.meta.history + [record],
+                               elapsed_seconds=record['elapsed_seconds'])
+    if record.get('val_accuracy', -1.0) > meta.best_val_accuracy:
+      meta = dataclasses.replace(meta, best_val_accuracy=record['val_accuracy'],
+                                 best_epoch=epoch + 1)
+      if config.keep_best_checkpoint:
+        checkpoints.save_checkpoint(self.best, self.state, meta)
+    self.meta = meta
+    if (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last or self.stop_after_epoch:
+      checkpoints.save_checkpoint(self.latest, self.state, meta)
+
+  def score(self, eval_set: evaluator.EvalSet, variables: Optional[dict] = None, *,
+            with_predictions: bool = True):
+    """The evaluator's score of variables (default: the state's) on eval_set, timed."""
+    start = time.perf_counter()
+    variables = self.state.eval_variables() if variables is None else variables
+    scored = self.evaluator.score(variables, eval_set, with_predictions=with_predictions)
+    self.clock.eval_seconds += time.perf_counter() - start
+    return scored
+
+  # -------------------------------------------------------------------------------------------
+  # The end: finished or stopped.
+
+  def finish(self) -> dict:
+    """Scores the test set (and the best checkpoint), writes the report; the results."""
+    run, meta, splits = self.run, self.meta, self.run.splits
+    config, history = run.config, meta.history
+    test_set = None
+    if self.final_test is None:
+      test_set = self.evaluator.eval_set(splits.test_images, splits.test_labels)
+      self.final_test = self.score(test_set)
+    test, predictions = self.final_test
+    best_test_accuracy = None
+    if config.keep_best_checkpoint and self.best.latest_step() is not None:
+      if self.val_is_test:  # The best checkpoint's validation score is its test score.
+        best_test_accuracy = meta.best_val_accuracy
+      else:
+        best_state, _ = checkpoints.restore_checkpoint(self.best, run.abstract_state())
+        best_test_accuracy = self.score(test_set, best_state.eval_variables(),
+                                        with_predictions=False)[0]['accuracy']
+    final_val = next((r for r in reversed(history) if 'val_accuracy' in r), {})
+    clock = self.clock
+    results = runs.run_results(run, models.count_params(self.state.params), test) | {
+        'steps': int(self.state.step),
+        'final_val_accuracy': final_val.get('val_accuracy'),
+        'final_val_loss': final_val.get('val_loss'),
+        'best_val_accuracy': meta.best_val_accuracy if meta.best_val_accuracy >= 0 else None,
+        'best_epoch': meta.best_epoch,
+        'best_test_accuracy': best_test_accuracy,
+        'wall_seconds': time.time() - clock.start,
+        'elapsed_seconds': self.elapsed(),
+        'compile_seconds': clock.compile_seconds,
+        'train_seconds': clock.train_seconds,
+        'eval_seconds': clock.eval_seconds,
+        'images_per_second': clock.images_per_second,
+    }
+    if self.val_is_test and config.reference.pytorch_final:
+      # When validation (the test set) first scored the PyTorch reference's final accuracy.
+      results['reference_reached'] = report.first_reaching(
+          history, config.reference.pytorch_final / 100)
+    if jax.process_index() == 0:
+      report.write_report(files.as_path(run.workdir), results, history,
+                          report.confusion_matrix(splits.test_labels, predictions,
+                                                  config.model.num_classes),
+                          write_plots=config.write_plots)
+    return results
+
+  def stopped(self, epoch: int, step_in_epoch: int, step: int) -> dict:
+    """After SIGTERM or Ctrl-C: waits for the checkpoint, says how to resume; the run's result."""
+    checkpoints.wait_for_saves(self.latest)
+    signal_name = self.stop_signals.signal_name
+    print(f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: saved a checkpoint at epoch '
+          f'{epoch + 1}, step {step_in_epoch} of it (global step {step}); resume with the same '
+          f'command: python -m resnet_jax.main --config=<the same config> '
+          f'--workdir={self.run.workdir}', flush=True)
+    return {'preempted': True, 'epoch': epoch, 'step': step, 'signal': signal_name}
+
+
+def non_finite_error(config: ml_collections.ConfigDict, steps_an_epoch: int, bad_step: int,
+                     latest_manager) -> UserError:
+  """The error for a non-finite loss at global step bad_step, naming the checkpoint on disk."""
+  saved = latest_manager.latest_step()
+  if saved is None:
+    kept = 'no checkpoint had been saved yet'
+  else:
+    epochs, rest = divmod(saved, steps_an_epoch)
+    where = f'after epoch {epochs}' if not rest else f'epoch {epochs + 1}, step {rest} of it'
+    kept = f'the last good checkpoint ({where}) is kept in {latest_manager.directory}'
+  return UserError(
+      f'non-finite training loss at epoch {bad_step // steps_an_epoch + 1}, step '
+      f'{bad_step % steps_an_epoch + 1} of it; {kept}; try a lower config.optim.learning_rate '
+      f"(now {config.optim.learning_rate}), config.optim.clip_mode='global_norm' or "
+      "config.model.dtype='float32'")

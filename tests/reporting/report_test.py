@@ -1,0 +1,138 @@
+"""results.json, the PNGs and report.md from a run's figures."""
+
+import json
+
+import numpy as np
+import pytest
+
+from resnet_jax.reporting import report
+from conftest import fake_bucket
+
+CLASSES = ['cat', 'dog', 'ship']
+REFERENCE = {'system': 'seed 000 best model', 'paper_accuracy': 96.04, 'pytorch_final': 92.38,
+             'pytorch_best': 92.43, 'pytorch_epoch_seconds': 4.5}
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def run_figures():
+  results = {
+      'model': 'best', 'parameters': 4_697_742, 'epochs': 2, 'final_test_accuracy': 0.5,
+      'best_test_accuracy': 0.55, 'final_val_accuracy': 0.5, 'best_val_accuracy': 0.55,
+      'best_epoch': 1, 'wall_seconds': 12.0, 'compile_seconds': 3.0, 'images_per_second': 900.0,
+      'device_kind': 'cpu', 'device_count': 1, 'class_names': CLASSES, 'reference': REFERENCE,
+      'versions': {'jax': '0.0', 'python': '3'}}
+  history = [{'epoch': 1, 'train_loss': 2.0, 'train_accuracy': 0.3, 'val_loss': 1.8,
+              'val_accuracy': 0.55, 'epoch_seconds': 4.0},
+             {'epoch': 2, 'train_loss': 1.5, 'train_accuracy': 0.45, 'val_loss': 1.7,
+              'val_accuracy': 0.5, 'epoch_seconds': 2.0}]
+  confusion = np.array([[8, 2, 0], [5, 4, 1], [3, 0, 0]])
+  return results, history, confusion
+
+
+def test_per_class_accuracy_is_row_recall():
+  accuracy = report.per_class_accuracy(np.array([[8, 2, 0], [5, 4, 1], [0, 0, 0]]))
+  np.testing.assert_allclose(accuracy[:2], [0.8, 0.4])
+  assert np.isnan(accuracy[2])  # No examples of that class.
+
+
+def test_write_report_writes_every_file(tmp_path):
+  results, history, confusion = run_figures()
+  report.write_report(str(tmp_path), results, history, confusion)
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert written['model'] == 'best' and written['parameters'] == 4_697_742
+  assert written['confusion_matrix'] == confusion.tolist()
+  assert written['per_class_accuracy'] == pytest.approx({'cat': 0.8, 'dog': 0.4, 'ship': 0.0})
+  for name in ('curves.png', 'confusion.png'):
+    data = (tmp_path / name).read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
+
+
+def test_report_sets_the_run_beside_its_reference(tmp_path):
+  results, history, confusion = run_figures()
+  report.write_report(str(tmp_path), results, history, confusion)
+  markdown = (tmp_path / 'report.md').read_text()
+  assert markdown.startswith('# seed 000 best model: best on CIFAR-10')
+  assert '| this run | 50.00% | 55.00% |' in markdown
+  assert '| PyTorch reference, same data (REFERENCE.md) | 92.38% | 92.43% |' in markdown
+  assert '96.04%' in markdown
+  assert 'Time an epoch: 3.00 s median (PyTorch reference: 4.5 s)' in markdown
+  assert '| dog | 40.0% |' in markdown
+  assert '![learning curves](curves.png)' in markdown
+
+
+def test_an_evaluation_report_prints_no_training_figures_as_zero(tmp_path):
+  results, history, confusion = run_figures()
+  for key in ('images_per_second', 'compile_seconds', 'best_test_accuracy', 'best_val_accuracy'):
+    del results[key]  # What evaluate's results lack: it trains nothing.
+  results.update(evaluated='runs/best/checkpoints/best', wall_seconds=7.0)
+  report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
+  markdown = (tmp_path / 'report.md').read_text()
+  assert 'Time an epoch: 3.00 s median (PyTorch reference: 4.5 s).' in markdown
+  assert 'Scored runs/best/checkpoints/best in 7 s.' in markdown
+  for zero in ('0 training images/s', 'compile 0.0 s', 'wall 0 s', 'wall 7 s'):
+    assert zero not in markdown, zero
+
+
+def test_a_training_report_gives_speed_compile_and_wall(tmp_path):
+  results, history, confusion = run_figures()
+  report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
+  assert ('Time an epoch: 3.00 s median (PyTorch reference: 4.5 s); 900 training images/s; '
+          'compile 3.0 s; wall 12 s.') in (tmp_path / 'report.md').read_text()
+
+
+def test_no_plots_when_asked(tmp_path):
+  results, history, confusion = run_figures()
+  results['reference'] = {}
+  report.write_report(str(tmp_path), results, [], confusion, write_plots=False)
+  assert not list(tmp_path.glob('*.png'))
+  markdown = (tmp_path / 'report.md').read_text()
+  assert '| PyTorch reference, same data (REFERENCE.md) | - | - |' in markdown
+  assert 'png' not in markdown
+
+
+def test_write_report_to_a_gs_workdir(tmp_path):
+  results, history, confusion = run_figures()
+  with fake_bucket(tmp_path):
+    report.write_report('gs://bucket/runs/best', results, history, confusion)
+  out = tmp_path / 'runs' / 'best'
+  assert json.loads((out / 'results.json').read_text())['confusion_matrix'] == confusion.tolist()
+  assert (out / 'report.md').read_text().startswith('# seed 000 best model')
+  for name in ('curves.png', 'confusion.png'):
+    assert (out / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+def test_first_reaching_is_the_first_epoch_at_or_over_the_accuracy():
+  history = [{'epoch': 1, 'val_accuracy': 0.5, 'elapsed_seconds': 10.0},
+             {'epoch': 2, 'train_loss': 1.0, 'elapsed_seconds': 15.0},  # not evaluated
+             {'epoch': 3, 'val_accuracy': 0.9238, 'elapsed_seconds': 20.0},
+             {'epoch': 4, 'val_accuracy': 0.95, 'elapsed_seconds': 25.0}]
+  assert report.first_reaching(history, 0.9238) == {'epoch': 3, 'elapsed_seconds': 20.0}
+  assert report.first_reaching(history, 0.94) == {'epoch': 4, 'elapsed_seconds': 25.0}
+  assert report.first_reaching(history, 0.96) is None
+
+
+@pytest.mark.parametrize('reached,line', [
+    ({'epoch': 150, 'elapsed_seconds': 183.4},
+     "Reached the PyTorch reference's 92.38% at epoch 150 of 2 after 183 s (compile and "
+     'evaluation included; the reference: ~15 min).'),
+    (None, "Did not reach the PyTorch reference's 92.38%: best 55.00% at epoch 1 of 2 vs 92.38%."),
+])
+def test_report_says_first_whether_and_when_the_reference_accuracy_was_reached(tmp_path, reached,
+                                                                             line):
+  results, history, confusion = run_figures()
+  results['reference'] = dict(REFERENCE, pytorch_seconds=900.0)
+  results['reference_reached'] = reached
+  report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
+  assert report.time_to_reference(results) == line
+  # Near the top: right after the run's summary, before the accuracy table.
+  assert (tmp_path / 'report.md').read_text().splitlines()[4] == f'**Time to accuracy:** {line}'
+
+
+def test_no_time_to_accuracy_where_it_was_not_measured(tmp_path):
+  results, history, confusion = run_figures()  # No reference_reached: validation was no test.
+  assert report.time_to_reference(results) is None
+  results['reference_reached'] = None
+  results['reference'] = dict(REFERENCE, pytorch_final=0.0)  # No reference accuracy known.
+  assert report.time_to_reference(results) is None
+  report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
+  assert 'Time to accuracy' not in (tmp_path / 'report.md').read_text()

@@ -1,0 +1,73 @@
+"""checkpoints: process 0 decides storage questions; preemption call ids keep rising."""
+
+import signal
+
+import numpy as np
+import pytest
+
+from resnet_jax import errors
+from resnet_jax.training import checkpoints
+
+
+def test_preemption_call_ids_keep_rising_across_runs_of_one_process(monkeypatch):
+  # On several processes JAX's sync point counts over the process's life (a sweep trains many
+  # runs in one): ids restarting with each run would miss a SIGTERM or stop at a wrong call.
+  seen = []
+  monkeypatch.setattr(checkpoints.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(checkpoints.multihost_utils, 'reached_preemption_sync_point',
+                      lambda call_id: seen.append(call_id) or False)
+  for _ in range(2):  # two runs
+    stop_signals = checkpoints.StopSignals()
+    assert not any(stop_signals.should_stop() for _ in range(3))
+    stop_signals.restore()
+  assert len(seen) == 6 and seen == sorted(set(seen))
+
+
+def test_on_several_processes_process_zeros_view_of_storage_decides(monkeypatch):
+  monkeypatch.setattr(checkpoints.jax, 'process_count', lambda: 2)
+  process_zero_sees = {'value': 7}
+  monkeypatch.setattr(checkpoints.multihost_utils, 'broadcast_one_to_all',
+                      lambda mine: np.asarray(process_zero_sees['value'], mine.dtype))
+  assert checkpoints.process_zero_decides(None) == 7
+  process_zero_sees['value'] = -1  # Process 0 found no checkpoint.
+  assert checkpoints.process_zero_decides(5) is None
+  process_zero_sees['value'] = 0
+  assert checkpoints.process_zero_decides(1) == 0
+
+
+def test_sigterm_and_ctrl_c_ask_for_a_stop_and_a_second_ctrl_c_ends_at_once(monkeypatch, capsys):
+  exits = []
+  monkeypatch.setattr(checkpoints.os, '_exit', exits.append)
+  for first in (signal.SIGTERM, signal.SIGINT):
+    stop_signals = checkpoints.StopSignals()
+    try:
+      assert not stop_signals.should_stop()
+      signal.raise_signal(first)
+      assert stop_signals.should_stop() and stop_signals.signal_name == first.name
+      assert not exits
+    finally:
+      stop_signals.restore()
+  assert 'Ctrl-C: stopping after the call in flight' in capsys.readouterr().err
+  stop_signals = checkpoints.StopSignals()
+  try:
+    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
+  finally:
+    stop_signals.restore()
+  assert exits == [130]
+  assert 'Ctrl-C again: stopped at once, without saving' in capsys.readouterr().err
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_failed_background_write_is_one_line_naming_the_folder(tmp_path):
+  manager = checkpoints.checkpoint_manager(tmp_path / 'latest')
+  # What orbax's save thread raised when the folder went away under it.
+  with pytest.raises(errors.UserError, match=r'saving a checkpoint in .*/latest failed \(No '
+                     r'ArrayMetadata found\): was the folder deleted.*new --workdir') as raised:
+    with checkpoints.writes_to(manager):
+      raise ValueError('No ArrayMetadata found\nfor process_index=0 ...')
+  assert '\n' not in str(raised.value)
+  with pytest.raises(errors.UserError, match='^kept as it is$'):
+    with checkpoints.writes_to(manager):
+      raise errors.UserError('kept as it is')
+  checkpoints.close(manager)
