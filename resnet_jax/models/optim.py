@@ -392,9 +392,12 @@ def lookahead(k: int, alpha: float) -> optax.GradientTransformation:
     fast = jax.tree.map(lambda p, u: p + u, params, updates)
     slow = optax.tree.where(state.count == 0, fast, state.slow)
     synced = jax.tree.map(lambda s, f: s + alpha * (f - s), slow, fast)
-    # After optax.apply_updates the synced parameters equal the slow weights up to one rounding.
-    updates = optax.tree.where(sync, jax.tree.map(jnp.subtract, synced, params), updates)
     slow = optax.tree.where(sync, synced, state.slow)
+    # The synced parameters are read from the NEW slow weights (equal to `synced` at a sync), so
+    # that the old slow weights are dead once the new ones are written: XLA then updates both in
+    # place instead of copying every parameter-sized buffer each step. After
+    # optax.apply_updates they equal the slow weights up to one rounding.
+    updates = optax.tree.where(sync, jax.tree.map(jnp.subtract, slow, params), updates)
     return updates, LookaheadState(slow=slow, count=state.count + 1)
 
   return optax.GradientTransformation(init_fn, update_fn)

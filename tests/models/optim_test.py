@@ -1,5 +1,7 @@
 """Optimizer chains and schedules against torch.optim, step by step."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +11,10 @@ import torch
 
 from resnet_jax import defaults
 from resnet_jax import errors
+from resnet_jax import models
 from resnet_jax.models import optim
 from resnet_jax.pytorch import torch_train
+from resnet_jax.training import steps
 
 IN_FEATURES, HIDDEN, NUM_CLASSES, BATCH = 6, 8, 4, 8
 
@@ -383,3 +387,33 @@ def test_bad_config_names_the_key(overrides, key):
 def test_unknown_optimizer_lists_the_known_ones():
   with pytest.raises(errors.UserError, match='sgd, adam, adamw, adagrad, adadelta'):
     optim.create_optimizer(_config(optim=dict(optimizer='lamb')), 10)
+
+
+def _parameter_sized_copies(lookahead_k: int) -> int:
+  """Copies of parameter-shaped buffers in the compiled body of a scanned seed-000-style step."""
+  config = defaults.base_config()
+  config.model = defaults.model_config(num_blocks=(1, 1), channels=(8, 16), kernel_sizes=(3, 3),
+                                       shortcut_kernel_sizes=(1, 1), stem_channels=8)
+  config.optim.lookahead_k = lookahead_k
+  optimizer = optim.create_optimizer(config, 10)
+  ctx = steps.StepContext(model=models.build_model(config.model), tx=optimizer.tx,
+                          learning_rate=optimizer.learning_rate, config=config,
+                          mean=(0.5,) * 3, std=(0.25,) * 3)
+  state = jax.eval_shape(lambda: steps.create_train_state(ctx, 32))
+  images, labels = jnp.zeros((8, 32, 32, 3), jnp.uint8), jnp.zeros((8,), jnp.int32)
+
+  def call(state):  # lax.scan itself: steps.scan unrolls on a CPU
+    return jax.lax.scan(lambda s, _: (steps.train_step(s, images, labels, ctx)[0], None),
+                        state, None, length=4)[0]
+
+  hlo = jax.jit(call, donate_argnums=0).lower(state).compile().as_text()
+  kernels = {tuple(leaf.shape) for leaf in jax.tree.leaves(state.params) if leaf.ndim > 1}
+  copied = [tuple(int(d) for d in dims.split(',') if d)
+            for dims in re.findall(r'= \w+\[([\d,]*)\]\S* copy\(', hlo)]
+  return sum(shape in kernels for shape in copied)
+
+
+def test_lookahead_adds_no_parameter_sized_copies_to_the_step():
+  # The CPU backend copies some weights for its convolutions with or without Lookahead; what
+  # Lookahead adds must be nothing (it once added a copy of every parameter, twice, each step).
+  assert _parameter_sized_copies(lookahead_k=5) == _parameter_sized_copies(lookahead_k=0)
