@@ -1,7 +1,8 @@
 """The flags every command shares (--config, --workdir) and the parser that checks them.
 
 Each command (`main`, `evaluate`, `benchmark`, `sweep`, `inspect`) runs `parse_flags` before its
-work. It sets what reaches the console (`--verbose` brings back libraries' INFO lines), and makes
+work. It sets what reaches the console (`--verbose` brings back libraries' INFO lines), turns on
+the persistent compilation cache (`compile_cache`), and makes
 every mistake in the flags or the config file (a missing file, a syntax error or failing import
 in it, no `get_config`, an unknown key, a bad value, a sweep config given to a training command
 or the reverse) one line `error: ...` on stderr and exit status 2.
@@ -23,6 +24,7 @@ from absl import flags
 from ml_collections import config_dict
 from ml_collections import config_flags
 
+from resnet_jax import compile_cache
 from resnet_jax import console_logs
 from resnet_jax import files
 from resnet_jax.errors import UserError, last_line, one_line
@@ -79,6 +81,7 @@ def parse_flags(argv: list[str], require_workdir: bool = True, require_config: b
   try:
     remaining = flags.FLAGS(argv)
     console_logs.quiet_library_logs(verbose=VERBOSE.value)
+    compile_cache.enable()
     if flags.FLAGS['config'].present:
       check_config_kind(CONFIG.value, config_path(argv), kind)
     elif require_config:
