@@ -11,7 +11,7 @@ train like one. An epoch is planned as optimizer steps grouped into compiled cal
 
 import dataclasses
 import functools
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 import jax
 from jax import lax
@@ -26,8 +26,10 @@ from resnet_jax.training import steps
 
 # A training set larger than this stays on the host under data.placement='auto'.
 MAX_RESIDENT_BYTES = 4 << 30
-# Steps fused in one compiled call when config.steps_per_call is 0 (on a CPU: 1).
+# Steps fused in one compiled call when config.steps_per_call is 0 (on a CPU: 1): about this many,
+# at most MAX_STEPS_PER_CALL (`default_steps_per_call`).
 AUTO_STEPS_PER_CALL = 32
+MAX_STEPS_PER_CALL = 128
 
 # A call's batch arguments: (first step in the epoch, steps, batch size) -> arrays.
 CallBatches = Callable[[int, int, int], tuple]
@@ -146,14 +148,23 @@ def epoch_plan(config: ml_collections.ConfigDict, size: int, num_devices: int) -
                    drop_remainder=config.drop_remainder)
 
 
-def default_steps_per_call(num_full: int = AUTO_STEPS_PER_CALL) -> int:
-  """Steps a compiled call fuses when config.steps_per_call is 0: 1 on a CPU (`steps.scan`)."""
-  if jax.default_backend() == 'cpu':
+def default_steps_per_call(num_full: int, backend: Optional[str] = None) -> int:
+  """Steps a compiled call fuses when config.steps_per_call is 0: 1 on a CPU (`steps.scan`).
+
+  On an accelerator, the full steps of an epoch split into calls of ONE shape wherever they can
+  (every new shape is another compile, and on a GPU another round of autotuning): the divisor of
+  the full steps nearest AUTO_STEPS_PER_CALL within [AUTO_STEPS_PER_CALL / 2, MAX_STEPS_PER_CALL],
+  else all of them in one call where there are at most MAX_STEPS_PER_CALL (batch 512 on 50,000
+  images: 97 full steps, a prime, one call of 97), else AUTO_STEPS_PER_CALL (two shapes).
+  """
+  if (backend or jax.default_backend()) == 'cpu':
     return 1
-  # A divisor of the full steps near AUTO_STEPS_PER_CALL (one compiled shape), else that.
-  for count in range(min(AUTO_STEPS_PER_CALL, num_full), AUTO_STEPS_PER_CALL // 2 - 1, -1):
-    if count > 0 and num_full % count == 0:
-      return count
+  divisors = [count for count in range(AUTO_STEPS_PER_CALL // 2, MAX_STEPS_PER_CALL + 1)
+              if num_full % count == 0]
+  if divisors:
+    return min(divisors, key=lambda count: (abs(count - AUTO_STEPS_PER_CALL), count))
+  if num_full <= MAX_STEPS_PER_CALL:
+    return max(num_full, 1)
   return AUTO_STEPS_PER_CALL
 
 

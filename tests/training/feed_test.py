@@ -19,3 +19,24 @@ def test_epoch_plan_groups_calls_from_the_epoch_start():
   config.batch_size = 100
   with pytest.raises(errors.UserError, match='config.batch_size=100 must be a positive multiple'):
     feed.epoch_plan(config, 1000, num_devices=8)
+
+
+@pytest.mark.parametrize('batch_size,steps_per_call,shapes', [
+    (128, 30, {(30, 128), (1, 80)}),   # 390 full steps: 13 calls of 30, and the partial batch
+    (512, 97, {(97, 512), (1, 336)}),  # 97 full steps (a prime): one call (was 32, 32, 32, 1)
+    (500, 25, {(25, 500)}),            # 100 full steps, no partial batch: one shape
+])
+def test_an_accelerator_compiles_one_full_call_shape_an_epoch(batch_size, steps_per_call, shapes):
+  config = defaults.base_config()
+  config.batch_size = batch_size
+  num_full = 50_000 // batch_size
+  assert feed.default_steps_per_call(num_full, backend='gpu') == steps_per_call
+  assert feed.default_steps_per_call(num_full, backend='cpu') == 1
+  config.steps_per_call = steps_per_call
+  plan = feed.epoch_plan(config, 50_000, num_devices=1)
+  assert {(count, size) for _, count, size in plan.calls(0)} == shapes
+  assert sum(count for _, count, _ in plan.calls(0)) == plan.steps
+
+
+def test_a_long_prime_epoch_falls_back_to_two_shapes():
+  assert feed.default_steps_per_call(1009, backend='tpu') == feed.AUTO_STEPS_PER_CALL
