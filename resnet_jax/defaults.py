@@ -37,7 +37,8 @@ def model_config(**overrides) -> config_dict.ConfigDict:
       block_order='original',     # original | preact | bn_after_add (seed 004, figure 9)
                                   # | preact_kuangliu (kuangliu/pytorch-cifar's PreActBlock)
       num_classes=10,
-      dtype='float32',            # compute dtype: float32 | bfloat16 (parameters stay float32)
+      dtype='auto',               # compute dtype: auto (bfloat16 on a GPU or TPU, float32 on a
+                                  # CPU) | float32 | bfloat16 (parameters stay float32)
       bn_dtype='float32',         # BatchNorm's normalisation arithmetic: float32 | compute (in
                                   # `dtype`); its statistics and parameters are float32 either way
       param_budget=5_000_000,     # a larger model stops before compiling; raise it on purpose
@@ -171,6 +172,10 @@ def base_config() -> config_dict.ConfigDict:
   config.num_epochs = 200
   config.drop_remainder = False    # False: the last partial batch is trained, as PyTorch does
   config.steps_per_call = 0        # steps fused in one compiled call (lax.scan); 0 = auto
+  # BatchNorm statistics and mixup pairs over the global batch ('global': N devices train exactly
+  # like one) or within each device's shard ('per_device', as PyTorch's DDP: no reduction across
+  # devices in the forward pass; faster on many devices at small batches per device)
+  config.batch_statistics = 'global'
   config.ema_decay = 0.0           # >0: keep an EMA of the weights and evaluate it
   config.eval_flip_tta = False     # average logits over the image and its mirror at evaluation
   config.eval_every_epochs = 1

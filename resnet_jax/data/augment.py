@@ -260,19 +260,28 @@ def gaussian_noise(key, x, std: float):
   return x + std * jax.random.normal(key, x.shape, x.dtype)
 
 
-def mixup(key, x, targets, alpha: float):
+def mixup(key, x, targets, alpha: float, groups: int = 1):
   """mixup (Zhang et al., 2018): one lambda ~ Beta(alpha, alpha) for the batch.
 
   Example i becomes lambda * x[i] + (1 - lambda) * x[perm[i]], its targets likewise, with perm a
-  random permutation of the batch.
+  random permutation of the batch; with `groups` > 1, of each of that many equal consecutive
+  parts (the devices' shards), so that no pair crosses a device.
   """
   k_lambda, k_perm = jax.random.split(key)
   lam = jax.random.beta(k_lambda, alpha, alpha)
-  perm = jax.random.permutation(k_perm, x.shape[0])
-  return lam * x + (1 - lam) * x[perm], lam * targets + (1 - lam) * targets[perm]
+  perm = jax.random.permutation(k_perm, x.shape[0] // groups)
+
+  def partner(a):
+    if groups == 1:
+      return a[perm]
+    parts = a.reshape((groups, -1) + a.shape[1:])
+    return parts[:, perm].reshape(a.shape)
+
+  return lam * x + (1 - lam) * partner(x), lam * targets + (1 - lam) * partner(targets)
 
 
-def train_preprocess(rng, images, labels, aug_cfg, mean, std, num_classes: int, dtype):
+def train_preprocess(rng, images, labels, aug_cfg, mean, std, num_classes: int, dtype,
+                     groups: int = 1):
   """Augments and normalises a training batch inside the compiled step.
 
   Args:
@@ -284,6 +293,7 @@ def train_preprocess(rng, images, labels, aug_cfg, mean, std, num_classes: int, 
     std: per-channel std, [0, 1] units.
     num_classes: width of the targets.
     dtype: dtype of the returned images (the model's compute dtype).
+    groups: equal consecutive parts of the batch that mixup keeps apart (the devices' shards).
 
   Returns:
     (x, targets): x (B, H, W, C) normalised in dtype; targets float32 (B, num_classes) soft
@@ -313,7 +323,7 @@ def train_preprocess(rng, images, labels, aug_cfg, mean, std, num_classes: int, 
     x = gaussian_noise(keys['noise'], x, aug_cfg.noise_std)
   targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   if aug_cfg.mixup_alpha:
-    x, targets = mixup(keys['mixup'], x, targets, aug_cfg.mixup_alpha)
+    x, targets = mixup(keys['mixup'], x, targets, aug_cfg.mixup_alpha, groups)
   return x.astype(dtype), targets
 
 

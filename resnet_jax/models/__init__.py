@@ -5,12 +5,14 @@
 """
 
 from resnet_jax.models.resnet import ACTIVATIONS
+from resnet_jax.models.resnet import AUTO_DTYPE
 from resnet_jax.models.resnet import BatchNorm
 from resnet_jax.models.resnet import BLOCK_ORDERS
 from resnet_jax.models.resnet import BLOCKS
 from resnet_jax.models.resnet import BN_DTYPES
 from resnet_jax.models.resnet import build_model
 from resnet_jax.models.resnet import check_budget
+from resnet_jax.models.resnet import compute_dtype
 from resnet_jax.models.resnet import count_params
 from resnet_jax.models.resnet import DTYPES
 from resnet_jax.models.resnet import initializers
@@ -28,12 +30,14 @@ from resnet_jax.models.resnet import variable_shapes
 
 __all__ = [
     'ACTIVATIONS',
+    'AUTO_DTYPE',
     'BatchNorm',
     'BLOCK_ORDERS',
     'BLOCKS',
     'BN_DTYPES',
     'build_model',
     'check_budget',
+    'compute_dtype',
     'count_params',
     'DTYPES',
     'initializers',

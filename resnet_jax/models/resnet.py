@@ -31,6 +31,8 @@ INITS = ('pytorch', 'he', 'xavier', 'normal', 'orthogonal')
 BLOCK_ORDERS = ('original', 'preact', 'bn_after_add', 'preact_kuangliu')
 PREACT_ORDERS = ('preact', 'preact_kuangliu')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# config.model.dtype='auto': bfloat16 on a GPU or TPU, float32 on a CPU (`compute_dtype`).
+AUTO_DTYPE = 'auto'
 BN_DTYPES = ('float32', 'compute')
 LAYER_KEYS = ('num_blocks', 'channels', 'kernel_sizes', 'shortcut_kernel_sizes')
 
@@ -135,13 +137,17 @@ class BatchNorm(nn.Module):
 
   Normalises with the biased batch variance and updates `var` with the unbiased one, as PyTorch
   does. Statistics are plain means over every axis but the last; under a data-parallel jit XLA
-  makes them global over the batch. Statistics and parameters are float32 whatever `dtype` is;
-  the normalisation itself runs in `arithmetic_dtype` (config.model.bn_dtype).
+  makes them global over the batch. With `groups` > 1 the batch is that many equal consecutive
+  parts (the devices' shards, `config.batch_statistics='per_device'`), each normalised with its
+  own statistics as PyTorch's DDP does, so no reduction crosses devices; the running statistics
+  move by the parts' average. Statistics and parameters are float32 whatever `dtype` is; the
+  normalisation itself runs in `arithmetic_dtype` (config.model.bn_dtype).
   """
   momentum: float = 0.1
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
   arithmetic_dtype: Any = jnp.float32
+  groups: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -150,24 +156,31 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
     running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    groups = self.groups if train else 1
+    shape = x.shape
+    x = x.reshape((groups, shape[0] // groups) + shape[1:]) if groups > 1 else x
     x32 = x.astype(jnp.float32)
     if train:
-      axes = tuple(range(x.ndim - 1))
+      axes = tuple(range(1 if groups > 1 else 0, x.ndim - 1))
       # One pass over x (E[x^2] - E[x]^2, as flax.linen.BatchNorm does by default): the two
       # reductions fuse into one read, where the centred form reads x twice.
-      mean = jnp.mean(x32, axes)
-      var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0.0)
+      mean = jnp.mean(x32, axes, keepdims=groups > 1)
+      var = jnp.maximum(jnp.mean(jnp.square(x32), axes, keepdims=groups > 1) - jnp.square(mean),
+                        0.0)
       if not self.is_initializing():
-        count = x.size // features
+        count = x.size // features // groups
         unbiased_var = var * (count / max(count - 1, 1))
-        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
-        running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased_var
+        batch_mean, batch_var = ((mean, unbiased_var) if groups == 1 else
+                                 (jnp.mean(mean.reshape(-1, features), 0),
+                                  jnp.mean(unbiased_var.reshape(-1, features), 0)))
+        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * batch_mean
+        running_var.value = (1 - self.momentum) * running_var.value + self.momentum * batch_var
     else:
       mean, var = running_mean.value, running_var.value
     a = self.arithmetic_dtype
     y = ((x.astype(a) - mean.astype(a)) * (scale * jax.lax.rsqrt(var + self.epsilon)).astype(a)
          + bias.astype(a))
-    return y.astype(self.dtype)
+    return y.astype(self.dtype).reshape(shape)
 
 
 class SqueezeExcite(nn.Module):
@@ -208,10 +221,12 @@ class ResidualBlock(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   bn_dtype: Any = jnp.float32
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = functools.partial(BatchNorm, dtype=self.dtype, arithmetic_dtype=self.bn_dtype)
+    norm = functools.partial(BatchNorm, dtype=self.dtype, arithmetic_dtype=self.bn_dtype,
+                             groups=self.bn_groups)
     bn = lambda i, h: norm(name=f'bn{i}')(h, train)
     preact = self.block_order in PREACT_ORDERS
     last = len(self.convs)
@@ -276,6 +291,7 @@ class ResNet(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   bn_dtype: Any = jnp.float32  # BatchNorm's arithmetic
+  bn_groups: int = 1  # parts of a training batch with their own statistics (BatchNorm.groups)
 
   def _branch(self, features: int, kernel_size: int, stride: int) -> tuple[tuple[int, ...], ...]:
     if self.block == 'bottleneck':
@@ -287,7 +303,8 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """Logits (float32) of images x (B, H, W, 3); dropout draws from the 'dropout' rng stream."""
     act = activation_fn(self.activation, self.leaky_relu_slope)
-    norm = functools.partial(BatchNorm, dtype=self.dtype, arithmetic_dtype=self.bn_dtype)
+    norm = functools.partial(BatchNorm, dtype=self.dtype, arithmetic_dtype=self.bn_dtype,
+                             groups=self.bn_groups)
     x = jnp.asarray(x, self.dtype)
     x = conv(self.stem_channels, self.stem_kernel_size, self.weight_init, self.dtype,
              'conv1')(x)
@@ -303,7 +320,7 @@ class ResNet(nn.Module):
             convs=self._branch(features, kernel_size, stride),
             shortcut_kernel_size=shortcut_kernel_size, block_order=self.block_order, act=act,
             weight_init=self.weight_init, dropout=self.block_dropout, dtype=self.dtype,
-            bn_dtype=self.bn_dtype,
+            bn_dtype=self.bn_dtype, bn_groups=self.bn_groups,
             se_reduction=self.se_reduction if self.se == 'block' else 0,
             name=f'layer{layer}_{i}')(x, train)
       if self.layer_dropout:
@@ -371,24 +388,39 @@ def validate(model_cfg: config_dict.ConfigDict):
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
       raise UserError(f'config.model.{key}={rate!r} must be a dropout rate in [0, 1)')
   for key, choices in (('block', BLOCKS), ('se', SE_PLACES), ('activation', ACTIVATIONS),
-                       ('init', INITS), ('block_order', BLOCK_ORDERS), ('dtype', tuple(DTYPES)),
+                       ('init', INITS), ('block_order', BLOCK_ORDERS),
+                       ('dtype', (AUTO_DTYPE, *DTYPES)),
                        ('bn_dtype', BN_DTYPES)):
     _check_choice(key, model_cfg[key], choices)
 
 
-def build_model(model_cfg: config_dict.ConfigDict) -> ResNet:
-  """The ResNet that `config.model` describes; raises UserError for an invalid config."""
+def compute_dtype(model_cfg: config_dict.ConfigDict, backend: str | None = None) -> str:
+  """The compute dtype a run uses: config.model.dtype, with 'auto' chosen for the platform.
+
+  'auto' is bfloat16 on a GPU or TPU (the fast path; parameters, BatchNorm statistics and the loss
+  stay float32) and float32 on a CPU, where bfloat16 is slower and only emulated.
+  """
+  if model_cfg.dtype != AUTO_DTYPE:
+    return model_cfg.dtype
+  return 'float32' if (backend or jax.default_backend()) == 'cpu' else 'bfloat16'
+
+
+def build_model(model_cfg: config_dict.ConfigDict, bn_groups: int = 1) -> ResNet:
+  """The ResNet that `config.model` describes; raises UserError for an invalid config.
+
+  bn_groups: parts of a training batch that BatchNorm normalises apart (`BatchNorm.groups`).
+  """
   validate(model_cfg)
   as_is = ('block', 'expansion', 'stem_channels', 'stem_kernel_size', 'pool', 'se',
            'se_reduction', 'activation', 'block_order', 'num_classes')
   rates = ('block_dropout', 'layer_dropout', 'head_dropout', 'leaky_relu_slope')
-  dtype = DTYPES[model_cfg.dtype]
+  dtype = DTYPES[compute_dtype(model_cfg)]
   return ResNet(
       **{key: model_cfg[key] for key in as_is},
       **{key: float(model_cfg[key]) for key in rates},
       **{key: tuple(model_cfg[key]) for key in LAYER_KEYS},
       weight_init=model_cfg.init, dtype=dtype,
-      bn_dtype=dtype if model_cfg.bn_dtype == 'compute' else jnp.float32)
+      bn_dtype=dtype if model_cfg.bn_dtype == 'compute' else jnp.float32, bn_groups=bn_groups)
 
 
 def variable_shapes(model: nn.Module, image_size: int = 32) -> dict:

@@ -75,7 +75,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       ('optim.l1', o.l1 != 0, 'has no torch.optim form'),
       ('ema_decay', config.ema_decay != 0, 'has no torch.optim form'),
       ('eval_flip_tta', config.eval_flip_tta, 'is not run by the PyTorch trainer'),
-      ('model.dtype', config.model.dtype != 'float32', 'must be float32 for the PyTorch trainer'),
+      ('model.dtype', config.model.dtype not in ('float32', models.AUTO_DTYPE),
+       'must be float32 (or auto: PyTorch trains in float32)'),
   ]
   for key, value in config.augment.items():
     if key not in AUGMENTATIONS + _IGNORED_AUGMENT:

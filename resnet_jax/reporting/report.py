@@ -184,6 +184,10 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
       f"{results.get('device_count', '?')} x {results.get('device_kind', '?')}.",
       '',
   ]
+  if 'compute_dtype' in results:
+    lines += [f"Ran in {results['compute_dtype']}, {results.get('steps_per_call', '?')} steps a "
+              f"compiled call, the training set on the {results.get('placement', '?')}, "
+              f"BatchNorm statistics {results.get('batch_statistics', 'global')}.", '']
   timing = time_to_reference(results)
   if timing:
     lines += [f'**Time to accuracy:** {timing}', '']

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from resnet_jax import files
+from resnet_jax import models
 from resnet_jax.errors import UserError, one_line
 from resnet_jax.training import run_config
 from resnet_jax.training import steps
@@ -175,13 +176,15 @@ def run_identity(config: ml_collections.ConfigDict, data_fingerprint: str,
   """What a checkpoint's run must share with a run resuming it (saved in its meta, flat JSON).
 
   Every config key but `run_config.RESUMABLE_KEYS`, the data the run trains and validates on
-  (a fingerprint of its images and labels: the same size is not the same data), and the steps
-  an epoch.
+  (a fingerprint of its images and labels: the same size is not the same data), the steps an
+  epoch, and the compute dtype (`model.dtype='auto'` is bfloat16 on a GPU, float32 on a CPU).
   """
   identity = {f'config.{key}': value for key, value in run_config.flat_json(config).items()
               if not run_config.is_free(key, run_config.RESUMABLE_KEYS)}
   return identity | {'data (a fingerprint of its images and labels)': data_fingerprint,
-                     'steps an epoch': steps_an_epoch}
+                     'steps an epoch': steps_an_epoch,
+                     'compute dtype (model.dtype on this platform)':
+                         models.compute_dtype(config.model)}
 
 
 def check_same_run(identity: dict, meta: CheckpointMeta, directory) -> None:

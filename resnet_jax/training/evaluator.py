@@ -19,7 +19,10 @@ from resnet_jax.training import steps
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
-  """A split padded to whole batches and placed on the devices, batches along axis 0."""
+  """A split padded to whole batches and placed on the devices, batches along axis 0.
+
+  The images are lane-dense rows [num_batches, batch, H * W * C] (`steps.image_rows`).
+  """
   images: jax.Array
   labels: jax.Array
   mask: jax.Array
@@ -44,7 +47,7 @@ def make_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int,
     return padded.reshape((num_batches, batch_size) + array.shape[1:])
 
   sharding = feed.batch_sharded(mesh)
-  return EvalSet(images=feed.put_global(stack(images), sharding),
+  return EvalSet(images=feed.put_global(stack(np.asarray(steps.image_rows(images))), sharding),
                  labels=feed.put_global(stack(labels.astype(np.int32)), sharding),
                  mask=feed.put_global(stack(np.ones(size, bool)), sharding), size=size)
 

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from resnet_jax import accelerators
+from resnet_jax import models
 from resnet_jax.training import precompile
 from resnet_jax.training import steps
 
@@ -122,7 +123,7 @@ def log_start(run) -> None:
   logging.info('running on %d x %s (%s), %d process%s; %s, batch %d (%d a device), %d steps an '
                'epoch, up to %d a compiled call', jax.device_count(), device.device_kind,
                device.platform, jax.process_count(), '' if jax.process_count() == 1 else 'es',
-               config.model.dtype, plan.batch_size, plan.batch_size // plan.num_devices,
+               models.compute_dtype(config.model), plan.batch_size, plan.batch_size // plan.num_devices,
                plan.steps, plan.steps_per_call)
   warning = accelerators.accelerator_warning()
   if warning:

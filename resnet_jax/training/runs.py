@@ -64,6 +64,10 @@ def data_fingerprint(splits: input_pipeline.Splits) -> str:
   return digest.hexdigest()
 
 
+# config.batch_statistics: over the global batch, or within each device's shard.
+BATCH_STATISTICS = ('global', 'per_device')
+
+
 def validate_run_config(config: ml_collections.ConfigDict) -> None:
   """Raises UserError, naming the key, for the first loop setting out of range."""
   checks = [
@@ -77,6 +81,8 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
       ('ema_decay', 0 <= config.ema_decay < 1, 'must be in [0, 1) (0 = no EMA)'),
       ('param_histograms_every_epochs', config.param_histograms_every_epochs >= 0,
        'must be >= 0 (0 = none)'),
+      ('batch_statistics', config.batch_statistics in BATCH_STATISTICS,
+       f'must be one of {", ".join(BATCH_STATISTICS)}'),
   ]
   for key, ok, rule in checks:
     if not ok:
@@ -97,13 +103,14 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str,
   mesh = feed.create_mesh()
   plan = feed.epoch_plan(config, len(splits.train_labels), mesh.devices.size)
   optimizer = optim.create_optimizer(config, plan.steps)
-  ctx = steps.StepContext(model=models.build_model(config.model), tx=optimizer.tx,
-                          learning_rate=optimizer.learning_rate, config=config,
+  groups = mesh.devices.size if config.batch_statistics == 'per_device' else 1
+  ctx = steps.StepContext(model=models.build_model(config.model, bn_groups=groups),
+                          tx=optimizer.tx, learning_rate=optimizer.learning_rate, config=config,
                           mean=tuple(float(m) for m in splits.mean),
-                          std=tuple(float(s) for s in splits.std))
+                          std=tuple(float(s) for s in splits.std), batch_groups=groups)
+  resident = feed.resident_placement(config, splits.train_images, splits.val_images)
   return Run(config=config, workdir=workdir, ctx=ctx, optimizer=optimizer, splits=splits,
-             mesh=mesh, plan=plan, resident=feed.resident_placement(config, splits.train_images),
-             parameters=parameters)
+             mesh=mesh, plan=plan, resident=resident, parameters=parameters)
 
 
 def restore(run: Run, checkpoint: str = 'latest') -> tuple[steps.TrainState,
@@ -127,6 +134,9 @@ def run_results(run: Run, parameters: int, test: dict) -> dict:
       'device_count': jax.device_count(),
       'process_count': jax.process_count(),
       'placement': run.placement,
+      'compute_dtype': models.compute_dtype(config.model),
+      'steps_per_call': run.plan.steps_per_call,
+      'batch_statistics': config.batch_statistics,
       'data_source': splits.source,
       'train_examples': len(splits.train_labels),
       'val_examples': len(splits.val_labels),

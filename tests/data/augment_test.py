@@ -231,3 +231,18 @@ def test_train_preprocess_everything_on():
 def test_bad_config_values(key, value):
   with pytest.raises(UserError, match=f'config.augment.{key}'):
     augment.check_config(augment_config(**{key: value}))
+
+
+def test_mixup_in_groups_pairs_only_within_each_part():
+  batch, groups = 16, 4
+  x = jnp.eye(batch).reshape(batch, 4, 4, 1)
+  targets = jax.nn.one_hot(jnp.arange(batch), batch)
+  for seed in range(3):
+    _, soft = map(np.asarray, augment.mixup(jax.random.key(seed), x, targets, 0.4, groups))
+    part = batch // groups
+    for i in range(batch):
+      partners = np.nonzero(soft[i] > 1e-7)[0]
+      assert set(partners // part) == {i // part}, (i, partners)
+  # One group is the ungrouped mixup, draw for draw.
+  np.testing.assert_array_equal(augment.mixup(jax.random.key(0), x, targets, 0.4, 1)[1],
+                                augment.mixup(jax.random.key(0), x, targets, 0.4)[1])

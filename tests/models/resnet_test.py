@@ -308,3 +308,19 @@ def test_batchnorm_train_statistics_hold_with_an_offset_mean():
   n = x64.shape[0]
   np.testing.assert_allclose(state['batch_stats']['var'], 0.9 + 0.1 * var64 * n / (n - 1),
                              rtol=1e-5)
+
+
+def test_per_device_batchnorm_normalises_each_part_with_its_own_statistics():
+  x = jax.random.normal(jax.random.key(0), (8, 2, 2, 5)) * 2.0 + 1.0
+  grouped, whole = models.BatchNorm(groups=2), models.BatchNorm()
+  variables = whole.init(jax.random.key(1), x, train=False)
+  y, state = grouped.apply(variables, x, train=True, mutable=['batch_stats'])
+  halves = [whole.apply(variables, part, train=True, mutable=['batch_stats'])
+            for part in (x[:4], x[4:])]
+  np.testing.assert_allclose(y, np.concatenate([h[0] for h in halves]), rtol=1e-6, atol=1e-6)
+  for name in ('mean', 'var'):  # running statistics move by the parts' average
+    np.testing.assert_allclose(state['batch_stats'][name],
+                               np.mean([h[1]['batch_stats'][name] for h in halves], 0), rtol=1e-6)
+  # At evaluation (running statistics) the groups make no difference.
+  np.testing.assert_array_equal(grouped.apply(variables, x, train=False),
+                                whole.apply(variables, x, train=False))

@@ -1,5 +1,6 @@
 """feed: the epoch plan (steps, the partial batch, calls)."""
 
+import numpy as np
 import pytest
 
 from resnet_jax import defaults
@@ -40,3 +41,17 @@ def test_an_accelerator_compiles_one_full_call_shape_an_epoch(batch_size, steps_
 
 def test_a_long_prime_epoch_falls_back_to_two_shapes():
   assert feed.default_steps_per_call(1009, backend='tpu') == feed.AUTO_STEPS_PER_CALL
+
+
+def test_the_resident_set_is_lane_dense_and_counted_as_the_device_holds_it():
+  # CIFAR-10 as [N, 32, 32, 3]: a minor dimension of 3 pads to 128 lanes on a TPU (~43x).
+  assert feed.device_bytes((50_000, 32, 32, 3), np.uint8) == 50_000 * 32 * 32 * 128
+  train, test = np.zeros((50_000, 32, 32, 3), np.uint8), np.zeros((10_000, 32, 32, 3), np.uint8)
+  rows = feed.device_bytes((50_016, 3072), np.uint8) + feed.device_bytes((10_016, 3072), np.uint8)
+  labels = feed.device_bytes((50_000,), np.int32) + feed.device_bytes((10_000,), np.int32)
+  assert feed.resident_bytes(train, test) == rows + labels < 200 << 20
+  config = defaults.base_config()
+  assert feed.resident_placement(config, train, test)
+  mesh = feed.create_mesh()
+  images, labels = feed.put_train_set(train[:64], np.zeros(64, np.int64), mesh)
+  assert images.shape == (64, 3072) and images.dtype == np.uint8 and labels.dtype == np.int32

@@ -1,5 +1,8 @@
 """steps: metric sums on the host, and a scanned call (GPU/TPU) against the CPU's unrolled one."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +12,7 @@ from resnet_jax.training import feed
 from resnet_jax.training import runs
 from resnet_jax.training import steps
 
-from conftest import short_config  # pylint: disable=g-bad-import-order
+from conftest import REPO, host_devices_env, short_config  # pylint: disable=g-bad-import-order
 
 
 def test_metric_sums_add_up_on_the_host():
@@ -58,3 +61,33 @@ def test_lax_scan_call_trains_like_the_unrolled_one(cifar_batches_dir):
   moved = norm(jax.tree.map(np.subtract, unrolled.params, initial))
   apart = norm(jax.tree.map(np.subtract, scanned.params, unrolled.params))
   assert moved > 0.1 and apart < 2e-2 * moved, (apart, moved)
+
+
+_COUNT_COLLECTIVES = '''
+import re, sys, tempfile
+sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
+from conftest import synthetic_config
+from resnet_jax.training import feed, runs
+for statistics in ('global', 'per_device'):
+  config = synthetic_config(**{'batch_statistics': statistics, 'steps_per_call': 1,
+                               'augment.mixup_alpha': 0.2})
+  run = runs.setup_run(config, tempfile.mkdtemp())
+  train_feed = feed.create_feed(config, run.plan, run.mesh, run.splits.train_images,
+                                run.splits.train_labels, resident=True)
+  hlo = feed.jit_train_steps(run.ctx, run.mesh, resident=True).lower(
+      run.abstract_state(), *train_feed.batch_specs(1, config.batch_size)).compile().as_text()
+  print(statistics, len(re.findall(r'all-reduce(?:-start)?\\(', hlo)),
+        len(re.findall(r'all-gather|all-to-all|collective-permute', hlo)))
+'''
+
+
+def test_per_device_statistics_leave_one_all_reduce_a_step():
+  # Global statistics: an all-reduce for every BatchNorm, one after another, and mixup's
+  # permutation gathers across devices. Per device: the gradients' (and metrics') all-reduce only.
+  out = subprocess.run([sys.executable, '-c', _COUNT_COLLECTIVES, str(REPO)], cwd=REPO,
+                       env=host_devices_env(2), capture_output=True, text=True, timeout=300,
+                       check=True).stdout
+  counts = {name: (int(reduces), int(others))
+            for name, reduces, others in (line.split() for line in out.splitlines())}
+  assert counts['per_device'] == (1, 0)
+  assert counts['global'][0] >= 5 + 1 and counts['global'][1] > 0  # 5 BatchNorms + gradients
