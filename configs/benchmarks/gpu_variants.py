@@ -32,7 +32,12 @@ def get_variants():
       # XLA:GPU runs a while loop's condition on the host each iteration (jax#2491); WHILE and
       # CONDITIONAL command buffers put the whole scan in one CUDA graph.
       _xla('graphs_while', '--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL',
-           'the lax.scan loop as CUDA graph conditional nodes'),
+           'WHILE and CONDITIONAL only: the loop stays on the host while its body has '
+           'convolutions, which need +CONVOLUTION (graphs_while_conv)'),
+      # A while loop becomes a CUDA graph only when every thunk of its body converts: the step's
+      # convolutions must be command buffers too.
+      _xla('graphs_while_conv', '--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL,+CONVOLUTION',
+           'the lax.scan loop, convolutions included, as one CUDA graph'),
       _xla('graphs_off', '--xla_gpu_enable_command_buffer=',
            'no command buffers (CUDA graphs) at all'),
       _xla('graph_min_1', '--xla_gpu_graph_min_graph_size=1',

@@ -26,6 +26,10 @@ def test_gpu_variants_cover_the_issues_candidates(gpu_variants):
   # Every override names a key the config has.
   for variant in gpu_variants:
     variants.apply(synthetic_config(), variant)
+  # A while loop is one CUDA graph only when its body's convolutions are command buffers too.
+  loop_graph = next(v for v in gpu_variants if v.name == 'graphs_while_conv')
+  assert set(loop_graph.env['XLA_FLAGS'].split('=', 1)[1].split(',')) == {
+      '+WHILE', '+CONDITIONAL', '+CONVOLUTION'}
 
 
 def test_this_jax_knows_every_xla_flag_of_the_gpu_variants(gpu_variants):
