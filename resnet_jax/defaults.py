@@ -182,6 +182,9 @@ def base_config() -> config_dict.ConfigDict:
   config.log_every_steps = 100
   config.log_every_seconds = 30.0  # a progress line at least this often (and after the first call)
   config.checkpoint_every_epochs = 1
+  # ...and at most once in this many seconds (always at the last epoch and at a stop): on an
+  # accelerator an epoch lasts about a second, and a save every epoch would cost a tenth of it
+  config.checkpoint_min_seconds = 60.0
   config.keep_best_checkpoint = True
   config.write_plots = True
   config.param_histograms_every_epochs = 0  # >0: TensorBoard histograms of every parameter array

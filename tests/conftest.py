@@ -151,6 +151,7 @@ def tiny_config(data_dir, **overrides):
   config.eval_batch_size = 500
   config.log_every_steps = 1000
   config.write_plots = False
+  config.checkpoint_min_seconds = 0.0  # a checkpoint every epoch, as the tests expect
   return with_overrides(config, overrides)
 
 
@@ -214,7 +215,8 @@ def smoke_config(**overrides):
   config = smoke.get_config()
   return with_overrides(config, {'data.source': 'synthetic', 'data.train_subset': 256,
                                  'data.test_subset': 128, 'eval_batch_size': 128,
-                                 'write_plots': False, **overrides})
+                                 'write_plots': False, 'checkpoint_min_seconds': 0.0,
+                                 **overrides})
 
 
 @pytest.fixture(scope='session')

@@ -58,11 +58,12 @@ class Optimizer(NamedTuple):
     learning_rate: (step, opt_state) -> the rate used at that step (a scalar array; works on host
       ints and inside jit), for logging.
     on_epoch_end: (opt_state, validation metrics {'loss', 'accuracy'}) -> opt_state; runs on the
-      host once an epoch. Identity except for reduce-on-plateau.
+      host once an epoch, before the next epoch's first step. None (the trainer then never
+      waits for the validation before going on) except for reduce-on-plateau.
   """
   tx: optax.GradientTransformation
   learning_rate: Callable[[Any, optax.OptState], jax.Array]
-  on_epoch_end: Callable[[optax.OptState, dict[str, float]], optax.OptState]
+  on_epoch_end: Optional[Callable[[optax.OptState, dict[str, float]], optax.OptState]]
 
 
 class LookaheadState(NamedTuple):
@@ -455,7 +456,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
     schedule = _schedule(config, steps_per_epoch)
     scale_by_rate = optax.scale_by_learning_rate(schedule)
     learning_rate = lambda step, opt_state: schedule(step)
-    on_epoch_end = lambda opt_state, metrics: opt_state
+    on_epoch_end = None
 
   chain = [clip, None if decoupled else decay, l1, _direction(o), decay if decoupled else None,
            scale_by_rate, lookahead(o.lookahead_k, o.lookahead_alpha) if o.lookahead_k else None]

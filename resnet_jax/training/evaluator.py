@@ -2,7 +2,8 @@
 
 A split is padded to whole batches (a mask marks the real examples) and put on the devices
 once (`EvalSet`); one compiled call scores all its batches (`steps.evaluate_batches`), summing
-loss and accuracy on the device.
+loss and accuracy on the device. `dispatch` starts it and `read` waits for its results, so the
+trainer can queue the next epoch's calls in between.
 """
 
 import dataclasses
@@ -58,6 +59,31 @@ def compile_evaluate(ctx: steps.StepContext, mesh: jax.sharding.Mesh) -> Callabl
                  out_shardings=(feed.replicated(mesh), feed.batch_sharded(mesh)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+  """An evaluation dispatched to the devices and not read yet (`read` waits for it)."""
+  summed: steps.Metrics
+  predictions: jax.Array
+  size: int
+
+
+def dispatch(evaluate_fn: Callable, variables: dict, eval_set: EvalSet) -> Scoring:
+  """Starts scoring a split and returns at once; the devices run it in order with other calls."""
+  summed, predictions = evaluate_fn(variables, *eval_set.arrays())
+  return Scoring(summed, predictions, eval_set.size)
+
+
+def read(scoring: Scoring, *,
+         with_predictions: bool = True) -> tuple[dict, Optional[np.ndarray]]:
+  """{'loss', 'accuracy'} of a dispatched scoring and the predicted class of each example
+  (None without with_predictions: they stay on the devices)."""
+  computed = {name: float(value) for name, value in scoring.summed.compute().items()}
+  if not with_predictions:
+    return computed, None
+  predictions = np.asarray(multihost_utils.process_allgather(scoring.predictions, tiled=True))
+  return computed, predictions.reshape(-1)[:scoring.size]
+
+
 def evaluate(evaluate_fn: Callable, variables: dict, eval_set: EvalSet, *,
              with_predictions: bool = True) -> tuple[dict, Optional[np.ndarray]]:
   """{'loss', 'accuracy'} over a split and the predicted class of each of its examples.
@@ -68,12 +94,7 @@ def evaluate(evaluate_fn: Callable, variables: dict, eval_set: EvalSet, *,
     eval_set: the split, from `make_eval_set`.
     with_predictions: False skips gathering the predictions to the host (returns None for them).
   """
-  summed, predictions = evaluate_fn(variables, *eval_set.arrays())
-  computed = {name: float(value) for name, value in summed.compute().items()}
-  if not with_predictions:
-    return computed, None
-  predictions = np.asarray(multihost_utils.process_allgather(predictions, tiled=True))
-  return computed, predictions.reshape(-1)[:eval_set.size]
+  return read(dispatch(evaluate_fn, variables, eval_set), with_predictions=with_predictions)
 
 
 class Evaluator:
@@ -93,12 +114,16 @@ class Evaluator:
   def eval_set(self, images: np.ndarray, labels: np.ndarray) -> EvalSet:
     return make_eval_set(images, labels, self._batch_size, self._mesh)
 
-  def score(self, variables: dict, eval_set: EvalSet, *,
-            with_predictions: bool = True) -> tuple[dict, Optional[np.ndarray]]:
-    """`evaluate` with this evaluator's function (through `call` where given)."""
+  def dispatch(self, variables: dict, eval_set: EvalSet) -> Scoring:
+    """`dispatch` with this evaluator's function (through `call` where given)."""
     evaluate_fn = (self.evaluate_fn if self._call is None
                    else functools.partial(self._call, self.evaluate_fn))
-    return evaluate(evaluate_fn, variables, eval_set, with_predictions=with_predictions)
+    return dispatch(evaluate_fn, variables, eval_set)
+
+  def score(self, variables: dict, eval_set: EvalSet, *,
+            with_predictions: bool = True) -> tuple[dict, Optional[np.ndarray]]:
+    """`evaluate` with this evaluator's function: dispatched, then read."""
+    return read(self.dispatch(variables, eval_set), with_predictions=with_predictions)
 
   def score_split(self, variables: dict, images: np.ndarray,
                   labels: np.ndarray) -> tuple[dict, np.ndarray]:

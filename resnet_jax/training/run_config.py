@@ -29,9 +29,9 @@ FREE_KEYS = ('eval_batch_size', 'eval_flip_tta', 'write_plots', 'data.data_dir',
 # change; the result is bitwise the same unless steps_per_call, placement or host_backend do
 # (then float sums may round apart in the last bits).
 RESUMABLE_KEYS = ('log_every_steps', 'log_every_seconds', 'eval_every_epochs', 'eval_batch_size',
-                  'checkpoint_every_epochs', 'keep_best_checkpoint', 'write_plots',
-                  'param_histograms_every_epochs', 'steps_per_call', 'data.data_dir',
-                  'data.placement', 'data.host_backend', 'model.param_budget')
+                  'checkpoint_every_epochs', 'checkpoint_min_seconds', 'keep_best_checkpoint',
+                  'write_plots', 'param_histograms_every_epochs', 'steps_per_call',
+                  'data.data_dir', 'data.placement', 'data.host_backend', 'model.param_budget')
 FREE_SECTIONS = ('reference',)  # Labels of the report only.
 SHOWN_DIFFERENCES = 4
 

@@ -75,6 +75,7 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
       ('eval_batch_size', config.eval_batch_size >= 1, 'must be >= 1'),
       ('eval_every_epochs', config.eval_every_epochs >= 1, 'must be >= 1'),
       ('checkpoint_every_epochs', config.checkpoint_every_epochs >= 1, 'must be >= 1'),
+      ('checkpoint_min_seconds', config.checkpoint_min_seconds >= 0, 'must be >= 0'),
       ('log_every_steps', config.log_every_steps >= 1, 'must be >= 1'),
       ('log_every_seconds', config.log_every_seconds > 0, 'must be > 0'),
       ('steps_per_call', config.steps_per_call >= 0, 'must be >= 0 (0 = auto)'),

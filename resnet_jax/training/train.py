@@ -19,6 +19,7 @@ from typing import Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from resnet_jax import files
@@ -69,14 +70,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 @dataclasses.dataclass(frozen=True)
 class InFlight:
   """A dispatched train call whose results have not been read yet."""
+  epoch: int
   first: int       # its first step in the epoch
   count: int       # steps
   batch_size: int
   result: steps.CallResult  # on the device
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochEnd:
+  """An epoch whose calls are all dispatched: what its end dispatched, not read yet.
+
+  Attributes:
+    epoch: the epoch (0-based).
+    scoring: its validation, running on the devices (None: not due this epoch).
+    with_predictions: read the predictions too (the last epoch's validation is the test).
+    snapshot: a device copy of the state at the epoch's end, for its checkpoints and histograms
+      (None where none is due and the best model is not kept).
+    save_latest: the latest checkpoint is due (`checkpoint_every_epochs` and
+      `checkpoint_min_seconds`, the last epoch, a stop).
+  """
+  epoch: int
+  scoring: Optional[evaluator.Scoring]
+  with_predictions: bool
+  snapshot: Optional[steps.TrainState]
+  save_latest: bool
+
+
 class TrainLoop:
-  """One run of the epoch loop: its resources (closed by `stack`), the state and meta it carries."""
+  """One run of the epoch loop: its resources (closed by `stack`), the state and meta it carries.
+
+  The devices are never left waiting for the host. A train call is dispatched before the one
+  before it is read, and an epoch's end (its validation, and a device copy of the state where a
+  checkpoint or the best model needs one) is dispatched, not read, before the next epoch's first
+  call: `pending` holds what was dispatched, in order, and `read_pending` reads it once the next
+  call is queued. Only reduce-on-plateau, which sets the next epoch's rate from the validation,
+  reads an epoch's end before going on.
+  """
 
   def __init__(self, run: runs.Run, clock: progress.RunClock, stack: contextlib.ExitStack):
     self.run, self.clock = run, clock
@@ -95,6 +125,13 @@ class TrainLoop:
     self.stop_after_epoch = False
     self.compiles_ahead = None  # compiles started after the first call's, until it is made
     self.final_test = None  # (metrics, predictions) of the test set, once scored
+    self.pending = []  # InFlight calls and EpochEnds dispatched and not read, in order
+    self.best_unsaved = None  # (state, meta) of a better model not in checkpoints/best yet
+    self.best_state = None  # the best model's state on the devices, once this process saw it
+    self.last_save = time.time()  # of the latest checkpoint
+    self.last_epoch_read = time.perf_counter()
+    self.snapshot = jax.jit(lambda state: jax.tree.map(jnp.copy, state),
+                            out_shardings=feed.replicated(run.mesh))
 
   def train(self) -> dict:
     """The phases in order; the results, or the stop's if a SIGTERM stopped the run."""
@@ -102,13 +139,17 @@ class TrainLoop:
     if finished is not None:
       return finished
     self.prepare()
-    for epoch in range(self.meta.epoch, self.run.config.num_epochs):
+    num_epochs = self.run.config.num_epochs
+    for epoch in range(self.meta.epoch, num_epochs):
       stopped = self.train_epoch(epoch)
       if stopped is not None:
         return stopped
-      self.close_epoch(epoch)
-      if self.stop_after_epoch and epoch + 1 < self.run.config.num_epochs:
-        return self.stopped(epoch + 1, 0, int(self.state.step))
+      self.end_epoch(epoch)
+      if self.stop_after_epoch or self.run.optimizer.on_epoch_end is not None:
+        self.read_pending()
+      if self.stop_after_epoch and epoch + 1 < num_epochs:
+        return self.stopped(epoch + 1, 0, (epoch + 1) * self.run.plan.steps)
+    self.read_pending()
     return self.finish()
 
   def elapsed(self) -> float:
@@ -167,45 +208,51 @@ class TrainLoop:
     self.compiles_ahead = compiler.num_prepared - 1
     logging.info('compiling the train call (%d steps of batch %d) and %d more shapes after it',
                  calls[0][1], calls[0][2], self.compiles_ahead)
-    self.progress = progress.Progress(epoch_sums={}, last_log_step=int(state.step))
+    self.progress = progress.Progress(epoch_sums=self.meta.train_sums,
+                                      last_log_step=int(state.step))
+    self.last_epoch_read = time.perf_counter()
 
   # -------------------------------------------------------------------------------------------
   # An epoch.
 
   def train_epoch(self, epoch: int) -> Optional[dict]:
-    """Trains the epoch's calls from the meta's position; the stop's result after a SIGTERM."""
-    plan, meta = self.run.plan, self.meta
-    self.epoch_start = time.perf_counter()
-    self.progress.epoch_sums = meta.train_sums
-    self.progress.mark, self.progress.compile_mark = self.epoch_start, self.clock.compile_seconds
-    call_batches = self.feed.epoch(epoch, meta.step_in_epoch)
-    in_flight = None
-    for first, count, batch_size in plan.calls(meta.step_in_epoch):
+    """Dispatches the epoch's calls from the meta's position; the stop's result after a SIGTERM."""
+    plan = self.run.plan
+    self.progress.mark, self.progress.compile_mark = time.perf_counter(), self.clock.compile_seconds
+    call_batches = self.feed.epoch(epoch, self.meta.step_in_epoch)
+    for first, count, batch_size in plan.calls(self.meta.step_in_epoch):
       self.state, result = self.compiler('train', self.train_steps, self.state,
                                          *call_batches(first, count, batch_size))
-      if in_flight:
-        self.finish_call(epoch, in_flight)
-      in_flight = InFlight(first, count, batch_size, result)
+      self.read_pending()  # What came before this call, now queued behind it.
+      self.pending.append(InFlight(epoch, first, count, batch_size, result))
       if self.compiles_ahead is not None:  # The run's first call: its compile is done.
         progress.log_compile(self.clock.compile_seconds, self.compiles_ahead)
         self.compiles_ahead = None
       if not self.stop_after_epoch and self.stop_signals.should_stop():
         # The call in flight is checked (its loss finite) before anything is saved.
-        step = self.finish_call(epoch, in_flight)
-        in_flight = None
-        if first + count == plan.steps:  # The epoch's last call: close the epoch, then stop.
+        step = self.read_pending()
+        if first + count == plan.steps:  # The epoch's last call: end the epoch, then stop.
           self.stop_after_epoch = True
           continue
         self.meta = dataclasses.replace(
-            meta, epoch=epoch, step_in_epoch=first + count, train_sums=self.progress.epoch_sums,
-            elapsed_seconds=self.elapsed())
-        checkpoints.save_checkpoint(self.latest, self.state, self.meta)
+            self.meta, epoch=epoch, step_in_epoch=first + count,
+            train_sums=self.progress.epoch_sums, elapsed_seconds=self.elapsed())
+        self.save_checkpoints(self.state, self.meta)
         return self.stopped(epoch, first + count, step)
-    if in_flight:
-      self.finish_call(epoch, in_flight)
     return None
 
-  def finish_call(self, epoch: int, call: InFlight) -> int:
+  def read_pending(self) -> Optional[int]:
+    """Reads what was dispatched and not read, in order; the last call's global step."""
+    step = None
+    for item in self.pending:
+      if isinstance(item, InFlight):
+        step = self.finish_call(item)
+      else:
+        self.close_epoch(item)
+    self.pending = []
+    return step
+
+  def finish_call(self, call: InFlight) -> int:
     """Reads a finished call's results: checks its loss, adds them up, logs; its last global step."""
     plan, config = self.run.plan, self.run.config
     result = jax.device_get(call.result)
@@ -213,48 +260,89 @@ class TrainLoop:
       raise non_finite_error(config, plan.steps, int(result.first_bad_step), self.latest)
     self.progress.add_call(self.clock, result.metrics, call.count * call.batch_size,
                            float(result.learning_rate))
-    step = epoch * plan.steps + call.first + call.count
+    step = call.epoch * plan.steps + call.first + call.count
     if self.progress.due(config, step, call.first + call.count == plan.steps):
-      progress.log_progress(self.writer, self.progress, self.clock, config, plan.steps, epoch,
-                            step)
+      progress.log_progress(self.writer, self.progress, self.clock, config, plan.steps,
+                            call.epoch, step)
     return step
 
-  def close_epoch(self, epoch: int) -> None:
-    """Evaluates (when due), records the epoch and saves the checkpoints it calls for."""
+  def end_epoch(self, epoch: int) -> None:
+    """Dispatches the epoch's end: its validation (when due) and the state copy its checkpoints
+    need, then moves the meta to the next epoch. Nothing here waits for the devices."""
     config = self.run.config
-    record = {'epoch': epoch + 1, 'step': int(self.state.step),
+    done = epoch + 1
+    is_last = done == config.num_epochs
+    evaluate = done % config.eval_every_epochs == 0 or is_last
+    save_latest = is_last or self.stop_after_epoch or (
+        done % config.checkpoint_every_epochs == 0
+        and time.time() - self.last_save >= config.checkpoint_min_seconds)
+    histograms = bool(config.param_histograms_every_epochs
+                      and done % config.param_histograms_every_epochs == 0)
+    needs_copy = save_latest or histograms or (evaluate and config.keep_best_checkpoint)
+    snapshot = self.snapshot(self.state) if needs_copy else None
+    scoring = None
+    if evaluate:
+      scored = self.state if snapshot is None else snapshot
+      scoring = self.evaluator.dispatch(scored.eval_variables(), self.val_set)
+    self.pending.append(EpochEnd(epoch, scoring, is_last and self.val_is_test, snapshot,
+                                 save_latest))
+    self.meta = dataclasses.replace(self.meta, epoch=done, step_in_epoch=0, train_sums={})
+
+  def close_epoch(self, end: EpochEnd) -> None:
+    """Reads an epoch's end (after its last call): records it, keeps the best, saves when due."""
+    config, plan = self.run.config, self.run.plan
+    now = time.perf_counter()
+    record = {'epoch': end.epoch + 1, 'step': (end.epoch + 1) * plan.steps,
               **{f'train_{k}': v for k, v in steps.mean_of_sums(self.progress.epoch_sums).items()},
               'learning_rate': self.progress.learning_rate,
-              'epoch_seconds': time.perf_counter() - self.epoch_start}
-    is_last = epoch + 1 == config.num_epochs
-    if (epoch + 1) % config.eval_every_epochs == 0 or is_last:
-      last_test = is_last and self.val_is_test
-      val, predictions = self.score(self.val_set, with_predictions=last_test)
-      if last_test:
+              'epoch_seconds': now - self.last_epoch_read}
+    self.progress.epoch_sums = {}
+    state = end.snapshot
+    if end.scoring is not None:
+      val, predictions = evaluator.read(end.scoring, with_predictions=end.with_predictions)
+      waited = time.perf_counter() - now  # The host waited for the validation, not training.
+      self.clock.eval_seconds += waited
+      self.progress.mark += waited
+      if end.with_predictions:
         self.final_test = val, predictions
       record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
-      # Back on the devices: a host-side hook (reduce-on-plateau) may return host arrays.
-      opt_state = self.run.optimizer.on_epoch_end(self.state.opt_state, val)
-      self.state = jax.device_put(self.state.replace(opt_state=opt_state),
-                                  feed.replicated(self.run.mesh))
+      on_epoch_end = self.run.optimizer.on_epoch_end
+      if on_epoch_end is not None:  # Read before the next epoch's first call (see `train`).
+        opt_state = on_epoch_end(self.state.opt_state, val)
+        # Back on the devices: a host-side hook may return host arrays.
+        self.state = jax.device_put(self.state.replace(opt_state=opt_state),
+                                    feed.replicated(self.run.mesh))
+        state = self.state if state is not None else None
     record['elapsed_seconds'] = self.elapsed()
     self.writer.write_scalars(record['step'], {k: v for k, v in record.items() if k != 'step'})
     if config.param_histograms_every_epochs and (
-        (epoch + 1) % config.param_histograms_every_epochs == 0):
-      gradcam.write_param_histograms(self.writer, record['step'], self.state.params)
+        (end.epoch + 1) % config.param_histograms_every_epochs == 0):
+      gradcam.write_param_histograms(self.writer, record['step'], state.params)
     self.writer.flush()
     progress.log_epoch(config, record)
-    meta = dataclasses.replace(self.meta, epoch=epoch + 1, step_in_epoch=0, train_sums={},
-                               history=self.meta.history + [record],
+    meta = dataclasses.replace(self.meta, history=self.meta.history + [record],
                                elapsed_seconds=record['elapsed_seconds'])
     if record.get('val_accuracy', -1.0) > meta.best_val_accuracy:
       meta = dataclasses.replace(meta, best_val_accuracy=record['val_accuracy'],
-                                 best_epoch=epoch + 1)
+                                 best_epoch=end.epoch + 1)
       if config.keep_best_checkpoint:
-        checkpoints.save_checkpoint(self.best, self.state, meta)
+        self.best_state = state
+        self.best_unsaved = state, dataclasses.replace(meta, epoch=end.epoch + 1,
+                                                       step_in_epoch=0, train_sums={})
     self.meta = meta
-    if (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last or self.stop_after_epoch:
-      checkpoints.save_checkpoint(self.latest, self.state, meta)
+    if end.save_latest:
+      self.save_checkpoints(state, dataclasses.replace(meta, epoch=end.epoch + 1,
+                                                       step_in_epoch=0, train_sums={}))
+    self.last_epoch_read = time.perf_counter()
+
+  def save_checkpoints(self, state: steps.TrainState, meta: checkpoints.CheckpointMeta) -> None:
+    """Saves a better model not saved yet to checkpoints/best, then the latest (both orbax's
+    asynchronous saves: what blocks is the copy to the host)."""
+    if self.best_unsaved is not None:
+      checkpoints.save_checkpoint(self.best, *self.best_unsaved)
+      self.best_unsaved = None
+    checkpoints.save_checkpoint(self.latest, state, meta)
+    self.last_save = time.time()
 
   def score(self, eval_set: evaluator.EvalSet, variables: Optional[dict] = None, *,
             with_predictions: bool = True):
@@ -282,7 +370,10 @@ class TrainLoop:
       if self.val_is_test:  # The best checkpoint's validation score is its test score.
         best_test_accuracy = meta.best_val_accuracy
       else:
-        best_state, _ = checkpoints.restore_checkpoint(self.best, run.abstract_state())
+        best_state = self.best_state
+        if best_state is None:  # Found better before this process resumed the run.
+          checkpoints.wait_for_saves(self.best)
+          best_state, _ = checkpoints.restore_checkpoint(self.best, run.abstract_state())
         best_test_accuracy = self.score(test_set, best_state.eval_variables(),
                                         with_predictions=False)[0]['accuracy']
     final_val = next((r for r in reversed(history) if 'val_accuracy' in r), {})
@@ -314,6 +405,7 @@ class TrainLoop:
 
   def stopped(self, epoch: int, step_in_epoch: int, step: int) -> dict:
     """After SIGTERM or Ctrl-C: waits for the checkpoint, says how to resume; the run's result."""
+    checkpoints.wait_for_saves(self.best)
     checkpoints.wait_for_saves(self.latest)
     signal_name = self.stop_signals.signal_name
     print(f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: saved a checkpoint at epoch '

@@ -349,10 +349,11 @@ def test_plateau_matches_reduce_lr_on_plateau(mode, metrics, min_lr):
   assert len(set(rates)) >= 3  # the rate was lowered at least twice
 
 
-def test_on_epoch_end_is_identity_without_plateau():
-  optimizer = optim.create_optimizer(_config(), STEPS_PER_EPOCH)
-  opt_state = optimizer.tx.init({'w': jnp.ones(2)})
-  assert optimizer.on_epoch_end(opt_state, {'loss': 1.0, 'accuracy': 0.5}) is opt_state
+def test_only_plateau_reads_the_validation_between_epochs():
+  # None: the trainer goes on to the next epoch without waiting for the evaluation's results.
+  assert optim.create_optimizer(_config(), STEPS_PER_EPOCH).on_epoch_end is None
+  plateau = _config(schedule={'name': 'plateau'})
+  assert optim.create_optimizer(plateau, STEPS_PER_EPOCH).on_epoch_end is not None
 
 
 @pytest.mark.parametrize('overrides, key', [

@@ -18,12 +18,14 @@ import pytest
 
 from resnet_jax import errors
 from resnet_jax.reporting import writers
+from resnet_jax.training import checkpoints
 from resnet_jax.training import evaluator
+from resnet_jax.training import precompile
 from resnet_jax.training import steps
 from resnet_jax.training import train
 
 from conftest import (assert_trees_equal, host_devices_env, restore_params, short_config,  # pylint: disable=g-bad-import-order
-                      tiny_config)
+                      synthetic_config, tiny_config)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -75,14 +77,14 @@ def short_run(cifar_batches_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('short')
   config = short_config(cifar_batches_dir)
   evaluations = []
-  evaluate = evaluator.evaluate
+  read = evaluator.read
 
-  def counted(evaluate_fn, variables, eval_set, **kwargs):
-    evaluations.append((eval_set.size, kwargs.get('with_predictions', True)))
-    return evaluate(evaluate_fn, variables, eval_set, **kwargs)
+  def counted(scoring, **kwargs):
+    evaluations.append((scoring.size, kwargs.get('with_predictions', True)))
+    return read(scoring, **kwargs)
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(evaluator, 'evaluate', counted)
+    patch.setattr(evaluator, 'read', counted)
     results = train.train_and_evaluate(config, str(workdir))
   return results, workdir, restore_params(workdir, config), evaluations
 
@@ -395,7 +397,8 @@ def test_a_finished_run_returns_its_results_without_retraining(short_run, cifar_
                                                                 monkeypatch):
   _, workdir, _, _ = short_run
   written = json.loads((workdir / 'results.json').read_text())
-  monkeypatch.setattr(evaluator, 'evaluate', lambda *args, **kwargs: pytest.fail('evaluated again'))
+  monkeypatch.setattr(evaluator, 'dispatch',
+                      lambda *args, **kwargs: pytest.fail('evaluated again'))
   assert train.train_and_evaluate(short_config(cifar_batches_dir), str(workdir)) == written
 
 
@@ -418,3 +421,53 @@ def test_damaged_checkpoint_is_a_user_error(short_run, cifar_batches_dir, tmp_pa
   with pytest.raises(errors.UserError, match='cannot be restored.*damaged') as raised:
     train.train_and_evaluate(short_config(cifar_batches_dir), str(tmp_path))
   assert '\n' not in str(raised.value)
+
+def test_the_next_epoch_is_dispatched_before_its_predecessor_is_read_or_saved(tmp_path,
+                                                                              monkeypatch):
+  # The device must not wait for the host at an epoch's end: the next epoch's first call is
+  # queued before the validation is read and before a checkpoint's blocking part (the copy to
+  # the host) runs; the best model is saved with the latest, never alone.
+  events = []
+  compiler_call, read = precompile.Compiler.__call__, evaluator.read
+  save = checkpoints.save_checkpoint
+
+  def dispatched(self, name, *args):
+    events.append(f'dispatch {name}')
+    return compiler_call(self, name, *args)
+
+  def read_scores(scoring, **kwargs):
+    events.append('read validation')
+    return read(scoring, **kwargs)
+
+  def saved(manager, state, meta):
+    events.append(f'save {manager.directory.name} epoch {meta.epoch}')
+    return save(manager, state, meta)
+
+  monkeypatch.setattr(precompile.Compiler, '__call__', dispatched)
+  monkeypatch.setattr(evaluator, 'read', read_scores)
+  monkeypatch.setattr(checkpoints, 'save_checkpoint', saved)
+  config = synthetic_config(num_epochs=3, steps_per_call=2)  # 4 steps: 2 calls an epoch
+  train.train_and_evaluate(config, str(tmp_path))
+  trains = [i for i, event in enumerate(events) if event == 'dispatch train']
+  reads = [i for i, event in enumerate(events) if event == 'read validation']
+  assert len(trains) == 6 and len(reads) == 3
+  for epoch in (1, 2):
+    next_call = trains[2 * epoch]
+    assert next_call < reads[epoch - 1] < events.index(f'save latest epoch {epoch}')
+  # The last epoch has no next call: it is read and saved at the end.
+  assert reads[2] > trains[-1]
+  saves = [event for event in events if event.startswith('save')]
+  assert saves[:2] == ['save best epoch 1', 'save latest epoch 1']
+
+
+def test_the_latest_checkpoint_waits_for_checkpoint_min_seconds(tmp_path, monkeypatch):
+  saves = []
+  save = checkpoints.save_checkpoint
+  monkeypatch.setattr(checkpoints, 'save_checkpoint', lambda manager, state, meta: (
+      saves.append((manager.directory.name, meta.epoch)), save(manager, state, meta)))
+  config = synthetic_config(num_epochs=3, checkpoint_min_seconds=3600.0)
+  train.train_and_evaluate(config, str(tmp_path))
+  # Every epoch is due by checkpoint_every_epochs=1, but only the last is saved within the hour;
+  # the best model (improved at some epoch) goes out with it.
+  assert [s for s in saves if s[0] == 'latest'] == [('latest', 3)]
+  assert len([s for s in saves if s[0] == 'best']) == 1
