@@ -268,7 +268,7 @@ def run_point(point: Point, workdir: str) -> str:
   except UserError as e:
     if jax.process_index() == 0:
       os.makedirs(point_dir, exist_ok=True)
-      sweep_report.write_atomic(error_path, f'{e}\n')
+      files.write_atomic(error_path, f'{e}\n')
     return f'failed: {e}'
   if results.get('preempted'):
     return PREEMPTED

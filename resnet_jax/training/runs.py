@@ -108,8 +108,26 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str,
 
 def restore(run: Run, checkpoint: str = 'latest') -> tuple[steps.TrainState,
                                                           checkpoints.CheckpointMeta]:
-  """The state and metadata of the run's latest or best checkpoint; UserError if there is none."""
-  return checkpoints.restore_named(run.workdir, checkpoint, run.abstract_state())
+  """The state and metadata of the run's latest or best checkpoint, checked to be this run's.
+
+  What every command reading a run's checkpoint calls (evaluate, inspect, export).
+
+  Raises:
+    UserError: no such checkpoint, or one whose recorded run (config keys, data) differs from
+      run's (`checkpoints.check_same_run`), e.g. after a hand-edited config.json.
+  """
+  state, meta = checkpoints.restore_named(run.workdir, checkpoint, run.abstract_state(),
+                                          keeps_best=run.config.keep_best_checkpoint)
+  check_recorded_run(run, meta, checkpoint)
+  return state, meta
+
+
+def check_recorded_run(run: Run, meta: checkpoints.CheckpointMeta,
+                       checkpoint: str = 'latest') -> None:
+  """UserError unless a checkpoint's meta records run's config and data (free keys aside)."""
+  checkpoints.check_same_run(run.identity, meta,
+                             files.as_path(run.workdir) / 'checkpoints' / checkpoint,
+                             reading=True)
 
 
 def run_results(run: Run, parameters: int, test: dict) -> dict:
