@@ -257,7 +257,7 @@ _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.'
 _STEPS_PER_CALL = flags.DEFINE_integer(
     'steps_per_call', 0, 'Steps fused in one compiled call (sets config.steps_per_call); 0 = '
     'as training picks them for this config and data size.')
-_CALLS = flags.DEFINE_integer('calls', 5, 'Timed calls after two warm-up calls.')
+_CALLS = flags.DEFINE_integer('calls', 5, 'Timed calls after two warm-up calls.', lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output', 'benchmark.json', 'Where the JSON goes.')
 _VARIANTS = flags.DEFINE_string(
     'variants', '', 'A variants file (configs/benchmarks/*.py); empty: the config alone.')
