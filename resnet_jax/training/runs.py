@@ -83,15 +83,26 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
       raise UserError(f'config.{key}={config[key]!r} is invalid: {rule}')
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """UserError for the first setting of config no run could train, without loading data.
+
+  The loop's settings, the model, augmentation, optimizer and schedule (the parameter budget
+  aside): what a sweep checks of every point before its first trains.
+  """
+  validate_run_config(config)
+  models.validate(config.model)
+  augment.check_config(config.augment)
+  optim.create_optimizer(config, 1)
+
+
 def setup_run(config: ml_collections.ConfigDict, workdir: str,
               splits: input_pipeline.Splits = None) -> Run:
   """Checks the config, loads the data and builds model and optimizer; UserError on mistakes.
 
   `splits` skips loading the data again, e.g. for several benchmarks.
   """
-  validate_run_config(config)
+  check_config(config)
   parameters = models.check_budget(config.model, config.data.image_size)
-  augment.check_config(config.augment)
   if splits is None:
     splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
   mesh = feed.create_mesh()
