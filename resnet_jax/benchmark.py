@@ -257,7 +257,7 @@ _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.'
 _STEPS_PER_CALL = flags.DEFINE_integer(
     'steps_per_call', 0, 'Steps fused in one compiled call (sets config.steps_per_call); 0 = '
     'as training picks them for this config and data size.')
-_CALLS = flags.DEFINE_integer('calls', 5, 'Timed calls after two warm-up calls.')
+_CALLS = flags.DEFINE_integer('calls', 5, 'Timed calls after two warm-up calls.', lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output', 'benchmark.json', 'Where the JSON goes.')
 _VARIANTS = flags.DEFINE_string(
     'variants', '', 'A variants file (configs/benchmarks/*.py); empty: the config alone.')
@@ -283,8 +283,7 @@ def _check_numerics(config, variants: Sequence[variants_lib.Variant]) -> None:
   splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
   checks = variants_lib.check_numerics(config, splits, variants, _DTYPES.value)
   print(variants_lib.format_checks(checks))
-  with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
-    json.dump([dataclasses.asdict(c) for c in checks], f, indent=2)
+  files.write_atomic(_OUTPUT.value, json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
   failed = sorted({c.variant for c in checks if c.passed is False})
   if failed:
     raise errors.UserError(f"variants train other numbers than the config alone: "
@@ -293,8 +292,7 @@ def _check_numerics(config, variants: Sequence[variants_lib.Variant]) -> None:
 
 
 def _write(result: dict) -> None:
-  with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
-    json.dump(result, f, indent=2)
+  files.write_atomic(_OUTPUT.value, json.dumps(result, indent=2))
 
 
 def _main(argv):

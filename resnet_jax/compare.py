@@ -29,9 +29,13 @@ import ml_collections  # noqa: E402
 
 from resnet_jax import cli  # noqa: E402
 from resnet_jax import errors  # noqa: E402
-from resnet_jax import files
+from resnet_jax import files  # noqa: E402
+from resnet_jax import pytorch  # noqa: E402
 from resnet_jax.reporting import report  # noqa: E402
 from resnet_jax.reporting import writers  # noqa: E402
+from resnet_jax.training import checkpoints  # noqa: E402
+from resnet_jax.training import run_config  # noqa: E402
+from resnet_jax.training import runs as runs_lib  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FRAMEWORKS = ('jax', 'torch')
@@ -56,11 +60,46 @@ def _seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.Conf
 def jax_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """A JAX run's results with its per-epoch 'history' (trained here unless it has finished)."""
   from resnet_jax.training import train  # pylint: disable=g-import-not-at-top
-  results_path = files.as_path(workdir) / report.RESULTS_FILE
-  results = (json.loads(results_path.read_text()) if results_path.exists()
-             else train.train_and_evaluate(config, workdir))
+  results = train.train_and_evaluate(config, workdir)
   if results.get('preempted'):
     raise errors.UserError(f'the JAX run in {workdir} was stopped before its end; run it again')
+  return with_history(results, workdir)
+
+
+def finished_jax_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--jax_workdir's results and history, once it is shown to be a finished run of config.
+
+  The same check as every command reading a run (`runs.check_recorded_run`): the checkpoint's
+  recorded config keys and data against config's.
+
+  Raises:
+    UserError: workdir is no folder, holds no finished run, or a run of another config or data.
+  """
+  path = files.as_path(workdir)
+  if path.exists() and not path.is_dir():
+    raise errors.UserError(f'--jax_workdir={workdir} is a file, not a run\'s folder; give the '
+                           '--workdir of a finished python -m resnet_jax.main run')
+  results_path = path / report.RESULTS_FILE
+  if not results_path.exists():
+    raise errors.UserError(f'--jax_workdir={workdir} holds no finished run (no '
+                           f'{report.RESULTS_FILE}); check the path, finish the run with python '
+                           '-m resnet_jax.main, or drop --jax_workdir to train one here')
+  try:
+    run_config.load_run_config(workdir, config)
+    runs_lib.check_recorded_run(runs_lib.setup_run(config, workdir),
+                                checkpoints.read_meta(workdir))
+  except errors.UserError as e:
+    raise errors.UserError(f'--jax_workdir={workdir} is not a run of this --config: {e}') from e
+  try:
+    results = json.loads(results_path.read_text())
+  except ValueError as e:
+    raise errors.UserError(f'{results_path} cannot be read ({errors.one_line(e)}); rerun python '
+                           f'-m resnet_jax.main --workdir={workdir} to write it again') from e
+  return with_history(results, workdir)
+
+
+def with_history(results: dict, workdir: str) -> dict:
+  """results with 'history': a record an epoch, from the run's metrics.jsonl."""
   records = writers.read_jsonl(files.as_path(workdir) / writers.METRICS_FILE)
   history = {int(r['epoch']): dict(r, epoch=int(r['epoch'])) for r in records
              if 'epoch_seconds' in r}
@@ -118,8 +157,7 @@ def plot(runs: dict[str, list[dict]], path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  report.save_figure(fig, path)
 
 
 def markdown(config: ml_collections.ConfigDict, summary: dict, runs: dict, command: str) -> str:
@@ -158,23 +196,24 @@ def compare(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int
   Raises:
     UserError: a config the PyTorch trainer cannot run, missing data, an unfinished JAX run.
   """
+  pytorch.require_torch('compare')
   from resnet_jax.pytorch import torch_train  # pylint: disable=g-import-not-at-top
   torch_train.check_config(config)
   seeds = [config.seed] if jax_workdir or not seeds else list(seeds)
   runs = {framework: [] for framework in FRAMEWORKS}
+  finished = finished_jax_run(config, jax_workdir) if jax_workdir else None
   for seed in seeds:
     seeded = _seeded(config, seed)
-    runs['jax'].append(jax_run(seeded, jax_workdir or os.path.join(workdir, 'jax', f'seed{seed}')))
+    runs['jax'].append(finished or jax_run(seeded, os.path.join(workdir, 'jax', f'seed{seed}')))
     runs['torch'].append(_torch_run(seeded, os.path.join(workdir, 'torch', f'seed{seed}'),
                                     torch_threads))
   summary = summarise(runs)
   os.makedirs(workdir, exist_ok=True)
   plot(runs, os.path.join(workdir, FIGURE_FILE))
   command = ' '.join(['python -m resnet_jax.compare'] + sys.argv[1:])
-  with open(os.path.join(workdir, MARKDOWN_FILE), 'w') as f:
-    f.write(markdown(config, summary, runs, command))
-  with open(os.path.join(workdir, JSON_FILE), 'w') as f:
-    json.dump(dict(summary, versions=_versions(runs), command=command), f, indent=2)
+  files.write_atomic(os.path.join(workdir, MARKDOWN_FILE), markdown(config, summary, runs, command))
+  files.write_atomic(os.path.join(workdir, JSON_FILE),
+                     json.dumps(dict(summary, versions=_versions(runs), command=command), indent=2))
   return dict(summary, runs=runs)
 
 

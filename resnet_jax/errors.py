@@ -7,6 +7,7 @@ and exit with status 2, with no traceback.
 """
 
 import sys
+import traceback
 
 
 class UserError(Exception):
@@ -26,6 +27,19 @@ def last_line(error: BaseException) -> str:
   """The last non-empty line of an exception's message (where tracebacks put the cause)."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def located(error: BaseException) -> str:
+  """'Type: first line (file, line n)' of an error raised by a user's Python file.
+
+  The place is a SyntaxError's own, else the innermost frame outside Python's import machinery.
+  """
+  if isinstance(error, SyntaxError):
+    return f'SyntaxError: {error.msg} ({error.filename}, line {error.lineno})'
+  frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+            if not frame.filename.startswith('<frozen')]
+  where = f' ({frames[-1].filename}, line {frames[-1].lineno})' if frames else ''
+  return f'{type(error).__name__}: {one_line(error)}{where}'
 
 
 def exit_on_user_error(fn, *args, **kwargs):

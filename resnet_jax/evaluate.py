@@ -26,6 +26,7 @@ import ml_collections
 from resnet_jax import cli
 from resnet_jax import errors
 from resnet_jax import models
+from resnet_jax import pytorch
 from resnet_jax.pytorch import torch_import
 from resnet_jax.reporting import report
 from resnet_jax.training import checkpoints
@@ -101,6 +102,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
 
 def run_evaluation(config, workdir: str) -> None:
   cli.check_output_writable(workdir, OUTPUT_DIR.value)
+  if _TORCH_STATE_DICT.value:
+    pytorch.require_torch('--torch_state_dict')
   distributed.initialize_from_env()
   with workdir_lock.hold(workdir, 'evaluate'):  # Not while a run writes its checkpoints.
     config = run_config.load_run_config(workdir, config)

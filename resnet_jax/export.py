@@ -19,8 +19,9 @@ Needs PyTorch (the `torch` extra).
 """
 
 import functools
+import io
 import os
-import shutil
+import pathlib
 
 from absl import app
 from absl import flags
@@ -28,10 +29,13 @@ import ml_collections
 
 from resnet_jax import cli
 from resnet_jax import errors
+from resnet_jax import files
+from resnet_jax import pytorch
 from resnet_jax.pytorch import torch_import
 from resnet_jax.training import checkpoints
 from resnet_jax.training import run_config
 from resnet_jax.training import runs
+from resnet_jax.training import workdir_lock
 
 _CHECKPOINT = cli.checkpoint_flag(checkpoints.CHECKPOINTS)
 _TO = flags.DEFINE_string('to', None, 'Where the PyTorch checkpoint goes, e.g. model.pt.')
@@ -52,6 +56,18 @@ def definition_path(path: str) -> str:
   return os.path.splitext(path)[0] + '.py'
 
 
+def check_destination(path: str) -> str:
+  """UserError unless --to=path and the module beside it can be written; that module's path."""
+  definition = definition_path(path)
+  if os.path.abspath(definition) == os.path.abspath(path):
+    raise errors.UserError(f'--to={path} must not end in .py (model.py goes beside it)')
+  files.check_writable(path, '--to', is_file=True)
+  if os.path.isdir(definition):
+    raise errors.UserError(f'--to={path}: {definition} (the module written beside it) is a '
+                           'folder; pick another --to')
+  return definition
+
+
 def save_torch_checkpoint(variables: dict, model_cfg: ml_collections.ConfigDict, path: str, *,
                           acc: float | None = None, epoch: int | None = None,
                           normalize: dict | None = None) -> dict:
@@ -62,15 +78,15 @@ def save_torch_checkpoint(variables: dict, model_cfg: ml_collections.ConfigDict,
   """
   import torch  # pylint: disable=g-import-not-at-top  # Only export needs PyTorch.
   from resnet_jax.pytorch import torch_resnet  # pylint: disable=g-import-not-at-top
-  definition = definition_path(path)
-  if os.path.abspath(definition) == os.path.abspath(path):
-    raise errors.UserError(f'--to={path} must not end in .py (model.py goes beside it)')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  definition = check_destination(path)
   state_dict = {key: torch.tensor(value)
                 for key, value in torch_import.state_dict_from_variables(variables).items()}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  buffer = io.BytesIO()
   torch.save({'net': state_dict, 'acc': acc, 'epoch': epoch,
-              'model_config': model_cfg.to_dict(), 'normalize': normalize}, path)
-  shutil.copyfile(torch_resnet.__file__, definition)
+              'model_config': model_cfg.to_dict(), 'normalize': normalize}, buffer)
+  files.write_atomic(path, buffer.getvalue())
+  files.write_atomic(definition, pathlib.Path(torch_resnet.__file__).read_bytes())
   return {'path': path, 'definition': definition, 'keys': len(state_dict), 'acc': acc,
           'epoch': epoch}
 
@@ -100,8 +116,11 @@ def main(argv):
   def run(config, workdir):
     if not _TO.value:
       raise errors.UserError('--to is required, e.g. --to=model.pt')
-    config = run_config.load_run_config(workdir, config)  # The run's own, by default.
-    exported = export_run(config, workdir, _TO.value, _CHECKPOINT.value)
+    check_destination(_TO.value)  # Before any work, as is PyTorch.
+    pytorch.require_torch('export')
+    with workdir_lock.hold(workdir, 'export'):  # Not while a run rotates its checkpoints.
+      config = run_config.load_run_config(workdir, config)  # The run's own, by default.
+      exported = export_run(config, workdir, _TO.value, _CHECKPOINT.value)
     print(f"wrote {exported['path']} ({exported['keys']} tensors, epoch {exported['epoch']}) "
           f"and its module {exported['definition']}", flush=True)
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from resnet_jax import cli
 from resnet_jax import errors
+from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import augment
 from resnet_jax.reporting import gradcam
@@ -93,8 +94,7 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
   os.makedirs(output_dir, exist_ok=True)
 
   summary = models.summary_table(config.model, image_size)
-  with open(os.path.join(output_dir, SUMMARY_FILE), 'w', encoding='utf-8') as f:
-    f.write(summary + '\n')
+  files.write_atomic(os.path.join(output_dir, SUMMARY_FILE), summary + '\n')
 
   writer = writers.create_writer(output_dir, is_main=jax.process_index() == 0)
   gradcam.write_param_histograms(writer, int(state.step), variables['params'])

@@ -15,10 +15,13 @@ checkpoint, but only where the config the point's folder recorded (config.json) 
 config now: a sweep whose base or values changed is refused before any training, naming the
 point and the keys that differ (use a new --workdir, or delete the point's folder to train it
 again), since training over the old run would mix two configs in one point. Points over the
-parameter budget are reported, not run; a point whose training fails with a user error (e.g. a
-diverging learning rate) is reported and the sweep goes on. Independent processes can share the
-points: `--process_index=i --process_count=n` runs every n-th point (under `jax.distributed`
-every run spans all processes, so every process runs every point).
+parameter budget are reported, not run; every other point's config is checked before the first
+trains; a point whose training fails with a user error (e.g. a diverging learning rate) is
+reported and the sweep goes on. Independent processes can share the points: started alike, each
+leaves a point another holds (its folder's lock) to it, so each point trains once;
+`--process_index=i --process_count=n` runs every n-th point instead (under `jax.distributed`
+every run spans all processes, so every process runs every point). Ctrl-C exits 130 with the
+sweep's own command to resume it.
 Every process writes the table for all points it finds (`sweep_report`): <workdir>/sweep.csv and
 sweep.md, the validation curves of every run (curves.png) and accuracy against each swept key
 (accuracy_vs_<key>.png).
@@ -32,6 +35,8 @@ import json
 import math
 import os
 import re
+import shlex
+import sys
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import app
@@ -50,7 +55,9 @@ from resnet_jax.reporting import report
 from resnet_jax.reporting import sweep_report
 from resnet_jax.training import distributed
 from resnet_jax.training import run_config
+from resnet_jax.training import runs
 from resnet_jax.training import train
+from resnet_jax.training import workdir_lock
 
 DISTRIBUTIONS = ('uniform', 'log_uniform', 'int', 'choice')
 ERROR_FILE = 'sweep_error.txt'
@@ -59,7 +66,8 @@ DONE = 'done'
 SKIPPED_DONE = 'skipped (done)'
 OVER_BUDGET = 'skipped (over budget)'
 PENDING = 'pending'
-PREEMPTED = 'preempted'
+PREEMPTED = 'stopped'  # 'stopped (SIGTERM)' or 'stopped (SIGINT)': resumed by the same command
+IN_USE = 'in progress in another process'
 STALE = 'stale'  # A point of another process whose folder holds a run of another config.
 # Keys that decide whether a point runs, not what it trains: a change keeps finished points.
 UNCOMPARED_KEYS = ('model.param_budget',)
@@ -79,7 +87,7 @@ def _nest(flat: Optional[Mapping[str, Any]], where: str) -> config_dict.ConfigDi
         raise UserError(f'{where}: {key!r} is inside another swept key; sweep one or the other')
     if leaf in section:
       raise UserError(f'{where}: {key!r} is both a key and a section; sweep one or the other')
-    section[leaf] = tuple(value)
+    section[leaf] = tuple(_values(value, f'{where}.{key}'))
   return nested
 
 
@@ -120,11 +128,18 @@ def _flatten(nested: config_dict.ConfigDict, where: str, prefix: str = '') -> di
     key = f'{prefix}{name}'
     if isinstance(value, config_dict.ConfigDict):
       flat.update(_flatten(value, where, f'{key}.'))
-    elif isinstance(value, (tuple, list)) and value:
-      flat[key] = tuple(value)
     else:
-      raise UserError(f'{where}.{key}={value!r} must be a non-empty tuple, e.g. (0.1, 0.01)')
+      flat[key] = _values(value, f'{where}.{key}')
   return flat
+
+
+def _values(value, where: str) -> tuple:
+  """A swept key's values: a non-empty tuple or list (a string is one value, not its letters)."""
+  if not isinstance(value, (tuple, list)) or not value:
+    hint = f'({value!r},)' if isinstance(value, str) else '(0.1, 0.01)'
+    raise UserError(f'{where}={value!r} must be a non-empty tuple of the values to try, e.g. '
+                    f'{hint}')
+  return tuple(value)
 
 
 def _sample(spec: tuple, key: str, rng: np.random.Generator):
@@ -257,21 +272,31 @@ def check_points_unchanged(points: Sequence[Point], workdir: str) -> None:
                       'point again')
 
 
+def resume_command() -> str:
+  """The command line that resumes this sweep (its own arguments, quoted for a shell)."""
+  return ' '.join(['python -m resnet_jax.sweep', *map(shlex.quote, sys.argv[1:])])
+
+
 def run_point(point: Point, workdir: str) -> str:
-  """Trains one point in workdir/<name> unless it has finished; returns its status."""
+  """Trains one point in workdir/<name> unless it has finished; returns its status.
+
+  A point another process is training (its folder's lock held) is left to it: IN_USE.
+  """
   point_dir = os.path.join(workdir, point.name)
   if os.path.isfile(os.path.join(point_dir, report.RESULTS_FILE)):
     return SKIPPED_DONE
   error_path = os.path.join(point_dir, ERROR_FILE)
   try:
-    results = train.train_and_evaluate(point.config, point_dir)
+    results = train.train_and_evaluate(point.config, point_dir, resume_command=resume_command())
+  except workdir_lock.InUse:
+    return IN_USE
   except UserError as e:
     if jax.process_index() == 0:
       os.makedirs(point_dir, exist_ok=True)
-      sweep_report.write_atomic(error_path, f'{e}\n')
+      files.write_atomic(error_path, f'{e}\n')
     return f'failed: {e}'
   if results.get('preempted'):
-    return PREEMPTED
+    return f"{PREEMPTED} ({results.get('signal') or 'SIGTERM'})"
   if jax.process_index() == 0 and os.path.exists(error_path):
     os.remove(error_path)
   return DONE
@@ -298,13 +323,29 @@ def summary_rows(points: Sequence[Point], workdir: str, statuses: Mapping[str, s
   rows = []
   for point in points:
     parameters, within_budget = counts[point.name]
-    status = statuses.get(point.name) or _status(point, workdir, within_budget)
+    status = statuses.get(point.name)
+    if status not in (DONE, SKIPPED_DONE, OVER_BUDGET):
+      # What is on disk now: another process may have finished it (or found it stale) since.
+      on_disk = _status(point, workdir, within_budget)
+      if status is None or on_disk == DONE or on_disk.startswith(STALE):
+        status = on_disk
     results = ({} if status.startswith(STALE) else
                _read_json(os.path.join(workdir, point.name, report.RESULTS_FILE)) or {})
     rows.append({'point': point.name, **point.labels, 'parameters': parameters,
                  **{name: results.get(name) for name in sweep_report.ACCURACIES},
                  'wall_seconds': results.get('wall_seconds'), 'status': status})
   return rows
+
+
+def check_points(points: Sequence[Point], counts: Mapping[str, tuple[int, bool]]) -> None:
+  """UserError naming the first point (within the budget) whose config no run could train."""
+  for point in points:
+    if counts[point.name][1]:
+      try:
+        runs.check_config(point.config)
+      except UserError as e:
+        raise UserError(f'sweep point {point.name}: {e} (no point was trained; fix the sweep '
+                        'config)') from e
 
 
 def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: int = 0,
@@ -335,6 +376,7 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
   counts = parameter_counts(points)
   grid_keys = list(_flatten(sweep_cfg.grid, 'config.grid'))
   share = points[process_index::process_count]
+  check_points(share, counts)
   check_points_unchanged(share, workdir)
   os.makedirs(workdir, exist_ok=True)
   statuses = {}
@@ -347,7 +389,7 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
                    f'{parameters:,}')
       statuses[point.name] = run_point(point, workdir)
     print(f'[{number}/{len(share)}] {point.name}: {statuses[point.name]}', flush=True)
-    if statuses[point.name] == PREEMPTED:
+    if statuses[point.name].startswith(PREEMPTED):
       break
   rows = summary_rows(points, workdir, statuses, counts)
   if jax.process_index() == 0:
@@ -363,8 +405,13 @@ def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> Non
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'sweep.md'), encoding='utf-8') as f:
       print(f.read(), flush=True)
-  if any(row['status'] == PREEMPTED for row in rows):
-    print('SIGTERM: the sweep stopped; run the same command again to go on', flush=True)
+  stopped = next((row['status'] for row in rows if row['status'].startswith(PREEMPTED)), None)
+  if stopped:
+    ctrl_c = 'SIGINT' in stopped
+    print(f"{'Ctrl-C (SIGINT)' if ctrl_c else 'SIGTERM'}: the sweep stopped, its point's "
+          f'checkpoint saved; resume the sweep with: {resume_command()}', flush=True)
+    if ctrl_c:
+      sys.exit(130)  # The shell's convention for an interrupted job, as main's.
 
 
 def main(argv):

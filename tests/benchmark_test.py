@@ -102,6 +102,8 @@ def test_command_line_measures_variants_in_one_table_and_json(tmp_path):
     (['--config=configs/smoke.py', '--variants={tmp_path}/none.py'], 'none.py does not exist'),
     (['--config=configs/smoke.py', '--variants=configs/benchmarks/gpu_variants.py',
       '--only_variants=fastest'], 'no variant named fastest'),
+    # Recorded 0 images/s with exit status 0.
+    (['--config=configs/smoke.py', '--calls=0'], '--calls=0'),
 ])
 def test_mistakes_are_one_line(tmp_path, args, message):
   args = [arg.format(tmp_path=tmp_path) for arg in args]

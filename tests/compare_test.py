@@ -1,10 +1,15 @@
 """compare: a finished JAX run beside the PyTorch trainer's run of the same config."""
 
 import json
+import shutil
+import sys
 
 import pytest
 
+from conftest import assert_user_error, with_overrides
 from resnet_jax import compare
+from resnet_jax.reporting import writers
+from resnet_jax.training import run_config
 
 pytest.importorskip('torch')
 
@@ -34,3 +39,49 @@ def test_compare_with_an_existing_jax_run_writes_the_side_by_side(smoke_run, tmp
   assert 'torch 2.' in text and 'jax 0.' in text
   assert (tmp_path / compare.FIGURE_FILE).stat().st_size > 0
   assert json.loads((tmp_path / compare.JSON_FILE).read_text())['torch']['seeds'] == [0]
+
+
+def test_a_jax_workdir_that_is_no_finished_run_is_refused_not_trained(smoke_run, tmp_path):
+  config, workdir, _ = smoke_run
+  typo = tmp_path / 'runs' / 'smoke_rn'
+  assert_user_error(lambda: compare.compare(config, str(tmp_path / 'cmp'), jax_workdir=str(typo)),
+                    f'--jax_workdir={typo} holds no finished run')
+  assert not typo.exists() and not (tmp_path / 'cmp').exists()
+  a_file = tmp_path / 'results.json'
+  a_file.write_text('{}')
+  assert_user_error(lambda: compare.compare(config, str(tmp_path / 'cmp'),
+                                            jax_workdir=str(a_file)),
+                    f'--jax_workdir={a_file} is a file')
+
+
+def test_a_jax_run_of_another_config_is_refused(smoke_run, tmp_path):
+  config, workdir, _ = smoke_run
+  other = with_overrides(config.copy_and_resolve_references(), {'model.activation': 'swish'})
+  assert_user_error(lambda: compare.compare(other, str(tmp_path), jax_workdir=str(workdir)),
+                    f'--jax_workdir={workdir} is not a run of this --config',
+                    'config.model.activation')
+  # A config.json edited to match is caught by the checkpoint's own record.
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  (copy / run_config.CONFIG_FILE).write_text(other.to_json(indent=2))
+  assert_user_error(lambda: compare.compare(other, str(tmp_path), jax_workdir=str(copy)),
+                    'was trained with config.model.activation = relu')
+  assert not (tmp_path / 'torch').exists()
+
+
+def test_without_torch_compare_stops_before_any_work(smoke_run, tmp_path, monkeypatch):
+  config, workdir, _ = smoke_run
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  assert_user_error(lambda: compare.compare(config, str(tmp_path / 'cmp')),
+                    "compare needs PyTorch", "pip install -e '.[torch]'")
+  assert not (tmp_path / 'cmp').exists()
+
+
+def test_a_torn_metrics_line_is_skipped(smoke_run, tmp_path):
+  _, workdir, _ = smoke_run
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  with open(copy / writers.METRICS_FILE, 'a', encoding='utf-8') as f:
+    f.write('{"epoch": 3, "val_acc')  # What a crash mid-write of the old writer left.
+  results = compare.with_history(json.loads((copy / 'results.json').read_text()), str(copy))
+  assert [r['epoch'] for r in results['history']] == [1, 2]

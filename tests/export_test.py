@@ -1,17 +1,24 @@
 """Export: Flax variables -> a kuangliu-layout PyTorch checkpoint and its module, and back."""
 
 import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import relative_error
+from resnet_jax import errors
 from resnet_jax import export
 from resnet_jax import models
 from resnet_jax.pytorch import torch_import
+from resnet_jax.training import workdir_lock
 
 torch = pytest.importorskip('torch')
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 CONFIGS = {
     'se_stem': dict(se='stem', se_reduction=4),
@@ -88,3 +95,45 @@ def test_definition_must_not_overwrite_the_checkpoint(tmp_path):
   cfg = _model_cfg()
   with pytest.raises(Exception, match='must not end in .py'):
     export.save_torch_checkpoint(_trained_like_variables(cfg), cfg, str(tmp_path / 'model.py'))
+
+
+@pytest.mark.parametrize('to, message', [
+    ('{tmp_path}', 'is a folder; give a file name'),
+    ('{tmp_path}/a_file/model.pt', 'a_file is a file, not a folder'),
+    ('/proc/model.pt', 'cannot be written'),
+    ('{tmp_path}/model.py', 'must not end in .py'),
+])
+def test_destination_is_checked_in_one_line(tmp_path, to, message):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(errors.UserError, match=message):
+    export.check_destination(to.format(tmp_path=tmp_path))
+
+
+def _command(args, hide_torch=False):
+  """python -m resnet_jax.export args (with torch made unimportable)."""
+  script = ('import sys\n'
+            + ("sys.modules['torch'] = None\n" if hide_torch else '')
+            + 'import functools\nfrom absl import app\nfrom resnet_jax import cli, export\n'
+            'app.run(export.main, flags_parser=functools.partial(cli.parse_flags, '
+            'require_config=False))\n')
+  return subprocess.run([sys.executable, '-c', script, *args], capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300, check=False)
+
+
+def test_command_refuses_before_any_work(smoke_run, tmp_path):
+  _, workdir, _ = smoke_run
+  # Each was a traceback, the first two after restoring the whole checkpoint.
+  for args, hide_torch, message in [
+      ([f'--to={tmp_path}'], False, 'is a folder; give a file name'),
+      ([f'--to={tmp_path}/model.pt'], True, "export needs PyTorch"),
+  ]:
+    result = _command([f'--workdir={tmp_path}/none', *args], hide_torch)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and message in last, last
+    assert not (tmp_path / 'none').exists() and not (tmp_path / 'model.pt').exists()
+  assert "pip install -e '.[torch]'" in last
+  with workdir_lock.hold(str(workdir), 'training'):
+    result = _command([f'--workdir={workdir}', f'--to={tmp_path}/model.pt'])
+  assert result.returncode == 2
+  assert f'--workdir={workdir} is in use by pid {os.getpid()}' in result.stderr

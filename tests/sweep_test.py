@@ -17,6 +17,7 @@ from resnet_jax.errors import UserError
 from resnet_jax.reporting import sweep_report
 from resnet_jax.training import run_config
 from resnet_jax.training import train
+from resnet_jax.training import workdir_lock
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -55,7 +56,7 @@ def tiny_sweep(tmp_path_factory):
 
 
 def _forbid_training(monkeypatch):
-  def fail(config, workdir):
+  def fail(config, workdir, **kwargs):
     raise AssertionError(f'{workdir} was trained again')
   monkeypatch.setattr(train, 'train_and_evaluate', fail)
 
@@ -154,18 +155,95 @@ def test_command_line_reports_over_budget_points_skipped(tiny_sweep):
   assert '| 64x128 | 0.05 |' in result.stdout  # the Markdown table is printed
 
 
-def test_failed_points_are_reported_and_the_sweep_goes_on(tmp_path):
+def test_failed_points_are_reported_and_the_sweep_goes_on(tmp_path, monkeypatch):
   config = _tiny_config()
-  config.grid.optim.optimizer = ('nadam', 'rmsprop')
   config.grid.model.channels = ((4, 8),)
-  config.grid.optim.learning_rate = (0.1,)
+
+  def diverges(config, workdir, **kwargs):
+    raise UserError(f'non-finite training loss at lr {config.optim.learning_rate}')
+
+  monkeypatch.setattr(train, 'train_and_evaluate', diverges)
   rows = sweep.run_sweep(config, str(tmp_path))
   assert len(rows) == 2
   for row in rows:
-    assert row['status'].startswith('failed: ') and 'config.optim.optimizer' in row['status']
+    assert row['status'].startswith('failed: non-finite training loss at lr ')
     assert row['best_val_accuracy'] is None
     error = (tmp_path / row['point'] / sweep.ERROR_FILE).read_text()
     assert row['status'] == f'failed: {error.strip()}'
+
+
+def test_every_points_config_is_checked_before_the_first_trains(tmp_path, monkeypatch):
+  config = _tiny_config()
+  config.grid.optim.optimizer = ('sgd', 'nadam')  # The second point's was found when reached.
+  _forbid_training(monkeypatch)
+  with pytest.raises(UserError, match=r'sweep point [^ ]*optimizer=nadam: config\.optim\.optimizer'
+                                      r'.*no point was trained'):
+    sweep.run_sweep(config, str(tmp_path))
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_a_string_is_one_value_to_sweep_not_its_letters():
+  base = _tiny_config().base
+  with pytest.raises(UserError, match=r"config\.grid\.model\.activation='relu' must be a "
+                                      r"non-empty tuple .*e\.g\. \('relu',\)"):
+    sweep.sweep_points(sweep.sweep_config(base, grid={'model.activation': 'relu'}))
+  config = _tiny_config()
+  config.grid.model.activation = 'elu'  # As --config.grid.model.activation=elu would.
+  with pytest.raises(UserError, match=r"config\.grid\.model\.activation='elu'"):
+    sweep.sweep_points(config)
+
+
+def _copy_without_results(tiny_sweep, tmp_path, point):
+  """A copy of the tiny sweep whose point has no results.json (kept aside, returned)."""
+  workdir = tmp_path / 'sweep'
+  shutil.copytree(tiny_sweep[0], workdir)
+  results = workdir / point / 'results.json'
+  kept = results.read_text()
+  results.unlink()
+  return workdir, results, kept
+
+
+def test_a_point_another_process_trains_is_left_to_it(tiny_sweep, tmp_path):
+  workdir, _, _ = _copy_without_results(tiny_sweep, tmp_path, TINY_POINTS[0])
+  with workdir_lock.hold(str(workdir / TINY_POINTS[0]), 'training'):
+    rows = sweep.run_sweep(_tiny_config(), str(workdir))
+  # Was 'failed: ... in use by pid ...', with that failure written into the point's folder.
+  assert rows[0]['status'] == sweep.IN_USE
+  assert not (workdir / TINY_POINTS[0] / sweep.ERROR_FILE).exists()
+  assert [row['status'] for row in rows[1:]] == ['skipped (done)'] * 3
+
+
+def test_the_table_shows_a_point_finished_meanwhile_as_done(tiny_sweep, tmp_path, monkeypatch):
+  workdir, results, kept = _copy_without_results(tiny_sweep, tmp_path, TINY_POINTS[0])
+
+  def finished_by_another_process(config, point_dir, **kwargs):
+    results.write_text(kept)
+    raise workdir_lock.InUse(f'--workdir={point_dir} is in use by pid 1')
+
+  monkeypatch.setattr(train, 'train_and_evaluate', finished_by_another_process)
+  rows = sweep.run_sweep(_tiny_config(), str(workdir))
+  assert rows[0]['status'] == 'done' and rows[0]['best_val_accuracy'] is not None
+  assert '| done |' in (workdir / 'sweep.md').read_text().splitlines()[6]
+
+
+def test_ctrl_c_stops_the_sweep_with_130_and_its_own_resume_command(tmp_path, monkeypatch,
+                                                                   capsys):
+  told = []
+
+  def interrupted(config, workdir, resume_command=None):
+    told.append(resume_command)
+    return {'preempted': True, 'signal': 'SIGINT'}
+
+  monkeypatch.setattr(train, 'train_and_evaluate', interrupted)
+  monkeypatch.setattr(sys, 'argv', ['sweep.py', '--config=configs/sweeps/tiny.py',
+                                    f'--workdir={tmp_path}'])
+  with pytest.raises(SystemExit) as info:
+    sweep._run(_tiny_config(), str(tmp_path), 0, 1)  # pylint: disable=protected-access
+  assert info.value.code == 130  # Was 0.
+  command = f'python -m resnet_jax.sweep --config=configs/sweeps/tiny.py --workdir={tmp_path}'
+  assert told == [command]  # What the point's own stop line says, not `main`'s command.
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert last.startswith('Ctrl-C (SIGINT): the sweep stopped') and last.endswith(command)
 
 
 def test_unknown_keys_and_bad_values_are_one_line_user_errors():

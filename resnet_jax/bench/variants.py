@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from resnet_jax import errors
 from resnet_jax.errors import UserError
 from resnet_jax.training import feed
 from resnet_jax.training import run_config
@@ -70,6 +71,22 @@ def check_variant(variant: Variant) -> Variant:
   return variant
 
 
+def _as_variant(item: Any, where: str) -> Variant:
+  """A Variant of a Variant or a dict of its fields; UserError naming a field it lacks."""
+  if isinstance(item, Variant):
+    return item
+  fields = [field.name for field in dataclasses.fields(Variant)]
+  if not isinstance(item, Mapping):
+    raise UserError(f'{where} is a {type(item).__name__}, not a Variant or a dict of its fields '
+                    f'({", ".join(fields)})')
+  unknown = sorted(set(item) - set(fields))
+  if unknown or 'name' not in item:
+    wrong = f'no field {", ".join(map(repr, unknown))}' if unknown else "no 'name'"
+    raise UserError(f'{where} has {wrong} (a misspelling?); a Variant\'s fields are '
+                    f'{", ".join(fields)}')
+  return Variant(**item)
+
+
 def load_variants(path: str) -> list[Variant]:
   """The variants of a variants file (its get_variants()); UserError for a bad file."""
   if not os.path.isfile(path):
@@ -78,10 +95,21 @@ def load_variants(path: str) -> list[Variant]:
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-    listed = module.get_variants()
-  except AttributeError as e:
-    raise UserError(f'--variants={path} defines no get_variants() ({e})') from e
-  variants = [check_variant(v if isinstance(v, Variant) else Variant(**v)) for v in listed]
+    get_variants = getattr(module, 'get_variants', None)
+    if not callable(get_variants):
+      raise UserError(f'--variants={path} defines no get_variants(); define one returning a list '
+                      'of Variant (see configs/benchmarks/)')
+    listed = get_variants()
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # The file runs the user's code.
+    raise UserError(f'--variants={path} cannot be loaded: {errors.located(e)}; fix the '
+                    'file') from None
+  if not isinstance(listed, (list, tuple)):
+    raise UserError(f'--variants={path}: get_variants() returned {type(listed).__name__}, not a '
+                    'list of Variant (or dicts of its fields)')
+  variants = [check_variant(_as_variant(item, f'--variants={path}: item {number}'))
+              for number, item in enumerate(listed, start=1)]
   names = [v.name for v in variants]
   repeated = sorted({name for name in names if names.count(name) > 1})
   if repeated or not variants:

@@ -112,14 +112,15 @@ def load_splits(data_cfg, seed: int, num_classes: int = 0) -> Splits:
   Args:
     data_cfg: `config.data` (see defaults.py).
     seed: the run's seed; picks the held-out validation examples.
-    num_classes: `config.model.num_classes`: labels must be below it and below the data's
-      class count; 0: the data's class count alone.
+    num_classes: `config.model.num_classes`: the data's class count, which labels must be
+      below; 0: the data's class count alone.
 
   Returns:
     `Splits`; with validation='test' the validation arrays are the test arrays.
 
   Raises:
-    UserError: unknown settings, or data that is missing, corrupt or out of range.
+    UserError: unknown settings, data that is missing, corrupt or out of range, or of another
+      class count than num_classes.
   """
   for key in ('train_subset', 'test_subset'):
     if data_cfg[key] < 0:
@@ -131,6 +132,11 @@ def load_splits(data_cfg, seed: int, num_classes: int = 0) -> Splits:
   classes = min(num_classes or len(loaded.class_names), len(loaded.class_names))
   train_x, train_y = _checked(loaded.train, 'train_subset', data_cfg, classes)
   test_x, test_y = _checked(loaded.test, 'test_subset', data_cfg, classes)
+  if num_classes and num_classes != len(loaded.class_names):
+    names = ', '.join(loaded.class_names[:12]) + (', ...' if len(loaded.class_names) > 12 else '')
+    raise UserError(f'config.model.num_classes={num_classes}, but {loaded.source} has '
+                    f'{len(loaded.class_names)} classes ({names}); set '
+                    f'--config.model.num_classes={len(loaded.class_names)}')
   if fraction is None:
     val_x, val_y, validation = test_x, test_y, 'the test set'
   else:

@@ -263,7 +263,9 @@ def _load_jpeg_npz(path: pathlib.Path, data_cfg) -> Loaded:
   return Loaded(train, test, CIFAR10_CLASSES, f'jpeg_npz {path}')
 
 
-def _folder_split(root: pathlib.Path, class_names, order_seed, limit, image_size):
+def _folder_split(root: pathlib.Path, class_names, order_seed, limit, image_size, *,
+                  every_class: bool = False):
+  """A split of class folders; every_class: each must hold images (a training split)."""
   files, labels = [], []
   for label, name in enumerate(class_names):
     folder = root / name
@@ -274,6 +276,11 @@ def _folder_split(root: pathlib.Path, class_names, order_seed, limit, image_size
   if not files:
     raise UserError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in the class folders of '
                     f'{root}; config.data.data_dir must hold train/<class>/* and test/<class>/*')
+  empty = [name for label, name in enumerate(class_names) if label not in labels]
+  if every_class and empty:
+    raise UserError(f'{root / empty[0]} holds no image files ({", ".join(IMAGE_EXTENSIONS)}): '
+                    'the model would have a class it never trains on; add its images, or remove '
+                    'the folder')
   order = _fixed_order(len(files), order_seed, limit)
   images = _decode_images([files[i] for i in order], image_size, root)
   return Split(images, np.asarray(labels, np.int32)[order], str(root))
@@ -291,7 +298,8 @@ def _load_folder(path: pathlib.Path, data_cfg) -> Loaded:
   if unknown:
     raise UserError(f'{test_root} has classes {unknown} that {train_root} lacks; use the same '
                     'class folder names in train/ and test/')
-  train = _folder_split(train_root, class_names, 0, data_cfg.train_subset, data_cfg.image_size)
+  train = _folder_split(train_root, class_names, 0, data_cfg.train_subset, data_cfg.image_size,
+                        every_class=True)
   test = _folder_split(test_root, class_names, 1, data_cfg.test_subset, data_cfg.image_size)
   return Loaded(train, test, class_names, f'folder {path}')
 

@@ -216,9 +216,15 @@ def variables_from_torch(state_dict: Mapping[str, Any], model_cfg: config_dict.C
       raise UserError(f'PyTorch state_dict has the keys of config.model (name={model_cfg.name}) '
                       f'in the {layout.name} layout but {wrong}'
                       '; the saved network has other widths or kernels: set config.model to it')
-    flat = {path: jnp.asarray(_to_flax_layout(_to_numpy(given[layout.rename(torch_name(path))])))
-            for path in shapes}
-    return traverse_util.unflatten_dict(flat)
+    arrays = {path: _to_numpy(given[layout.rename(torch_name(path))]) for path in shapes}
+    non_finite = [torch_name(path) for path, array in arrays.items()
+                  if not np.isfinite(array).all()]
+    if non_finite:
+      raise UserError(f'PyTorch state_dict holds NaN or infinite values in '
+                      f'{_listed("tensors", non_finite)}: the network it saved had diverged; '
+                      'export an earlier, finite checkpoint')
+    return traverse_util.unflatten_dict(
+        {path: jnp.asarray(_to_flax_layout(array)) for path, array in arrays.items()})
   counts = '; '.join(f'{layout.name} ({layout.source}): {len(missing)} missing, '
                      f'{len(unexpected)} unexpected' for layout, missing, unexpected, _ in tried)
   layout, missing, unexpected, _ = min(tried, key=lambda t: len(t[1]) + len(t[2]))

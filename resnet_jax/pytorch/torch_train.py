@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import input_pipeline
 from resnet_jax.errors import UserError
@@ -354,6 +355,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, splits=N
     train_seconds += seconds
   results = _results(run, config, splits, history, start, train_seconds, train_images)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
-    json.dump(results, f, indent=2)
+  files.write_atomic(os.path.join(workdir, RESULTS_FILE), json.dumps(results, indent=2))
   return results

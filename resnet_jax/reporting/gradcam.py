@@ -22,6 +22,7 @@ from flax import traverse_util
 from matplotlib import figure
 
 from resnet_jax.errors import UserError
+from resnet_jax.reporting import report
 
 # Rows of a Grad-CAM grid: its figure, and the batch of maps behind it, grow with every image.
 MAX_GRID_IMAGES = 64
@@ -154,7 +155,7 @@ def save_gradcam_grid(path: str, images: np.ndarray, maps: Mapping[str, np.ndarr
         axes[row, column].set_title(layer, fontsize=8)
   for ax in axes.ravel():
     ax.set_axis_off()
-  fig.savefig(path, dpi=100)
+  report.save_figure(fig, path, dpi=100)
 
 
 def write_param_histograms(writer, step: int, params: Mapping) -> None:

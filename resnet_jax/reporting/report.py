@@ -23,6 +23,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
+
+from resnet_jax import files  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 RESULTS_FILE = 'results.json'
@@ -51,12 +53,12 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
     return np.where(totals > 0, np.diag(confusion) / totals, np.nan)
 
 
-def _save_figure(fig, path: epath.PathLike) -> None:
-  """Saves a figure as a PNG at path (local or a URL such as gs://...) and closes it."""
+def save_figure(fig, path: epath.PathLike, dpi: int = 110) -> None:
+  """Saves a figure as a PNG at path (local or a URL such as gs://...), whole, and closes it."""
   buffer = io.BytesIO()
-  fig.savefig(buffer, format='png', dpi=110)
+  fig.savefig(buffer, format='png', dpi=dpi)
   plt.close(fig)
-  epath.Path(path).write_bytes(buffer.getvalue())
+  files.write_atomic(path, buffer.getvalue())
 
 
 def plot_curves(history: Sequence[dict], path: epath.PathLike) -> None:
@@ -77,7 +79,7 @@ def plot_curves(history: Sequence[dict], path: epath.PathLike) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  _save_figure(fig, path)
+  save_figure(fig, path)
 
 
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
@@ -109,7 +111,7 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
   for i, value in enumerate(accuracy):
     bar_ax.text(min(np.nan_to_num(value), 88) + 1, i, f'{value:.1f}', va='center', fontsize=8)
   fig.tight_layout()
-  _save_figure(fig, path)
+  save_figure(fig, path)
 
 
 def first_reaching(history: Sequence[dict], accuracy: float) -> Optional[dict]:
@@ -249,10 +251,11 @@ def write_report(workdir: epath.PathLike, results: dict, history: Sequence[dict]
   per_class = {name: float(value)
                for name, value in zip(class_names, per_class_accuracy(confusion))}
   written = dict(results, per_class_accuracy=per_class, confusion_matrix=confusion.tolist())
-  (workdir / RESULTS_FILE).write_text(json.dumps(written, indent=2) + '\n')
   if write_plots:
     if history:
       plot_curves(history, workdir / CURVES_FILE)
     plot_confusion(confusion, class_names, workdir / CONFUSION_FILE)
-  (workdir / REPORT_FILE).write_text(markdown(written, history, per_class, write_plots))
+  files.write_atomic(workdir / REPORT_FILE, markdown(written, history, per_class, write_plots))
+  # Last: a run's results.json says that it finished and that its report is there.
+  files.write_atomic(workdir / RESULTS_FILE, json.dumps(written, indent=2) + '\n')
   return written

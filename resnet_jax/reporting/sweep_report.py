@@ -13,6 +13,8 @@ from typing import Sequence
 from matplotlib import figure
 import numpy as np
 
+from resnet_jax import files
+from resnet_jax.reporting import report
 from resnet_jax.reporting import writers
 
 ACCURACIES = ('final_val_accuracy', 'best_val_accuracy', 'final_test_accuracy',
@@ -25,14 +27,6 @@ def short_keys(keys: Sequence[str]) -> dict:
   """key -> its last component, or the whole dotted key where two last components collide."""
   last = [key.rsplit('.', 1)[-1] for key in keys]
   return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
-
-
-def write_atomic(path: str, text: str) -> None:
-  """Writes a file whole (processes sharing a sweep may write its tables at the same time)."""
-  partial = f'{path}.{os.getpid()}.tmp'
-  with open(partial, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(partial, path)
 
 
 def _csv(rows: Sequence[dict]) -> str:
@@ -91,7 +85,7 @@ def plot_curves(points: Sequence, workdir: str, path: str) -> int:
   ax.grid(alpha=0.3)
   if drawn and drawn <= 2 * MAX_SERIES:
     ax.legend(fontsize=7, loc='lower right')
-  fig.savefig(path, dpi=110)
+  report.save_figure(fig, path)
   return drawn
 
 
@@ -130,7 +124,7 @@ def plot_accuracy_vs(points: Sequence, rows: Sequence[dict], key: str, path: str
   ax.grid(alpha=0.3)
   if as_lines and any(series):
     ax.legend(fontsize=7)
-  fig.savefig(path, dpi=110)
+  report.save_figure(fig, path)
 
 
 def write_summary(points: Sequence, rows: Sequence[dict], workdir: str, grid_keys: Sequence[str],
@@ -145,14 +139,14 @@ def write_summary(points: Sequence, rows: Sequence[dict], workdir: str, grid_key
     trained: how many points are trained, for sweep.md's title.
   """
   keys = list(points[0].values)
-  write_atomic(os.path.join(workdir, 'sweep.csv'), _csv(rows))
+  files.write_atomic(os.path.join(workdir, 'sweep.csv'), _csv(rows))
   shorts = short_keys(keys)
   plots = [f'accuracy_vs_{shorts[key]}.png' for key in keys]
   text = (f'# Sweep: {len(points)} points, {trained} trained\n\nAccuracy columns: validation and '
           'test accuracy at the last epoch (final) and at the best validation epoch (best).\n\n'
           + _markdown(rows, keys) + '\n![validation curves](curves.png)\n\n'
           + ''.join(f'![accuracy against {key}]({plot})\n\n' for key, plot in zip(keys, plots)))
-  write_atomic(os.path.join(workdir, 'sweep.md'), text)
+  files.write_atomic(os.path.join(workdir, 'sweep.md'), text)
   plot_curves(points, workdir, os.path.join(workdir, 'curves.png'))
   for key, plot in zip(keys, plots):
     plot_accuracy_vs(points, rows, key, os.path.join(workdir, plot), grid_keys)

@@ -133,16 +133,21 @@ class JsonLinesWriter(metric_writers.MetricWriter):
   """One JSON object per `write_scalars` call ({"step": s, name: value, ...}), one a line.
 
   Object stores (gs://) cannot append to a file, so the lines are kept in memory (a run writes a
-  few thousand at most) and `flush` rewrites the whole file; lines already in it (the earlier
-  part of a resumed run) are kept.
+  few thousand at most) and `flush` rewrites the whole file atomically (`files.write_atomic`): a
+  crash mid-flush leaves the previous version. Lines already in it (the earlier part of a
+  resumed run) are kept; a torn line an older version's crash left is dropped, with one warning.
   """
 
   def __init__(self, path: epath.PathLike):
     super().__init__()
     self._path = epath.Path(path)
-    self._lines = ([line for line in self._path.read_text().splitlines() if line.strip()]
-                   if self._path.exists() else [])
-    self._written = len(self._lines)
+    records, torn = parse_jsonl(self._path.read_text()) if self._path.exists() else ([], 0)
+    self._lines = [json.dumps(record) for record in records]
+    self._written = -1 if torn else len(self._lines)  # A repaired file is rewritten at once.
+    if torn:
+      logging.warning('%s: dropped %d torn line(s) left by an earlier crash; the %d whole '
+                      'records are kept', self._path, torn, len(records))
+      self.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {'step': int(step), 'time': time.time()}
@@ -172,16 +177,33 @@ class JsonLinesWriter(metric_writers.MetricWriter):
 
   def flush(self):
     if len(self._lines) != self._written:
-      self._path.write_text(''.join(line + '\n' for line in self._lines))
+      files.write_atomic(self._path, ''.join(line + '\n' for line in self._lines))
       self._written = len(self._lines)
 
   def close(self):
     self.flush()
 
 
+def parse_jsonl(text: str) -> tuple[list[dict], int]:
+  """(the JSON objects of text's lines, in order; how many lines were torn, i.e. not one)."""
+  records, torn = [], 0
+  for line in text.splitlines():
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if isinstance(record, dict):
+      records.append(record)
+    else:
+      torn += 1
+  return records, torn
+
+
 def read_jsonl(path: epath.PathLike) -> list[dict]:
-  """The records a JsonLinesWriter wrote, in order."""
-  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
+  """The records a JsonLinesWriter wrote, in order; a torn line (an older crash's) is skipped."""
+  return parse_jsonl(epath.Path(path).read_text())[0]
 
 
 def _fsspec_can_open(url: str) -> bool:

@@ -153,22 +153,46 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: steps.Tra
   return restored.state, CheckpointMeta.from_json(restored.meta)
 
 
-def restore_named(workdir: str, checkpoint: str, abstract_state: steps.TrainState
-                  ) -> tuple[steps.TrainState, CheckpointMeta]:
-  """A run's latest or best checkpoint; UserError if there is none."""
+@contextlib.contextmanager
+def _named_manager(workdir: str, checkpoint: str, keeps_best: bool):
+  """A read-only manager of a run's latest or best checkpoint; UserError if there is none."""
   if checkpoint not in CHECKPOINTS:
     raise UserError(f'--checkpoint={checkpoint} is not one of {", ".join(CHECKPOINTS)}')
   directory = files.as_path(workdir) / 'checkpoints' / checkpoint
-  if not directory.is_dir():
-    raise UserError(f'no checkpoint in {directory}: train first (python -m resnet_jax.main '
-                    f'--workdir={workdir}), or check --workdir')
-  manager = checkpoint_manager(directory, read_only=True)
+  manager = checkpoint_manager(directory, read_only=True) if directory.is_dir() else None
   try:
-    if manager.latest_step() is None:
-      raise UserError(f'no checkpoint in {directory}: train first, or check --workdir')
-    return restore_checkpoint(manager, abstract_state)
+    if manager is None or manager.latest_step() is None:
+      if checkpoint == 'best' and not keeps_best:
+        raise UserError(f'the run in {workdir} keeps no best checkpoint '
+                        '(config.keep_best_checkpoint=False); use --checkpoint=latest')
+      raise UserError(f'no checkpoint in {directory}: train first (python -m resnet_jax.main '
+                      f'--workdir={workdir}), or check --workdir')
+    yield manager
   finally:
-    manager.close()
+    if manager is not None:
+      manager.close()
+
+
+def restore_named(workdir: str, checkpoint: str, abstract_state: steps.TrainState, *,
+                  keeps_best: bool = True) -> tuple[steps.TrainState, CheckpointMeta]:
+  """A run's latest or best checkpoint; UserError if there is none.
+
+  keeps_best: the run's config.keep_best_checkpoint (without one, 'best' is refused as such).
+  """
+  with _named_manager(workdir, checkpoint, keeps_best) as manager:
+    return restore_checkpoint(manager, abstract_state)
+
+
+def read_meta(workdir: str, checkpoint: str = 'latest') -> CheckpointMeta:
+  """The meta of a run's latest or best checkpoint, without its state; UserError if none."""
+  with _named_manager(workdir, checkpoint, keeps_best=True) as manager:
+    step = manager.latest_step()
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f'checkpoint {manager.directory}/{step} cannot be read ({one_line(e)}): '
+                      'it is damaged; move it aside, or train the run again') from e
+    return CheckpointMeta.from_json(restored.meta)
 
 
 def run_identity(config: ml_collections.ConfigDict, data_fingerprint: str,
@@ -181,26 +205,45 @@ def run_identity(config: ml_collections.ConfigDict, data_fingerprint: str,
   """
   identity = {f'config.{key}': value for key, value in run_config.flat_json(config).items()
               if not run_config.is_free(key, run_config.RESUMABLE_KEYS)}
-  return identity | {'data (a fingerprint of its images and labels)': data_fingerprint,
-                     'steps an epoch': steps_an_epoch,
-                     'compute dtype (model.dtype on this platform)':
-                         models.compute_dtype(config.model)}
+  return identity | {DATA_KEY: data_fingerprint, STEPS_KEY: steps_an_epoch,
+                     DTYPE_KEY: models.compute_dtype(config.model)}
 
 
-def check_same_run(identity: dict, meta: CheckpointMeta, directory) -> None:
-  """UserError naming the settings a resuming run changed since the checkpoint was saved.
+DATA_KEY = 'data (a fingerprint of its images and labels)'
+STEPS_KEY = 'steps an epoch'
+DTYPE_KEY = 'compute dtype (model.dtype on this platform)'
+# What a command reading a checkpoint (evaluate, inspect, export, compare) may set otherwise than
+# the run that saved it: how it scores, where the data lies, and the device count and platform
+# (the steps an epoch and the compute dtype of model.dtype='auto' follow them).
+READER_FREE_KEYS = tuple(f'config.{key}' for key in run_config.FREE_KEYS) + (STEPS_KEY, DTYPE_KEY)
 
-  Only what both record is compared: a checkpoint of an older version records less.
+
+def check_same_run(identity: dict, meta: CheckpointMeta, directory, *,
+                   reading: bool = False) -> None:
+  """UserError naming the settings in which identity's run differs from the checkpoint's.
+
+  The one check of a checkpoint against the config that uses it: a resume (which may change only
+  `run_config.RESUMABLE_KEYS`), and, with `reading`, every command that reads a run (which may
+  change only READER_FREE_KEYS besides). Only what both record is compared: a checkpoint of an
+  older version records less.
   """
-  changes = run_config.changed(meta.run, identity, both=True)
-  if changes:
-    (name, (saved, now)), *others = changes.items()
-    also = f'also changed: {", ".join(key for key, _ in others[:6])}; ' if others else ''
-    saved, now = (tuple(v) if isinstance(v, list) else v for v in (saved, now))
-    raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, the '
-                    f'config gives {now}; resume with the original config, or use a new '
-                    f'--workdir ({also}a resume may change only '
-                    f'{", ".join(run_config.RESUMABLE_KEYS)} and config.reference)')
+  changes = run_config.changed(meta.run, identity, READER_FREE_KEYS if reading else (),
+                               both=True)
+  if not changes:
+    return
+  (name, (saved, now)), *others = changes.items()
+  also = f'also differ: {", ".join(key for key, _ in others[:6])}; ' if others else ''
+  saved, now = (tuple(v) if isinstance(v, list) else v for v in (saved, now))
+  if reading:
+    raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, but the '
+                    f'config this command builds the model from gives {now} ({also}was '
+                    f'{run_config.CONFIG_FILE} edited, or --config another run\'s?); pass '
+                    '--config=<the config file the run was trained with> and its overrides, '
+                    f'or put back the run\'s own {run_config.CONFIG_FILE}')
+  raise UserError(f'the checkpoint in {directory} was trained with {name} = {saved}, the '
+                  f'config gives {now}; resume with the original config, or use a new '
+                  f'--workdir ({also}a resume may change only '
+                  f'{", ".join(run_config.RESUMABLE_KEYS)} and config.reference)')
 
 
 # JAX's preemption sync point counts calls over the whole process, which may train several runs

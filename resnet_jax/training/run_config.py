@@ -40,7 +40,7 @@ def write_config(workdir: epath.PathLike, config: config_dict.ConfigDict) -> Non
   """The resolved config, as CONFIG_FILE in workdir."""
   path = files.as_path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  files.write_atomic(path / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def _as_field_type(current: Any, value: Any) -> Any:

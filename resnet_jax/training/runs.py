@@ -90,15 +90,26 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
       raise UserError(f'config.{key}={config[key]!r} is invalid: {rule}')
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """UserError for the first setting of config no run could train, without loading data.
+
+  The loop's settings, the model, augmentation, optimizer and schedule (the parameter budget
+  aside): what a sweep checks of every point before its first trains.
+  """
+  validate_run_config(config)
+  models.validate(config.model)
+  augment.check_config(config.augment)
+  optim.create_optimizer(config, 1)
+
+
 def setup_run(config: ml_collections.ConfigDict, workdir: str,
               splits: input_pipeline.Splits = None) -> Run:
   """Checks the config, loads the data and builds model and optimizer; UserError on mistakes.
 
   `splits` skips loading the data again, e.g. for several benchmarks.
   """
-  validate_run_config(config)
+  check_config(config)
   parameters = models.check_budget(config.model, config.data.image_size)
-  augment.check_config(config.augment)
   if splits is None:
     splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
   mesh = feed.create_mesh()
@@ -116,8 +127,26 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str,
 
 def restore(run: Run, checkpoint: str = 'latest') -> tuple[steps.TrainState,
                                                           checkpoints.CheckpointMeta]:
-  """The state and metadata of the run's latest or best checkpoint; UserError if there is none."""
-  return checkpoints.restore_named(run.workdir, checkpoint, run.abstract_state())
+  """The state and metadata of the run's latest or best checkpoint, checked to be this run's.
+
+  What every command reading a run's checkpoint calls (evaluate, inspect, export).
+
+  Raises:
+    UserError: no such checkpoint, or one whose recorded run (config keys, data) differs from
+      run's (`checkpoints.check_same_run`), e.g. after a hand-edited config.json.
+  """
+  state, meta = checkpoints.restore_named(run.workdir, checkpoint, run.abstract_state(),
+                                          keeps_best=run.config.keep_best_checkpoint)
+  check_recorded_run(run, meta, checkpoint)
+  return state, meta
+
+
+def check_recorded_run(run: Run, meta: checkpoints.CheckpointMeta,
+                       checkpoint: str = 'latest') -> None:
+  """UserError unless a checkpoint's meta records run's config and data (free keys aside)."""
+  checkpoints.check_same_run(run.identity, meta,
+                             files.as_path(run.workdir) / 'checkpoints' / checkpoint,
+                             reading=True)
 
 
 def run_results(run: Run, parameters: int, test: dict) -> dict:

@@ -39,13 +39,15 @@ from resnet_jax.training import steps
 from resnet_jax.training import workdir_lock
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       resume_command: Optional[str] = None) -> dict:
   """Trains config's system, evaluating every epoch, checkpointing and resuming in workdir.
 
   Args:
     config: a config from configs/ (see resnet_jax/defaults.py for every key).
     workdir: where checkpoints, metrics, plots and the report go (a local folder or a URL such
       as gs://bucket/run); a run found there resumes.
+    resume_command: the command that resumes the run, said at a stop (default: `main`'s).
 
   Returns:
     The results (what results.json holds), or {'preempted': True, ...} if SIGTERM stopped it.
@@ -60,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress.log_start(run)
     try:
       with contextlib.ExitStack() as stack:
-        return TrainLoop(run, clock, stack).train()
+        return TrainLoop(run, clock, stack, resume_command).train()
     except OSError as e:  # The workdir (or its disk) failed under the run.
       raise UserError(f'writing to --workdir={workdir} failed ({one_line(e)}): was it '
                       'deleted, filled or made read-only? Checkpoints already saved there are '
@@ -108,8 +110,11 @@ class TrainLoop:
   reads an epoch's end before going on.
   """
 
-  def __init__(self, run: runs.Run, clock: progress.RunClock, stack: contextlib.ExitStack):
+  def __init__(self, run: runs.Run, clock: progress.RunClock, stack: contextlib.ExitStack,
+               resume_command: Optional[str] = None):
     self.run, self.clock = run, clock
+    self.resume_command = resume_command or (
+        f'python -m resnet_jax.main --config=<the same config> --workdir={run.workdir}')
     self.writer = writers.create_writer(run.workdir, is_main=jax.process_index() == 0)
     stack.callback(self.writer.close)
     checkpoint_dir = files.as_path(run.workdir) / 'checkpoints'
@@ -410,8 +415,7 @@ class TrainLoop:
     signal_name = self.stop_signals.signal_name
     print(f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: saved a checkpoint at epoch '
           f'{epoch + 1}, step {step_in_epoch} of it (global step {step}); resume with the same '
-          f'command: python -m resnet_jax.main --config=<the same config> '
-          f'--workdir={self.run.workdir}', flush=True)
+          f'command: {self.resume_command}', flush=True)
     return {'preempted': True, 'epoch': epoch, 'step': step, 'signal': signal_name}
 
 

@@ -27,6 +27,10 @@ from resnet_jax.errors import UserError
 LOCK_FILE = '.lock'
 
 
+class InUse(UserError):
+  """The workdir is held by another live process (a sweep skips such a point, not fails it)."""
+
+
 def _holder(path: str) -> str:
   """Who holds the lock, as its file says (or that it does not say)."""
   try:
@@ -63,8 +67,8 @@ def hold(workdir: str, purpose: str = 'training') -> Iterator[None]:
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-      raise UserError(f'--workdir={workdir} is in use by {_holder(path)}: wait for it to finish, '
-                      'stop it, or use another --workdir') from e
+      raise InUse(f'--workdir={workdir} is in use by {_holder(path)}: wait for it to finish, '
+                  'stop it, or use another --workdir') from e
     handle.seek(0)
     handle.truncate()
     json.dump({'pid': os.getpid(), 'host': socket.gethostname(), 'purpose': purpose,

@@ -77,12 +77,24 @@ def test_environment_adds_xla_flags_to_the_processes_own():
     ('def get_variants():\n  return [dict(name="a b")]', "variant name 'a b'"),
     ('def get_variants():\n  return [dict(name="a", numerics="equal")]', "numerics='equal'"),
     ('VARIANTS = []', 'defines no get_variants()'),
+    # Each of these was a traceback.
+    ('def get_variants(:\n  return []', r'cannot be loaded: SyntaxError: .*v\.py, line 1\)'),
+    ('def get_variants():\n  return [Variant("a")]',
+     r"cannot be loaded: NameError: name 'Variant' is not defined \(.*v\.py, line 2\)"),
+    ('import resnet_jax.no_such_module\ndef get_variants():\n  return []',
+     r'cannot be loaded: ModuleNotFoundError: .*no_such_module.*line 1\)'),
+    ('def get_variants():\n  return [dict(name="a", overides={})]',
+     r"item 1 has no field 'overides' \(a misspelling\?\); a Variant's fields are name, "),
+    ('def get_variants():\n  return [dict(overrides={})]', r"item 1 has no 'name'"),
+    ('def get_variants():\n  return ["a"]', 'item 1 is a str, not a Variant'),
+    ('def get_variants():\n  pass', r'get_variants\(\) returned NoneType, not a list'),
 ])
 def test_bad_variants_files_are_one_line_errors(tmp_path, text, message):
   path = tmp_path / 'v.py'
   path.write_text(text)
-  with pytest.raises(UserError, match=message):
+  with pytest.raises(UserError, match=message) as info:
     variants.load_variants(str(path))
+  assert '\n' not in str(info.value)
 
 
 def test_an_override_of_a_missing_key_names_it():

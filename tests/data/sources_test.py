@@ -204,6 +204,23 @@ def test_folder_source(tmp_path):
       data_config(source='folder', data_dir=str(empty)), seed=0), 'no image files')
 
 
+def test_folder_classes_must_be_the_models_and_none_empty(tmp_path):
+  for split in ('train', 'test'):
+    for name in ('ant', 'bee', 'cow'):
+      (tmp_path / split / name).mkdir(parents=True)
+      Image.new('RGB', (32, 32), (9, 9, 9)).save(tmp_path / split / name / '0.png')
+  cfg = data_config(source='folder', data_dir=str(tmp_path))
+  # Trained a whole run under the default 10 classes, then crashed drawing the confusion matrix.
+  assert_user_error(lambda: input_pipeline.load_splits(cfg, seed=0, num_classes=10),
+                    'config.model.num_classes=10, but folder', 'has 3 classes (ant, bee, cow)',
+                    '--config.model.num_classes=3')
+  assert input_pipeline.load_splits(cfg, seed=0, num_classes=3).class_names == ('ant', 'bee',
+                                                                                 'cow')
+  (tmp_path / 'train' / 'bee' / '0.png').unlink()
+  assert_user_error(lambda: input_pipeline.load_splits(cfg, seed=0, num_classes=3),
+                    f"{tmp_path / 'train' / 'bee'} holds no image files")
+
+
 def test_auto_reports_where_it_looked(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv(sources.DATA_ENV_VAR, str(tmp_path / 'env'))

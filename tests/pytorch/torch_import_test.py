@@ -342,3 +342,17 @@ def test_torch_names_follow_kuangliu():
   assert torch_import.torch_name(('params', 'se', 'fc2', 'bias')) == 'se.fc2.bias'
   assert torch_import.torch_name(('params', 'layer2_1', 'se', 'fc1', 'kernel')) == (
       'layer2.1.fc1.weight')
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf])
+def test_non_finite_weights_are_refused_not_scored(bad):
+  cfg = _small_cfg()
+  variables = models.build_model(cfg).init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
+                                           train=False)
+  state_dict = torch_import.state_dict_from_variables(variables)
+  state_dict['layer1.0.conv1.weight'] = state_dict['layer1.0.conv1.weight'].copy()
+  state_dict['layer1.0.conv1.weight'].flat[3] = bad
+  with pytest.raises(UserError, match=r'NaN or infinite values in 1 tensors '
+                                      r'\(layer1\.0\.conv1\.weight\)') as info:
+    torch_import.variables_from_torch(state_dict, cfg)
+  assert '\n' not in str(info.value)

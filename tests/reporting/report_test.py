@@ -47,6 +47,19 @@ def test_write_report_writes_every_file(tmp_path):
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
 
 
+def test_results_json_is_written_last_so_it_never_claims_a_missing_report(tmp_path,
+                                                                          monkeypatch):
+  results, history, confusion = run_figures()
+
+  def crash(*args, **kwargs):
+    raise RuntimeError('a plot failed')
+
+  monkeypatch.setattr(report, 'plot_confusion', crash)
+  with pytest.raises(RuntimeError):
+    report.write_report(str(tmp_path), results, history, confusion)
+  assert not (tmp_path / 'results.json').exists() and not (tmp_path / 'report.md').exists()
+
+
 def test_report_sets_the_run_beside_its_reference(tmp_path):
   results, history, confusion = run_figures()
   report.write_report(str(tmp_path), results, history, confusion)

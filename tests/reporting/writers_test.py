@@ -107,6 +107,38 @@ def test_jsonl_is_rewritten_whole_and_keeps_a_resumed_runs_lines(tmp_path):
   assert len((tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()) == 3
 
 
+def test_a_flush_that_fails_leaves_the_previous_history(tmp_path, monkeypatch):
+  path = tmp_path / 'metrics.jsonl'
+  writer = writers.JsonLinesWriter(path)
+  writer.write_scalars(1, {'loss': 2.0})
+  writer.flush()
+  writer.write_scalars(2, {'loss': 1.0})
+  monkeypatch.setattr(os, 'replace', lambda *args: (_ for _ in ()).throw(OSError(28, 'full')))
+  with pytest.raises(OSError):
+    writer.flush()  # Was a rewrite in place: a crash here truncated or emptied the history.
+  assert [r['step'] for r in writers.read_jsonl(path)] == [1]
+
+
+def test_a_resume_repairs_a_torn_last_line_and_says_so(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+  assert [r['step'] for r in writers.read_jsonl(path)] == [1, 2]  # Was a JSONDecodeError.
+  with absltest_logs() as logged:
+    resumed = writers.JsonLinesWriter(path)
+  assert 'dropped 1 torn line(s) left by an earlier crash; the 2 whole records are kept' in (
+      logged.output[0])
+  assert path.read_text().count('\n') == 2  # Repaired on disk at once.
+  resumed.write_scalars(3, {'loss': 1.0})
+  resumed.close()
+  assert [r['step'] for r in writers.read_jsonl(path)] == [1, 2, 3]
+
+
+def absltest_logs():
+  """Captures absl's log records (what a run prints as warnings)."""
+  import unittest  # pylint: disable=g-import-not-at-top
+  return unittest.TestCase().assertLogs('absl', level='WARNING')
+
+
 def test_as_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   assert str(files.as_path('gs://bucket/runs/best')) == 'gs://bucket/runs/best'

@@ -1,9 +1,15 @@
-"""runs: loop settings are checked, before any data is loaded."""
+"""runs: loop settings are checked, before any data is loaded; a reader's checkpoint is its run's."""
+
+import json
+import pathlib
+import shutil
 
 import pytest
 
+from conftest import assert_user_error, smoke_config
 from resnet_jax import defaults
 from resnet_jax import errors
+from resnet_jax.training import run_config
 from resnet_jax.training import runs
 
 
@@ -24,3 +30,49 @@ def test_setup_run_validates_before_loading_data(tmp_path):
   config.eval_every_epochs = 0
   with pytest.raises(errors.UserError, match='config.eval_every_epochs=0'):
     runs.setup_run(config, str(tmp_path))
+
+
+def _copy_of(smoke_run, tmp_path):
+  """(config, a copy of the finished smoke run's folder) that a test may damage."""
+  config, workdir, _ = smoke_run
+  copy = tmp_path / 'run'
+  shutil.copytree(workdir, copy)
+  return config, str(copy)
+
+
+def test_a_hand_edited_config_json_is_refused_not_scored(smoke_run, tmp_path):
+  _, workdir = _copy_of(smoke_run, tmp_path)
+  path = pathlib.Path(workdir) / run_config.CONFIG_FILE
+  saved = json.loads(path.read_text())
+  assert saved['model']['activation'] == 'relu'
+  saved['model']['activation'] = 'swish'
+  path.write_text(json.dumps(saved))
+  edited = run_config.load_run_config(workdir)
+  assert_user_error(lambda: runs.restore(runs.setup_run(edited, workdir)),
+                    "was trained with config.model.activation = relu, but the config this "
+                    'command builds the model from gives swish', 'config.json edited')
+
+
+def test_without_config_json_another_config_is_refused(smoke_run, tmp_path):
+  _, workdir = _copy_of(smoke_run, tmp_path)
+  (pathlib.Path(workdir) / run_config.CONFIG_FILE).unlink()
+  given = run_config.load_run_config(workdir, smoke_config(**{'optim.learning_rate': 0.5}))
+  assert_user_error(lambda: runs.restore(runs.setup_run(given, workdir)),
+                    'config.optim.learning_rate')
+
+
+def test_how_a_reader_scores_may_differ_from_the_run(smoke_run):
+  config, workdir, _ = smoke_run
+  given = smoke_config(**{'eval_flip_tta': True, 'eval_batch_size': 64,
+                          'keep_best_checkpoint': False})
+  state, meta = runs.restore(runs.setup_run(given, str(workdir)))
+  assert int(state.step) > 0 and meta.epoch == config.num_epochs
+
+
+def test_best_of_a_run_that_keeps_none_says_so(smoke_run, tmp_path):
+  _, workdir = _copy_of(smoke_run, tmp_path)
+  shutil.rmtree(pathlib.Path(workdir) / 'checkpoints' / 'best')
+  config = smoke_config(keep_best_checkpoint=False)
+  assert_user_error(lambda: runs.restore(runs.setup_run(config, workdir), 'best'),
+                    'keeps no best checkpoint (config.keep_best_checkpoint=False); use '
+                    '--checkpoint=latest')
