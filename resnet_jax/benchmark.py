@@ -10,7 +10,9 @@ counts FLOPs (which give every row its model FLOPs utilisation) and times evalua
 that set environment variables (XLA_FLAGS take effect only in a fresh process) run first, each
 in a fresh process of this command restricted to it, before this process takes the device; the
 others run here; a PyTorch baseline of the same model (`torch_baseline`) last, where torch is
-importable. The JSON is rewritten after every variant, so that a run cut short keeps what it
+importable. Then the end-to-end row (`throughput.measure_end_to_end`): a short whole run of the
+config as given, timed over wall time, with its ratio to the steady-state row. The JSON is
+rewritten after every variant, so that a run cut short keeps what it
 measured; the fastest JAX row of each batch size and dtype is marked, and each PyTorch row
 shows that row's speed-up over it. `--check_numerics` instead trains one epoch of each variant
 on this machine against the config alone (`variants.check_numerics`).
@@ -59,6 +61,8 @@ class Options:
     torch_steps: PyTorch steps timed per mode (0: no PyTorch baseline).
     torch_modes: torch_baseline's modes.
     argv: the command line a child run repeats (with its own flags after it).
+    end_to_end_epochs: epochs of the end-to-end row, timed after a first (compiling) one, for
+      each batch size and dtype of the config as given (0: none).
   """
   batch_sizes: Sequence[int] = (128, 512)
   dtypes: Sequence[str] = ('float32', 'bfloat16')
@@ -69,6 +73,7 @@ class Options:
   torch_steps: int = 0
   torch_modes: Sequence[str] = (torch_baseline.EAGER, torch_baseline.COMPILED)
   argv: Sequence[str] = ()
+  end_to_end_epochs: int = 0
 
 
 def grid_configs(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
@@ -158,13 +163,17 @@ def finish(rows: Sequence[Measurement], device_kind: str,
                   key=lambda g: (g[0] != 'float32', g[1]))
   for dtype, batch_size in groups:
     group = [r for r in rows if (r.dtype, r.batch_size) == (dtype, batch_size)]
-    jax_rows = [r for r in group if r.framework == 'jax' and r.train_images_per_second]
+    jax_rows = [r for r in group if r.framework == 'jax' and r.train_images_per_second
+                and r.variant != throughput.END_TO_END]
+    steady = jax_rows[0].train_images_per_second if jax_rows else None  # the config as given
     gflop = next((r.train_gflop_per_image for r in jax_rows if r.train_gflop_per_image), None)
     peak = throughput.peak_flops(device_kind, dtype)
     best = max((r.train_images_per_second for r in jax_rows), default=None)
     for r in group:
       rate = r.train_images_per_second
-      if r.framework == 'jax':
+      if r.variant == throughput.END_TO_END:
+        r = dataclasses.replace(r, of_steady_state=rate / steady if rate and steady else None)
+      elif r.framework == 'jax':
         r = dataclasses.replace(
             r, train_gflop_per_image=gflop if rate else None,
             mfu=gflop * 1e9 * rate / (peak * device_count) if gflop and rate and peak else None,
@@ -178,6 +187,8 @@ def finish(rows: Sequence[Measurement], device_kind: str,
 def _note(r: Measurement) -> str:
   if r.error:
     return f'error: {r.error}'
+  if r.of_steady_state:
+    return f'{r.of_steady_state:.2f} of steady state (the first row of its batch and dtype)'
   if r.speedup:
     return f'fastest JAX is {r.speedup:.2f}x this'
   return '**fastest**' if r.fastest else ''
@@ -226,6 +237,13 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options,
       measured, device = measure_variant(config, splits, variant, options, extras), device_info()
     rows = sorted(rows + measured, key=lambda r: order[r.variant])
     write(_result(config, splits, options, rows, device))
+  if options.end_to_end_epochs and not options.env_applied:
+    for cell in grid_configs(config, variants_lib.DEFAULT, options):
+      logging.info('end to end: %d epochs of batch %d in %s after a first',
+                   options.end_to_end_epochs, cell.batch_size, cell.model.dtype)
+      rows.append(throughput.measure_end_to_end(cell, splits, epochs=options.end_to_end_epochs))
+      device = device or device_info()
+      write(_result(config, splits, options, rows, device))
   if options.torch_steps and torch_baseline.unavailable():
     logging.warning('no PyTorch baseline: %s', torch_baseline.unavailable())
   elif options.torch_steps:
@@ -271,6 +289,10 @@ _TORCH_STEPS = flags.DEFINE_integer(
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
 _EXTRAS = flags.DEFINE_bool(
     'extras', True, 'Count FLOPs and time evaluation (each another compile) on the first variant.')
+_END_TO_END_EPOCHS = flags.DEFINE_integer(
+    'end_to_end_epochs', 2, 'The end-to-end row: a whole run of this many epochs after a first '
+    '(compiling) one, evaluation and checkpoints included, timed over wall time; 0: none.',
+    lower_bound=0)
 _ENV_APPLIED = flags.DEFINE_bool(
     'env_applied', False, "Internal: the variants' environment is this process's already.")
 
@@ -314,7 +336,8 @@ def _main(argv):
   modes = (torch_baseline.EAGER,) + ((torch_baseline.COMPILED,) if _TORCH_COMPILE.value else ())
   options = Options(batch_sizes=batch_sizes, dtypes=_DTYPES.value, calls=_CALLS.value,
                     variants=selected, extras=_EXTRAS.value, env_applied=_ENV_APPLIED.value,
-                    torch_steps=_TORCH_STEPS.value, torch_modes=modes, argv=sys.argv[1:])
+                    torch_steps=_TORCH_STEPS.value, torch_modes=modes, argv=sys.argv[1:],
+                    end_to_end_epochs=_END_TO_END_EPOCHS.value)
   result = run_benchmark(config, options, write=_write)
   print(f'{result["model"]} on {result["device_count"]} x {result["device_kind"]} '
         f'({result["data_source"]})')

@@ -77,13 +77,19 @@ def test_command_line_measures_variants_in_one_table_and_json(tmp_path):
   result = _run(['--config=configs/smoke.py', '--config.data.source=synthetic',
                  '--batch_sizes=32', '--dtypes=float32', '--calls=1', '--torch_steps=0',
                  f'--variants={tmp_path}/variants.py', '--only_variants=default,steps_2,lhs',
-                 f'--output={output}'])
+                 '--end_to_end_epochs=1', f'--output={output}'])
   assert result.returncode == 0, result.stderr[-2000:]
   written = json.loads(output.read_text())
-  rows = written['results']
+  rows, end_to_end = written['results'][:-1], written['results'][-1]
   assert [(r['variant'], r['batch_size'], r['steps_per_call']) for r in rows] == [
       ('default', 32, 1), ('steps_2', 32, 2), ('lhs', 32, 1)]
   assert all(r['error'] is None and r['memory_gib'] > 0 for r in rows)
+  # A whole run of the config as given (evaluation and checkpoints included) against its
+  # steady-state row.
+  assert (end_to_end['variant'], end_to_end['batch_size']) == ('end to end', 32)
+  assert end_to_end['of_steady_state'] == pytest.approx(
+      end_to_end['train_images_per_second'] / rows[0]['train_images_per_second'])
+  assert not end_to_end['fastest']
   assert sum(r['fastest'] for r in rows) == 1
   # The first variant counted the FLOPs and timed evaluation; every row has the FLOPs.
   assert rows[0]['eval_images_per_second'] and not rows[1]['eval_images_per_second']

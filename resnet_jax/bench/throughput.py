@@ -9,15 +9,19 @@ measures variants of a config with it.
 """
 
 import dataclasses
+import tempfile
 import time
 from typing import Iterator, Optional
 
 import jax
 import ml_collections
 
+from resnet_jax import files
+from resnet_jax.reporting import writers
 from resnet_jax.training import evaluator
 from resnet_jax.training import feed
 from resnet_jax.training import runs
+from resnet_jax.training import train
 
 # Dense peak FLOP/s by device kind and compute dtype (vendor datasheets; float32 on NVIDIA GPUs
 # means TF32 tensor cores, which XLA uses for float32 convolutions by default).
@@ -52,6 +56,8 @@ class Measurement:
   fastest: bool = False      # the fastest JAX row of its batch size and dtype
   speedup: Optional[float] = None  # PyTorch rows: the fastest JAX row's rate over this one's
   error: Optional[str] = None
+  # The end-to-end row: its rate over the steady-state rate of the same batch size and dtype.
+  of_steady_state: Optional[float] = None
 
 
 def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
@@ -164,3 +170,31 @@ def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_cal
                      mfu=None, memory_gib=memory_gib(compiled), placement=run.placement)
 
 
+
+
+END_TO_END = 'end to end'
+
+
+def measure_end_to_end(config: ml_collections.ConfigDict, splits, *, epochs: int) -> Measurement:
+  """A short whole run, timed as training images over wall time: what a user's run gets.
+
+  Trains `epochs` + 1 epochs in a temporary workdir through `train.train_and_evaluate`, with
+  evaluation every epoch and checkpoints as the config sets them; the first epoch (the compiles)
+  is left out: the rate is the images of the other epochs over the wall time from the first
+  epoch's end to the last's (metrics.jsonl's `elapsed_seconds`), evaluation, checkpoints and
+  every host pause included.
+  """
+  config = config.copy_and_resolve_references()
+  config.num_epochs, config.eval_every_epochs, config.write_plots = epochs + 1, 1, False
+  with tempfile.TemporaryDirectory(prefix='resnet_jax_end_to_end_') as workdir:
+    results = train.train_and_evaluate(config, workdir, splits=splits)
+    history = [r for r in writers.read_jsonl(files.as_path(workdir) / writers.METRICS_FILE)
+               if 'epoch' in r]
+  wall = history[-1]['elapsed_seconds'] - history[0]['elapsed_seconds']
+  images = epochs * results['train_examples']
+  return Measurement(batch_size=config.batch_size, dtype=results['compute_dtype'],
+                     steps_per_call=results['steps_per_call'],
+                     compile_seconds=results['compile_seconds'],
+                     train_images_per_second=images / wall, eval_images_per_second=None,
+                     train_gflop_per_image=None, mfu=None, memory_gib=None, variant=END_TO_END,
+                     placement=results['placement'])

@@ -24,6 +24,7 @@ import ml_collections
 
 from resnet_jax import files
 from resnet_jax import models
+from resnet_jax.data import input_pipeline
 from resnet_jax.errors import UserError, one_line
 from resnet_jax.reporting import gradcam
 from resnet_jax.reporting import report
@@ -40,7 +41,8 @@ from resnet_jax.training import workdir_lock
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       resume_command: Optional[str] = None) -> dict:
+                       resume_command: Optional[str] = None,
+                       splits: Optional[input_pipeline.Splits] = None) -> dict:
   """Trains config's system, evaluating every epoch, checkpointing and resuming in workdir.
 
   Args:
@@ -48,6 +50,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir: where checkpoints, metrics, plots and the report go (a local folder or a URL such
       as gs://bucket/run); a run found there resumes.
     resume_command: the command that resumes the run, said at a stop (default: `main`'s).
+    splits: the data, where the caller has loaded it already (the benchmark); default: loaded
+      from config.data.
 
   Returns:
     The results (what results.json holds), or {'preempted': True, ...} if SIGTERM stopped it.
@@ -58,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   clock = progress.RunClock()
   with workdir_lock.hold(workdir, 'training'):
-    run = runs.setup_run(config, workdir)
+    run = runs.setup_run(config, workdir, splits=splits)
     progress.log_start(run)
     try:
       with contextlib.ExitStack() as stack:
