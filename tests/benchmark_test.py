@@ -93,6 +93,7 @@ def test_command_line_measures_variants_in_one_table_and_json(tmp_path):
   assert sum(r['fastest'] for r in rows) == 1
   # The first variant counted the FLOPs and timed evaluation; every row has the FLOPs.
   assert rows[0]['eval_images_per_second'] and not rows[1]['eval_images_per_second']
+  assert rows[0]['hlo']['kernels'] > 0 and rows[1]['hlo'] is None  # the one-step call's HLO
   assert len({r['train_gflop_per_image'] for r in rows}) == 1
   assert written['table'] in result.stdout
   assert [v['name'] for v in written['variants']] == ['default', 'steps_2', 'lhs']

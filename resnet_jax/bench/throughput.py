@@ -17,6 +17,8 @@ import jax
 import ml_collections
 
 from resnet_jax import files
+from resnet_jax import models
+from resnet_jax.bench import hlo
 from resnet_jax.reporting import writers
 from resnet_jax.training import evaluator
 from resnet_jax.training import feed
@@ -58,6 +60,7 @@ class Measurement:
   error: Optional[str] = None
   # The end-to-end row: its rate over the steady-state rate of the same batch size and dtype.
   of_steady_state: Optional[float] = None
+  hlo: Optional[dict] = None  # the one-step call's HLO in numbers (`hlo.summarize`), first variant
 
 
 def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
@@ -145,13 +148,16 @@ def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_cal
   start = time.perf_counter()
   compiled = run_steps.lower(state, *train_feed.batch_specs(steps, batch_size)).compile()
   compile_seconds = time.perf_counter() - start
-  flops_per_step = None
+  flops_per_step = hlo_counts = None
   if count_flops:
     # XLA's cost analysis counts a loop body once, whatever its trip count, so a call of several
     # steps (a lax.scan off the CPU) would count one of them: the FLOPs are a one-step call's.
     one_step = compiled if steps == 1 else run_steps.lower(
         state, *train_feed.batch_specs(1, batch_size)).compile()
     flops_per_step = _flops(one_step)
+    hlo_counts = hlo.summarize(
+        one_step.as_text(), batch_size=batch_size,
+        parameter_shapes=[leaf.shape for leaf in jax.tree.leaves(state.params) if leaf.ndim > 1])
 
   holder, batches = {'state': state}, _full_calls(train_feed, plan)
 
@@ -164,10 +170,12 @@ def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_cal
   eval_rate = (_eval_rate(run, holder['state'].eval_variables(), eval_repeats)
                if eval_repeats else None)
   gflop_per_image = None if flops_per_step is None else flops_per_step / batch_size / 1e9
-  return Measurement(batch_size=batch_size, dtype=config.model.dtype, steps_per_call=steps,
+  return Measurement(batch_size=batch_size, dtype=models.compute_dtype(config.model),
+                     steps_per_call=steps,
                      compile_seconds=compile_seconds, train_images_per_second=train_rate,
                      eval_images_per_second=eval_rate, train_gflop_per_image=gflop_per_image,
-                     mfu=None, memory_gib=memory_gib(compiled), placement=run.placement)
+                     mfu=None, memory_gib=memory_gib(compiled), placement=run.placement,
+                     hlo=hlo_counts)
 
 
 

@@ -152,17 +152,20 @@ def default_steps_per_call(num_full: int, backend: Optional[str] = None) -> int:
   """Steps a compiled call fuses when config.steps_per_call is 0: 1 on a CPU (`steps.scan`).
 
   On an accelerator, the full steps of an epoch split into calls of ONE shape wherever they can
-  (every new shape is another compile, and on a GPU another round of autotuning): the divisor of
-  the full steps nearest AUTO_STEPS_PER_CALL within [AUTO_STEPS_PER_CALL / 2, MAX_STEPS_PER_CALL],
-  else all of them in one call where there are at most MAX_STEPS_PER_CALL (batch 512 on 50,000
-  images: 97 full steps, a prime, one call of 97), else AUTO_STEPS_PER_CALL (two shapes).
+  (every new shape is another compile, and on a GPU another round of autotuning): the largest
+  divisor of the full steps in [AUTO_STEPS_PER_CALL / 2, AUTO_STEPS_PER_CALL], else the smallest
+  up to MAX_STEPS_PER_CALL, else all of them in one call where there are at most
+  MAX_STEPS_PER_CALL (batch 512 on 50,000 images: 97 full steps, a prime, one call of 97), else
+  AUTO_STEPS_PER_CALL (two shapes).
   """
   if (backend or jax.default_backend()) == 'cpu':
     return 1
-  divisors = [count for count in range(AUTO_STEPS_PER_CALL // 2, MAX_STEPS_PER_CALL + 1)
-              if num_full % count == 0]
-  if divisors:
-    return min(divisors, key=lambda count: (abs(count - AUTO_STEPS_PER_CALL), count))
+  near = [count for count in range(AUTO_STEPS_PER_CALL, AUTO_STEPS_PER_CALL // 2 - 1, -1)
+          if num_full % count == 0]
+  above = [count for count in range(AUTO_STEPS_PER_CALL + 1, MAX_STEPS_PER_CALL + 1)
+           if num_full % count == 0]
+  if near or above:
+    return (near or above)[0]
   if num_full <= MAX_STEPS_PER_CALL:
     return max(num_full, 1)
   return AUTO_STEPS_PER_CALL

@@ -1,7 +1,5 @@
 """Optimizer chains and schedules against torch.optim, step by step."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from resnet_jax import defaults
 from resnet_jax import errors
 from resnet_jax import models
+from resnet_jax.bench import hlo
 from resnet_jax.models import optim
 from resnet_jax.pytorch import torch_train
 from resnet_jax.training import steps
@@ -407,11 +406,9 @@ def _parameter_sized_copies(lookahead_k: int) -> int:
     return jax.lax.scan(lambda s, _: (steps.train_step(s, images, labels, ctx)[0], None),
                         state, None, length=4)[0]
 
-  hlo = jax.jit(call, donate_argnums=0).lower(state).compile().as_text()
-  kernels = {tuple(leaf.shape) for leaf in jax.tree.leaves(state.params) if leaf.ndim > 1}
-  copied = [tuple(int(d) for d in dims.split(',') if d)
-            for dims in re.findall(r'= \w+\[([\d,]*)\]\S* copy\(', hlo)]
-  return sum(shape in kernels for shape in copied)
+  text = jax.jit(call, donate_argnums=0).lower(state).compile().as_text()
+  kernels = [leaf.shape for leaf in jax.tree.leaves(state.params) if leaf.ndim > 1]
+  return hlo.summarize(text, parameter_shapes=kernels)['parameter_sized_copies']
 
 
 def test_lookahead_adds_no_parameter_sized_copies_to_the_step():

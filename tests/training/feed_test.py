@@ -41,6 +41,8 @@ def test_an_accelerator_compiles_one_full_call_shape_an_epoch(batch_size, steps_
 
 def test_a_long_prime_epoch_falls_back_to_two_shapes():
   assert feed.default_steps_per_call(1009, backend='tpu') == feed.AUTO_STEPS_PER_CALL
+  assert feed.default_steps_per_call(40, backend='gpu') == 20  # near 32 first
+  assert feed.default_steps_per_call(2 * 53, backend='gpu') == 53  # else a larger divisor
 
 
 def test_the_resident_set_is_lane_dense_and_counted_as_the_device_holds_it():

@@ -64,9 +64,10 @@ def test_lax_scan_call_trains_like_the_unrolled_one(cifar_batches_dir):
 
 
 _COUNT_COLLECTIVES = '''
-import re, sys, tempfile
+import sys, tempfile
 sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
 from conftest import synthetic_config
+from resnet_jax.bench import hlo
 from resnet_jax.training import feed, runs
 for statistics in ('global', 'per_device'):
   config = synthetic_config(**{'batch_statistics': statistics, 'steps_per_call': 1,
@@ -74,10 +75,10 @@ for statistics in ('global', 'per_device'):
   run = runs.setup_run(config, tempfile.mkdtemp())
   train_feed = feed.create_feed(config, run.plan, run.mesh, run.splits.train_images,
                                 run.splits.train_labels, resident=True)
-  hlo = feed.jit_train_steps(run.ctx, run.mesh, resident=True).lower(
-      run.abstract_state(), *train_feed.batch_specs(1, config.batch_size)).compile().as_text()
-  print(statistics, len(re.findall(r'all-reduce(?:-start)?\\(', hlo)),
-        len(re.findall(r'all-gather|all-to-all|collective-permute', hlo)))
+  counts = hlo.summarize(feed.jit_train_steps(run.ctx, run.mesh, resident=True).lower(
+      run.abstract_state(), *train_feed.batch_specs(1, config.batch_size)).compile().as_text())
+  print(statistics, counts['all-reduce'],
+        sum(counts[name] for name in hlo.COLLECTIVES if name != 'all-reduce'))
 '''
 
 
