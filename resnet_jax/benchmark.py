@@ -17,7 +17,6 @@ on this machine against the config alone (`variants.check_numerics`).
 """
 
 import dataclasses
-import functools
 import json
 import os
 import subprocess
@@ -25,7 +24,6 @@ import sys
 import tempfile
 from typing import Callable, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -258,7 +256,7 @@ _STEPS_PER_CALL = flags.DEFINE_integer(
     'steps_per_call', 0, 'Steps fused in one compiled call (sets config.steps_per_call); 0 = '
     'as training picks them for this config and data size.')
 _CALLS = flags.DEFINE_integer('calls', 5, 'Timed calls after two warm-up calls.')
-_OUTPUT = flags.DEFINE_string('output', 'benchmark.json', 'Where the JSON goes.')
+_OUTPUT = cli.output_flag('benchmark.json', 'File the JSON goes to.')
 _VARIANTS = flags.DEFINE_string(
     'variants', '', 'A variants file (configs/benchmarks/*.py); empty: the config alone.')
 _ONLY_VARIANTS = flags.DEFINE_list('only_variants', [], 'Measure only these variants.')
@@ -297,7 +295,7 @@ def _write(result: dict) -> None:
     json.dump(result, f, indent=2)
 
 
-def _main(argv):
+def main(argv):
   del argv
   config = cli.CONFIG.value
   files.check_writable(_OUTPUT.value, '--output', is_file=True)
@@ -324,9 +322,5 @@ def _main(argv):
   print(f'wrote {_OUTPUT.value}')
 
 
-def main(argv):
-  errors.exit_on_user_error(_main, argv)
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_workdir=False))
+  cli.run(main, 'benchmark', require_workdir=False)

@@ -192,8 +192,8 @@ def main(argv):
           f"{summary['torch']['final'][0]:.2f}% (gap {summary['gap']['final']:+.2f}); "
           f'{workdir}/{MARKDOWN_FILE}', flush=True)
 
-  errors.exit_on_user_error(run, cli.CONFIG.value, cli.WORKDIR.value)
+  run(cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, 'compare')

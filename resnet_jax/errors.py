@@ -1,12 +1,10 @@
 """The one exception type for user mistakes.
 
 Anything a user can fix (a bad config value, a missing data set, a corrupt checkpoint, a NaN loss)
-raises `UserError` with a one-line message that says what is wrong and how to fix it. Entry points
-(`main`, `evaluate`, `benchmark`, `sweep`, `inspect`) catch it, print `error: <message>` to stderr
-and exit with status 2, with no traceback.
+raises `UserError` with a one-line message that says what is wrong and how to fix it. Every
+command (through `cli.run`, `console_logs.exit_on_user_error`) prints `error: <message>` to stderr
+as its last line and exits with status 2, with no traceback.
 """
-
-import sys
 
 
 class UserError(Exception):
@@ -26,19 +24,3 @@ def last_line(error: BaseException) -> str:
   """The last non-empty line of an exception's message (where tracebacks put the cause)."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   return (lines[-1] if lines else type(error).__name__)[:300]
-
-
-def exit_on_user_error(fn, *args, **kwargs):
-  """Runs fn; a UserError becomes one line on stderr and exit status 2, Ctrl-C status 130.
-
-  (Training handles Ctrl-C itself, saving a checkpoint; this catches it anywhere else.)
-  """
-  try:
-    return fn(*args, **kwargs)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
-  except KeyboardInterrupt:
-    print('interrupted (Ctrl-C); nothing was written since the last checkpoint', file=sys.stderr,
-          flush=True)
-    sys.exit(130)

@@ -11,10 +11,9 @@ kuangliu/pytorch-cifar and Nikunj-Gupta/Efficient_ResNets and their checkpoint f
 imported only then). `--model NAME` (python -m resnet_jax.models) replaces config.model, e.g.
 `--model senet18`.
 The report (results.json, confusion.png, report.md, and curves.png where the checkpoint has a
-history) goes to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
+history) goes to --output, by default <workdir>/evaluate_<latest|best|torch>.
 """
 
-import functools
 import os
 import time
 
@@ -24,7 +23,6 @@ import jax
 import ml_collections
 
 from resnet_jax import cli
-from resnet_jax import errors
 from resnet_jax import models
 from resnet_jax.pytorch import torch_import
 from resnet_jax.reporting import report
@@ -115,8 +113,8 @@ def run_evaluation(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  errors.exit_on_user_error(run_evaluation, cli.CONFIG.value, cli.WORKDIR.value)
+  run_evaluation(cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_config=False))
+  cli.run(main, 'evaluate', require_config=False)

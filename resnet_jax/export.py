@@ -1,6 +1,6 @@
 r"""A trained run's checkpoint -> a PyTorch checkpoint in the kuangliu layout, and its module.
 
-  python -m resnet_jax.export --workdir runs/best --to model.pt [--checkpoint best]
+  python -m resnet_jax.export --workdir runs/best --output model.pt [--checkpoint best]
 
 The run's own config comes from its config.json (a --config given must agree with it).
 
@@ -18,12 +18,10 @@ that loads it, needing nothing but torch:
 Needs PyTorch (the `torch` extra).
 """
 
-import functools
 import os
 import shutil
 
 from absl import app
-from absl import flags
 import ml_collections
 
 from resnet_jax import cli
@@ -34,7 +32,8 @@ from resnet_jax.training import run_config
 from resnet_jax.training import runs
 
 _CHECKPOINT = cli.checkpoint_flag(checkpoints.CHECKPOINTS)
-_TO = flags.DEFINE_string('to', None, 'Where the PyTorch checkpoint goes, e.g. model.pt.')
+_TO = cli.output_flag(None, 'File the PyTorch checkpoint goes to, e.g. model.pt (model.py goes '
+                      'beside it).')
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str,
@@ -64,7 +63,7 @@ def save_torch_checkpoint(variables: dict, model_cfg: ml_collections.ConfigDict,
   from resnet_jax.pytorch import torch_resnet  # pylint: disable=g-import-not-at-top
   definition = definition_path(path)
   if os.path.abspath(definition) == os.path.abspath(path):
-    raise errors.UserError(f'--to={path} must not end in .py (model.py goes beside it)')
+    raise errors.UserError(f'--output={path} must not end in .py (model.py goes beside it)')
   state_dict = {key: torch.tensor(value)
                 for key, value in torch_import.state_dict_from_variables(variables).items()}
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -99,14 +98,14 @@ def main(argv):
 
   def run(config, workdir):
     if not _TO.value:
-      raise errors.UserError('--to is required, e.g. --to=model.pt')
+      raise errors.UserError('--output is required, e.g. --output=model.pt')
     config = run_config.load_run_config(workdir, config)  # The run's own, by default.
     exported = export_run(config, workdir, _TO.value, _CHECKPOINT.value)
     print(f"wrote {exported['path']} ({exported['keys']} tensors, epoch {exported['epoch']}) "
           f"and its module {exported['definition']}", flush=True)
 
-  errors.exit_on_user_error(run, cli.CONFIG.value, cli.WORKDIR.value)
+  run(cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_config=False))
+  cli.run(main, 'export', require_config=False)

@@ -115,10 +115,7 @@ def log_start(run) -> None:
   """
   config, plan, splits = run.config, run.plan, run.splits
   device = jax.devices()[0]
-  logging.info('data: %s; %d training, %d validation%s, %d test images; %s placement',
-               splits.source, len(splits.train_labels), len(splits.val_labels),
-               ' (the test set)' if splits.val_labels is splits.test_labels else '',
-               len(splits.test_labels), run.placement)
+  logging.info('data: %s images; %s placement', splits.source, run.placement)
   logging.info('running on %d x %s (%s), %d process%s; %s, batch %d (%d a device), %d steps an '
                'epoch, up to %d a compiled call', jax.device_count(), device.device_kind,
                device.platform, jax.process_count(), '' if jax.process_count() == 1 else 'es',

@@ -24,7 +24,7 @@ import jax
 from resnet_jax import files
 from resnet_jax.errors import UserError
 
-LOCK_FILE = '.lock'
+LOCK_FILE = files.LOCK_FILE
 
 
 def _holder(path: str) -> str:
