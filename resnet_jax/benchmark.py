@@ -30,6 +30,7 @@ import jax
 import ml_collections
 
 from resnet_jax import cli
+from resnet_jax import console_logs
 from resnet_jax import errors
 from resnet_jax import files
 from resnet_jax.bench import throughput
@@ -95,15 +96,22 @@ def measure_variant(config: ml_collections.ConfigDict, splits, variant: variants
   rows = []
   for cell in grid_configs(config, variant, options):
     try:
-      row = throughput.measure(cell, splits, calls=options.calls,
-                               eval_repeats=3 if extras else 0, count_flops=extras)
+      with console_logs.phase(f'measuring {variant.name}, batch {cell.batch_size}, '
+                              f'{cell.model.dtype}'):
+        row = throughput.measure(cell, splits, calls=options.calls,
+                                 eval_repeats=3 if extras else 0, count_flops=extras)
       rows.append(dataclasses.replace(row, variant=variant.name))
     except errors.UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the next runs.
       rows.append(_failed(cell, variant.name, errors.one_line(e)))
-    logging.info('%s', rows[-1])
+    log_row(rows[-1])
   return rows
+
+
+def log_row(row: Measurement) -> None:
+  """A measured row as the table shows it."""
+  logging.info('%s', format_table([row]).splitlines()[-1])
 
 
 def run_child(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
@@ -115,8 +123,9 @@ def run_child(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
     command = [sys.executable, '-m', 'resnet_jax.benchmark', *options.argv,
                f'--only_variants={variant.name}', '--env_applied', f'--extras={extras}',
                '--torch_steps=0', f'--output={output}']
-    result = subprocess.run(command, env=variants_lib.environment(variant, os.environ),
-                            capture_output=True, text=True, check=False)
+    with console_logs.phase(f'measuring {variant.name} in its own process (its environment)'):
+      result = subprocess.run(command, env=variants_lib.environment(variant, os.environ),
+                              capture_output=True, text=True, check=False)
     if result.returncode == 0:
       with open(output, encoding='utf-8') as f:
         written = json.load(f)
@@ -136,11 +145,15 @@ def torch_rows(config: ml_collections.ConfigDict, options: Options,
   for dtype, batch_size in groups:
     cell = config.copy_and_resolve_references()
     cell.batch_size, cell.model.dtype = batch_size, dtype
-    for r in torch_baseline.torch_baseline(cell, batch_size, dtype, steps=options.torch_steps,
-                                           modes=options.torch_modes):
+    with console_logs.phase(f'timing PyTorch ({", ".join(options.torch_modes)}), batch '
+                            f'{batch_size}, {dtype}'):
+      measured = torch_baseline.torch_baseline(cell, batch_size, dtype, steps=options.torch_steps,
+                                               modes=options.torch_modes)
+    for r in measured:
       rows.append(Measurement(batch_size, dtype, 1, r.compile_seconds, r.images_per_second,
                               None, None, None, r.memory_gib, variant=f'pytorch {r.mode}',
                               placement='synthetic', framework='torch', error=r.error))
+      log_row(rows[-1])
   return rows
 
 
@@ -299,6 +312,7 @@ def main(argv):
   del argv
   config = cli.CONFIG.value
   files.check_writable(_OUTPUT.value, '--output', is_file=True)
+  cli.say_outputs(_OUTPUT.value)
   try:
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
   except ValueError as e:

@@ -27,6 +27,7 @@ from typing import Callable
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_dict
 from ml_collections import config_flags
 
@@ -41,7 +42,6 @@ WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metri
 VERBOSE = flags.DEFINE_bool(
     'verbose', False, "Print libraries' lines (orbax, jax, TensorFlow, clu) on the console too, "
     'not only in the log file <workdir>/<command>.log.')
-_CLI_FLAGS = ('config', 'workdir', 'verbose')
 
 # What a config file is for: `parse_flags(kind=...)`.
 RUN = 'run'
@@ -92,15 +92,23 @@ def run(main: Callable[[list[str]], None], command: str, *, uses_config: bool = 
   Args:
     main: the command's main(argv).
     command: its name (`main`, `evaluate`, ...): its log file is `<workdir>/<command>.log`.
-    uses_config: it takes --config and --workdir (listed by its --help).
+    uses_config: it takes --config and (where it requires one) --workdir, which its --help
+      lists with its own flags.
     **parse_options: `parse_flags`'s options.
   """
-  own = [name for name in (*_CLI_FLAGS, 'checkpoint', 'output')
-         if name in flags.FLAGS and (uses_config or name == 'verbose')]
+  own = ['verbose', 'checkpoint', 'output'] + ['config'] * uses_config + ['workdir'] * (
+      uses_config and parse_options.get('require_workdir', True))
   for name in own:  # absl's --help lists the main module's key flags only.
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+    if name in flags.FLAGS:
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   app.run(functools.partial(console_logs.exit_on_user_error, main),
           flags_parser=functools.partial(parse_flags, command=command, **parse_options))
+
+
+def say_outputs(where: str) -> None:
+  """A command's first line: where its outputs go, and its log file."""
+  log = console_logs.log_path()
+  logging.info('outputs: %s%s', where, f"; libraries' messages: {log}" if log else '')
 
 
 def command_line() -> str:

@@ -16,6 +16,7 @@ errors there. A workdir the failed command created, holding nothing but its lock
 removed.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 import traceback
+from typing import Iterator
 
 from absl import logging as absl_logging
 
@@ -137,6 +139,12 @@ def _log_file() -> LogFile | None:
   return next((h for h in logging.root.handlers if isinstance(h, LogFile)), None)
 
 
+def log_path() -> str | None:
+  """The command's log file (None with --verbose, or before `setup`)."""
+  handler = _log_file()
+  return handler.path if handler else None
+
+
 def setup(command: str, folder: str | None, verbose: bool = False) -> str | None:
   """Splits what a command prints between the console and its log file; the log's path.
 
@@ -198,3 +206,26 @@ def exit_on_user_error(fn, *args, **kwargs):
     end_with(f'error: {e}', 2)
   except KeyboardInterrupt:
     end_with('stopped (Ctrl-C)', 130)
+
+
+@contextlib.contextmanager
+def phase(what: str, every_seconds: float = 10.0) -> Iterator[None]:
+  """Says `<what>: <n> s so far` every every_seconds while the block runs: never silent.
+
+  For a wait whose progress cannot be read (a compile, one compiled call, a child process); a
+  loop with steps logs its own progress with an ETA (`training.progress`).
+  """
+  start = time.perf_counter()
+  done = threading.Event()
+
+  def beat():
+    while not done.wait(every_seconds):
+      absl_logging.info('%s: %.0f s so far', what, time.perf_counter() - start)
+
+  thread = threading.Thread(target=beat, name='phase', daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+    thread.join()

@@ -23,6 +23,7 @@ import jax
 import ml_collections
 
 from resnet_jax import cli
+from resnet_jax import console_logs
 from resnet_jax import models
 from resnet_jax.pytorch import torch_import
 from resnet_jax.reporting import report
@@ -83,8 +84,11 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
     variables = state.eval_variables()
     history = meta.history
     source = checkpoint
-  test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size).score_split(
-      variables, run.splits.test_images, run.splits.test_labels)
+  with console_logs.phase(f'scoring {len(run.splits.test_labels):,} test images (compiling, '
+                          'then one call)'):
+    test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size
+                                            ).score_split(variables, run.splits.test_images,
+                                                          run.splits.test_labels)
   results = runs.run_results(run, models.count_params(variables['params']), test) | {
       'evaluated': torch_state_dict if torch_state_dict else directory,
       'wall_seconds': time.time() - start,
@@ -99,6 +103,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
 
 def run_evaluation(config, workdir: str) -> None:
   cli.check_output_writable(workdir, OUTPUT_DIR.value)
+  source = 'torch' if _TORCH_STATE_DICT.value else CHECKPOINT.value
+  cli.say_outputs(OUTPUT_DIR.value or os.path.join(workdir, f'evaluate_{source}'))
   distributed.initialize_from_env()
   with workdir_lock.hold(workdir, 'evaluate'):  # Not while a run writes its checkpoints.
     config = run_config.load_run_config(workdir, config)

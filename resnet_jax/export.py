@@ -99,6 +99,7 @@ def main(argv):
   def run(config, workdir):
     if not _TO.value:
       raise errors.UserError('--output is required, e.g. --output=model.pt')
+    cli.say_outputs(f'{_TO.value} and {definition_path(_TO.value)}')
     config = run_config.load_run_config(workdir, config)  # The run's own, by default.
     exported = export_run(config, workdir, _TO.value, _CHECKPOINT.value)
     print(f"wrote {exported['path']} ({exported['keys']} tensors, epoch {exported['epoch']}) "

@@ -357,6 +357,7 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
 
 def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> None:
   files.check_writable(workdir, '--workdir')
+  cli.say_outputs(f'{workdir} (a workdir a point, sweep.md)')
   distributed.initialize_from_env()
   rows = run_sweep(sweep_cfg, workdir, process_index, process_count)
   if jax.process_index() == 0:

@@ -158,16 +158,31 @@ def restore_named(workdir: str, checkpoint: str, abstract_state: steps.TrainStat
   if checkpoint not in CHECKPOINTS:
     raise UserError(f'--checkpoint={checkpoint} is not one of {", ".join(CHECKPOINTS)}')
   directory = files.as_path(workdir) / 'checkpoints' / checkpoint
-  if not directory.is_dir():
-    raise UserError(f'no checkpoint in {directory}: train first (python -m resnet_jax.main '
-                    f'--workdir={workdir}), or check --workdir')
+  if not _has_steps(directory):
+    raise UserError(missing_checkpoint(workdir, checkpoint))
   manager = checkpoint_manager(directory, read_only=True)
   try:
     if manager.latest_step() is None:
-      raise UserError(f'no checkpoint in {directory}: train first, or check --workdir')
+      raise UserError(missing_checkpoint(workdir, checkpoint))
     return restore_checkpoint(manager, abstract_state)
   finally:
     manager.close()
+
+
+def _has_steps(directory) -> bool:
+  """Whether an orbax checkpoint folder holds a step (a folder named by its number)."""
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def missing_checkpoint(workdir: str, checkpoint: str) -> str:
+  """The line for a checkpoint the workdir lacks, offering the latest where it has one."""
+  directory = files.as_path(workdir) / 'checkpoints' / checkpoint
+  if checkpoint != 'latest' and _has_steps(directory.parent / 'latest'):
+    return (f'no {checkpoint} checkpoint in {directory} (no epoch was validated yet, or '
+            'config.keep_best_checkpoint is off), but the run has a latest one: use '
+            '--checkpoint latest')
+  return (f'no checkpoint in {directory}: train first (python -m resnet_jax.main --config ... '
+          f'--workdir={workdir}), or check --workdir')
 
 
 def run_identity(config: ml_collections.ConfigDict, data_fingerprint: str,
@@ -233,7 +248,8 @@ class StopSignals:
       os._exit(130)  # pylint: disable=protected-access  # No traceback, no waiting on compiles.
     self.signal_name = signal.Signals(signum).name
     if signum == signal.SIGINT:
-      print('Ctrl-C: stopping after the call in flight and saving a checkpoint (Ctrl-C again '
+      print('Ctrl-C: stopping; the compiled call in flight (and the one queued behind it) must '
+            'finish before a checkpoint is saved, which can take a minute on a CPU (Ctrl-C again '
             'stops at once, without saving)', file=sys.stderr, flush=True)
       if self._several:
         os.kill(os.getpid(), signal.SIGTERM)

@@ -21,6 +21,8 @@ from absl import logging
 import jax
 import ml_collections
 
+from resnet_jax import cli
+from resnet_jax import console_logs
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.errors import UserError, one_line
@@ -98,10 +100,11 @@ class TrainLoop:
 
   def train(self) -> dict:
     """The phases in order; the results, or the stop's if a SIGTERM stopped the run."""
-    finished = self.resume()
-    if finished is not None:
-      return finished
-    self.prepare()
+    with console_logs.phase('setting up (checkpoints, the data feed, the compiles)'):
+      finished = self.resume()
+      if finished is not None:
+        return finished
+      self.prepare()
     for epoch in range(self.meta.epoch, self.run.config.num_epochs):
       stopped = self.train_epoch(epoch)
       if stopped is not None:
@@ -167,7 +170,8 @@ class TrainLoop:
     self.compiles_ahead = compiler.num_prepared - 1
     logging.info('compiling the train call (%d steps of batch %d) and %d more shapes after it',
                  calls[0][1], calls[0][2], self.compiles_ahead)
-    self.progress = progress.Progress(epoch_sums={}, last_log_step=int(state.step))
+    self.progress = progress.Progress(epoch_sums={}, last_log_step=int(state.step),
+                                      large_on_cpu=progress.is_large_on_cpu(run.parameters))
 
   # -------------------------------------------------------------------------------------------
   # An epoch.
@@ -318,8 +322,7 @@ class TrainLoop:
     signal_name = self.stop_signals.signal_name
     print(f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: saved a checkpoint at epoch '
           f'{epoch + 1}, step {step_in_epoch} of it (global step {step}); resume with the same '
-          f'command: python -m resnet_jax.main --config=<the same config> '
-          f'--workdir={self.run.workdir}', flush=True)
+          f'command: {cli.command_line()}', flush=True)
     return {'preempted': True, 'epoch': epoch, 'step': step, 'signal': signal_name}
 
 
