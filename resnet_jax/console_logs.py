@@ -182,7 +182,8 @@ def end_with(line: str, status: int) -> None:
   print(line, file=sys.stderr, flush=True)
   if handler:
     handler.take_console()
-    _remove_if_empty(handler)
+    if not handler.problems:
+      _remove_if_empty(handler)
   sys.exit(status)
 
 
