@@ -56,14 +56,17 @@ def checkpoint_flag(choices: tuple[str, ...]) -> flags.FlagHolder:
                            'Which checkpoint of the workdir to use.')
 
 
-@functools.cache
 def output_flag(default: str | None, what: str) -> flags.FlagHolder:
   """--output: where a command writes what it makes (one spelling for every command).
+
+  A process that imports several commands (the tests) has the first one's.
 
   Args:
     default: its default.
     what: its help text: what goes there, and where by default.
   """
+  if 'output' in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS['output'])
   holder = flags.DEFINE_string('output', default, what)
   for old in ('output_dir', 'to'):  # The spellings of earlier versions.
     flags.DEFINE_alias(old, 'output')
