@@ -20,6 +20,7 @@ The flags live here, not in main.py, because main.py runs as `__main__` and swee
 import functools
 import os
 import re
+import runpy
 import shlex
 import sys
 import traceback
@@ -259,3 +260,17 @@ def _where(error: BaseException) -> str:
   frames = [f for f in traceback.extract_tb(error.__traceback__)
             if not f.filename.startswith('<frozen')]
   return f' ({frames[-1].filename}, line {frames[-1].lineno})' if frames else ''
+
+
+COMMANDS = ('main', 'evaluate', 'inspect', 'export', 'compare', 'sweep', 'benchmark',
+            'platform_check', 'models')
+
+
+def console_main() -> None:
+  """`resnet-jax <command> [flags]` (pyproject's console script): python -m resnet_jax.<command>."""
+  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    print(f'usage: resnet-jax {{{",".join(COMMANDS)}}} [flags]  (each takes --help)',
+          file=sys.stderr)
+    sys.exit(2)
+  command = sys.argv.pop(1)
+  runpy.run_module(f'resnet_jax.{command}', run_name='__main__', alter_sys=True)

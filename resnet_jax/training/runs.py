@@ -134,7 +134,8 @@ def run_results(run: Run, parameters: int, test: dict) -> dict:
       'class_names': [str(name) for name in splits.class_names],
       'seed': config.seed,
       'versions': report.versions(),
-      'reference': config.reference.to_dict(),
+      # The figures a config names (no 0.0 for a figure it has not).
+      'reference': {key: value for key, value in config.reference.to_dict().items() if value},
       'workdir': str(files.as_path(run.workdir)),
       'command': cli.command_line(),
       'preempted': False,
