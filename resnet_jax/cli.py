@@ -132,7 +132,7 @@ def parse_flags(argv: list[str], require_workdir: bool = True, require_config: b
   """absl flag parsing, with every mistake (unknown key, bad value, bad file) one line, exit 2.
 
   Then the console is set (`console_logs.setup`): the command's log goes into the workdir (or,
-  without one, beside --output).
+  without one, beside --output where that folder exists).
 
   Args:
     argv: the command line.
@@ -148,8 +148,10 @@ def parse_flags(argv: list[str], require_workdir: bool = True, require_config: b
     check_config_argument(argv)
     remaining = flags.FLAGS(argv)
     output = flags.FLAGS['output'].value if 'output' in flags.FLAGS else None
-    console_logs.setup(command, WORKDIR.value or os.path.dirname(output or '') or None,
-                       verbose=VERBOSE.value)
+    beside_output = os.path.dirname(os.path.abspath(output)) if output else None
+    if beside_output and not os.path.isdir(beside_output):
+      beside_output = None  # The command refuses it in its own line; the log is not to make it.
+    console_logs.setup(command, WORKDIR.value or beside_output, verbose=VERBOSE.value)
     if flags.FLAGS['config'].present:
       check_config_kind(CONFIG.value, config_path(argv), kind)
     elif require_config:
