@@ -18,7 +18,6 @@ def get_config():
   config.batch_size = 64
   config.eval_batch_size = 256
   config.num_epochs = 2
-  config.log_every_steps = 4
   config.optim.learning_rate = 0.05
   config.reference.system = 'smoke test (tiny model)'
   return config

@@ -60,7 +60,11 @@ if ! $process_per_gpu; then
   exec "${main_command[@]}"
 fi
 
-if [[ -z $num_gpus ]]; then
+if [[ -z $num_gpus ]] && ! command -v nvidia-smi >/dev/null && $dry_run; then
+  # A dry run needs no GPU: it shows two, and says so.
+  echo "# nvidia-smi not found: showing 2 GPUs (pass --num-gpus N for another count)" >&2
+  num_gpus=2
+elif [[ -z $num_gpus ]]; then
   command -v nvidia-smi >/dev/null || die "nvidia-smi not found: pass --num-gpus N"
   num_gpus="$(nvidia-smi --list-gpus | wc -l)"
 fi

@@ -19,7 +19,6 @@ on this machine against the config alone (`variants.check_numerics`).
 """
 
 import dataclasses
-import functools
 import json
 import os
 import subprocess
@@ -27,13 +26,13 @@ import sys
 import tempfile
 from typing import Callable, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 import ml_collections
 
 from resnet_jax import cli
+from resnet_jax import console_logs
 from resnet_jax import errors
 from resnet_jax import files
 from resnet_jax.bench import throughput
@@ -102,15 +101,22 @@ def measure_variant(config: ml_collections.ConfigDict, splits, variant: variants
   rows = []
   for cell in grid_configs(config, variant, options):
     try:
-      row = throughput.measure(cell, splits, calls=options.calls,
-                               eval_repeats=3 if extras else 0, count_flops=extras)
+      with console_logs.phase(f'measuring {variant.name}, batch {cell.batch_size}, '
+                              f'{cell.model.dtype}'):
+        row = throughput.measure(cell, splits, calls=options.calls,
+                                 eval_repeats=3 if extras else 0, count_flops=extras)
       rows.append(dataclasses.replace(row, variant=variant.name))
     except errors.UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the next runs.
       rows.append(_failed(cell, variant.name, errors.one_line(e)))
-    logging.info('%s', rows[-1])
+    log_row(rows[-1])
   return rows
+
+
+def log_row(row: Measurement) -> None:
+  """A measured row as the table shows it."""
+  logging.info('%s', format_table([row]).splitlines()[-1])
 
 
 def run_child(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
@@ -122,8 +128,9 @@ def run_child(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
     command = [sys.executable, '-m', 'resnet_jax.benchmark', *options.argv,
                f'--only_variants={variant.name}', '--env_applied', f'--extras={extras}',
                '--torch_steps=0', f'--output={output}']
-    result = subprocess.run(command, env=variants_lib.environment(variant, os.environ),
-                            capture_output=True, text=True, check=False)
+    with console_logs.phase(f'measuring {variant.name} in its own process (its environment)'):
+      result = subprocess.run(command, env=variants_lib.environment(variant, os.environ),
+                              capture_output=True, text=True, check=False)
     if result.returncode == 0:
       with open(output, encoding='utf-8') as f:
         written = json.load(f)
@@ -143,11 +150,15 @@ def torch_rows(config: ml_collections.ConfigDict, options: Options,
   for dtype, batch_size in groups:
     cell = config.copy_and_resolve_references()
     cell.batch_size, cell.model.dtype = batch_size, dtype
-    for r in torch_baseline.torch_baseline(cell, batch_size, dtype, steps=options.torch_steps,
-                                           modes=options.torch_modes):
+    with console_logs.phase(f'timing PyTorch ({", ".join(options.torch_modes)}), batch '
+                            f'{batch_size}, {dtype}'):
+      measured = torch_baseline.torch_baseline(cell, batch_size, dtype, steps=options.torch_steps,
+                                               modes=options.torch_modes)
+    for r in measured:
       rows.append(Measurement(batch_size, dtype, 1, r.compile_seconds, r.images_per_second,
                               None, None, None, r.memory_gib, variant=f'pytorch {r.mode}',
                               placement='synthetic', framework='torch', error=r.error))
+      log_row(rows[-1])
   return rows
 
 
@@ -276,7 +287,7 @@ _STEPS_PER_CALL = flags.DEFINE_integer(
     'steps_per_call', 0, 'Steps fused in one compiled call (sets config.steps_per_call); 0 = '
     'as training picks them for this config and data size.')
 _CALLS = flags.DEFINE_integer('calls', 5, 'Timed calls after two warm-up calls.', lower_bound=1)
-_OUTPUT = flags.DEFINE_string('output', 'benchmark.json', 'Where the JSON goes.')
+_OUTPUT = cli.output_flag('benchmark.json', 'File the JSON goes to.')
 _VARIANTS = flags.DEFINE_string(
     'variants', '', 'A variants file (configs/benchmarks/*.py); empty: the config alone.')
 _ONLY_VARIANTS = flags.DEFINE_list('only_variants', [], 'Measure only these variants.')
@@ -317,10 +328,11 @@ def _write(result: dict) -> None:
   files.write_atomic(_OUTPUT.value, json.dumps(result, indent=2))
 
 
-def _main(argv):
+def main(argv):
   del argv
   config = cli.CONFIG.value
   files.check_writable(_OUTPUT.value, '--output', is_file=True)
+  cli.say_outputs(_OUTPUT.value)
   try:
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
   except ValueError as e:
@@ -345,9 +357,5 @@ def _main(argv):
   print(f'wrote {_OUTPUT.value}')
 
 
-def main(argv):
-  errors.exit_on_user_error(_main, argv)
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_workdir=False))
+  cli.run(main, 'benchmark', require_workdir=False)

@@ -1,26 +1,35 @@
-"""The flags every command shares (--config, --workdir) and the parser that checks them.
+"""The flags every command shares (--config, --workdir, --verbose, --output) and how it runs.
 
-Each command (`main`, `evaluate`, `benchmark`, `sweep`, `inspect`) runs `parse_flags` before its
-work. It sets what reaches the console (`--verbose` brings back libraries' INFO lines), turns on
-the persistent compilation cache (`compile_cache`), and makes
-every mistake in the flags or the config file (a missing file, a syntax error or failing import
-in it, no `get_config`, an unknown key, a bad value, a sweep config given to a training command
-or the reverse) one line `error: ...` on stderr and exit status 2.
+Every command runs through `run`: its --help lists its own flags and the shared ones it uses;
+`parse_flags` sets what reaches the console (`console_logs`: `--verbose` brings back the
+libraries' lines), turns on the persistent compilation cache (`compile_cache`), and makes every
+mistake in the flags or the config file (a missing file, a syntax error or failing import in
+it, no `get_config`, an unknown key, a bad value, a sweep config given to a training command or
+the reverse, a run's config.json) one line `error: ...` on stderr, the last printed, and exit
+status 2; a UserError in the work ends the same way.
 
-The commands that read a finished run (evaluate, inspect, export) share `--checkpoint` and, for
-the first two, `--output_dir`: `checkpoint_flag()` and `output_dir_flag()` define each once, for
-the commands that call them, so no command lists a flag it ignores.
+The commands that read a finished run (evaluate, inspect, export) share `--checkpoint`; every
+command that writes something other than a workdir names it with `--output` (`output_flag`: a
+folder for evaluate and inspect, a file for export and benchmark; `--output_dir` and `--to` are
+its old spellings). Each is defined once, for the commands that call it, so no command lists a
+flag it ignores.
 
 The flags live here, not in main.py, because main.py runs as `__main__` and sweep configs import
 `resnet_jax.sweep`, which imports this module: flags defined in `__main__` would be defined twice.
 """
 
 import functools
+import os
 import re
+import runpy
+import shlex
 import sys
 import traceback
+from typing import Callable
 
+from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_dict
 from ml_collections import config_flags
 
@@ -34,7 +43,8 @@ CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
 VERBOSE = flags.DEFINE_bool(
-    'verbose', False, "Also print libraries' INFO lines (orbax, jax, clu), dropped by default.")
+    'verbose', False, "Print libraries' lines (orbax, jax, TensorFlow, clu) on the console too, "
+    'not only in the log file <workdir>/<command>.log.')
 
 # What a config file is for: `parse_flags(kind=...)`.
 RUN = 'run'
@@ -49,38 +59,101 @@ def checkpoint_flag(choices: tuple[str, ...]) -> flags.FlagHolder:
                            'Which checkpoint of the workdir to use.')
 
 
-@functools.cache
+def output_flag(default: str | None, what: str) -> flags.FlagHolder:
+  """--output: where a command writes what it makes (one spelling for every command).
+
+  A process that imports several commands (the tests) has the first one's.
+
+  Args:
+    default: its default.
+    what: its help text: what goes there, and where by default.
+  """
+  if 'output' in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS['output'])
+  holder = flags.DEFINE_string('output', default, what)
+  for old in ('output_dir', 'to'):  # The spellings of earlier versions.
+    flags.DEFINE_alias(old, 'output')
+  return holder
+
+
 def output_dir_flag() -> flags.FlagHolder:
-  """--output_dir: where evaluate and inspect write (by default a folder inside the workdir)."""
-  return flags.DEFINE_string(
-      'output_dir', None,
-      'Where the outputs go; default <workdir>/evaluate_<which> (evaluate), <workdir>/inspect.')
+  """--output of evaluate and inspect: a folder, by default inside the workdir."""
+  return output_flag(None, 'Folder the outputs go to; default <workdir>/evaluate_<which> '
+                     '(evaluate), <workdir>/inspect (inspect).')
 
 
 def check_output_writable(workdir: str, output_dir: str | None) -> None:
   """UserError unless a reading command's outputs can be written: to output_dir, else workdir."""
   if output_dir:
-    files.check_writable(output_dir, '--output_dir')
+    files.check_writable(output_dir, '--output')
   else:
     files.check_writable(workdir, '--workdir')
 
 
+def run(main: Callable[[list[str]], None], command: str, *, uses_config: bool = True,
+        **parse_options) -> None:
+  """Runs a command's main as every command runs: its flags parsed, its console set, one line
+  for a user error (`console_logs`).
+
+  Args:
+    main: the command's main(argv).
+    command: its name (`main`, `evaluate`, ...): its log file is `<workdir>/<command>.log`.
+    uses_config: it takes --config and (where it requires one) --workdir, which its --help
+      lists with its own flags.
+    **parse_options: `parse_flags`'s options.
+  """
+  own = ['verbose', 'checkpoint', 'output'] + ['config'] * uses_config + ['workdir'] * (
+      uses_config and parse_options.get('require_workdir', True))
+  for name in own:  # absl's --help lists the main module's key flags only.
+    if name in flags.FLAGS:
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  app.run(functools.partial(console_logs.exit_on_user_error, main),
+          flags_parser=functools.partial(parse_flags, command=command, **parse_options))
+
+
+def say_outputs(where: str) -> None:
+  """A command's first line: where its outputs go, and its log file."""
+  log = console_logs.log_path()
+  logging.info('outputs: %s%s', where, f"; libraries' messages: {log}" if log else '')
+
+
+def command_line() -> str:
+  """The command as the user typed it: `python -m resnet_jax.<command> <arguments>`."""
+  program = sys.argv[0]
+  if program.endswith('.py'):  # python -m resnet_jax.x gives the module's file.
+    module = os.path.splitext(os.path.relpath(program, os.path.dirname(console_logs.PACKAGE_DIR)))[0]
+    if not module.startswith('..'):
+      program = 'python -m ' + module.replace(os.sep, '.').removesuffix('.__main__')
+  else:
+    program = os.path.basename(program)
+  return ' '.join([program, *map(shlex.quote, sys.argv[1:])])
+
+
 def parse_flags(argv: list[str], require_workdir: bool = True, require_config: bool = True,
-                kind: str = RUN) -> list[str]:
+                kind: str = RUN, command: str = 'resnet_jax') -> list[str]:
   """absl flag parsing, with every mistake (unknown key, bad value, bad file) one line, exit 2.
+
+  Then the console is set (`console_logs.setup`): the command's log goes into the workdir (or,
+  without one, beside --output where that folder exists).
 
   Args:
     argv: the command line.
     require_workdir: --workdir must be given.
     require_config: --config must be given.
     kind: RUN (a training config, configs/*.py) or SWEEP (configs/sweeps/*.py).
+    command: the command's name, its log file's.
 
   Returns:
     The arguments that are not flags.
   """
   try:
+    check_config_argument(argv)
     remaining = flags.FLAGS(argv)
-    console_logs.quiet_library_logs(verbose=VERBOSE.value)
+    output = flags.FLAGS['output'].value if 'output' in flags.FLAGS else None
+    beside_output = os.path.dirname(os.path.abspath(output)) if output else None
+    if beside_output and not os.path.isdir(beside_output):
+      beside_output = None  # The command refuses it in its own line; the log is not to make it.
+    console_logs.setup(command, WORKDIR.value or beside_output, verbose=VERBOSE.value)
     compile_cache.enable()
     if flags.FLAGS['config'].present:
       check_config_kind(CONFIG.value, config_path(argv), kind)
@@ -89,9 +162,25 @@ def parse_flags(argv: list[str], require_workdir: bool = True, require_config: b
     if require_workdir and not WORKDIR.value:
       raise UserError('--workdir is required, e.g. --workdir=runs/best')
   except Exception as e:  # pylint: disable=broad-except  # The config file runs users' code.
-    print(f'error: {flag_error_message(argv, e)}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    console_logs.end_with(f'error: {flag_error_message(argv, e)}', 2)
   return remaining
+
+
+def check_config_argument(argv: list[str]) -> None:
+  """UserError for what config_flags would misread: a run's config.json as --config, or
+  `--config.x=...` overrides without a --config to apply them to."""
+  path = config_path(argv)
+  if path.split(':', 1)[0].endswith('.json'):
+    folder = os.path.dirname(path) or '.'
+    raise UserError(f"--config={path} is a run's saved config, not a config file: give the "
+                    f'configs/*.py it was trained with (overrides included), or --workdir={folder} '
+                    'alone to evaluate, inspect or export it (they read its config.json)')
+  override = next((a for a in argv[1:] if a.lstrip('-').startswith('config.')), None)
+  if override and not path:
+    name = override.split('=', 1)[0]
+    raise UserError(f'{name} needs --config: give the config file the run was trained with, e.g. '
+                    f'--config=configs/best.py {override} (evaluate checks it against the '
+                    "workdir's config.json)")
 
 
 def config_path(argv: list[str]) -> str:
@@ -134,30 +223,41 @@ def flag_error_message(argv: list[str], error: BaseException) -> str:
     if 'Error whilst parsing config file' in str(error):  # Its message ends with the cause.
       return f'--config={path} cannot be loaded: {last_line(error)}'
     return one_line(error)
-  text = one_line(error)
+  text = str(error).replace('\\n', '\n')
   if 'get_config' in text and isinstance(error, AttributeError):
     return (f'--config={path} defines no get_config(); a config file defines get_config() '
             'returning a ConfigDict (see configs/)')
   key = _locked_key(text)
   if key is not None:
-    return unknown_key_message(argv, key, path)
-  return f'--config={path} cannot be loaded: {type(error).__name__}: {text}{_where(error)}'
+    return unknown_key_message(argv, key, path, text)
+  return (f'--config={path} cannot be loaded: {type(error).__name__}: {one_line(error)}'
+          f'{_where(error)}')
 
 
 def _locked_key(text: str) -> str | None:
   """The key of a locked ConfigDict's 'Key "x" does not exist' error, or of a bare KeyError."""
   match = (re.search(r'Key "([^"]+)" does not exist', text)
+           or re.search(r'instead of "([^"]+)"', text)
            or re.fullmatch(r'"?\'([^\']+)\'"?', text))
   return match.group(1) if match else None
 
 
-def unknown_key_message(argv: list[str], key: str, path: str) -> str:
-  """One line naming the `--config.x.y` override, or the config file, that sets key `key`."""
+def unknown_key_message(argv: list[str], key: str, path: str, text: str = '') -> str:
+  """`unknown key x, did you mean y`, naming the `--config.x` override or the file that sets it.
+
+  Args:
+    argv: the command line.
+    key: the unknown key.
+    path: the --config file.
+    text: the ConfigDict's error, whose 'Did you mean "y"' gives the suggestion.
+  """
+  suggestion = re.search(r'Did you mean "([^"]+)"', text)
+  unknown = f'unknown key {key}' + (f', did you mean {suggestion.group(1)}?' if suggestion else '')
   for argument in argv:
     name = argument.lstrip('-').split('=', 1)[0]
     if name.startswith('config.') and key in name.split('.'):
-      return f'{name} is not a config key (a misspelling?); {_KEY_HINT}'
-  return f'--config={path} sets {key}, which is not a config key (a misspelling?); {_KEY_HINT}'
+      return f'--{name}: {unknown} ({_KEY_HINT})'
+  return f'--config={path}: {unknown} ({_KEY_HINT})'
 
 
 def _where(error: BaseException) -> str:
@@ -165,3 +265,17 @@ def _where(error: BaseException) -> str:
   frames = [f for f in traceback.extract_tb(error.__traceback__)
             if not f.filename.startswith('<frozen')]
   return f' ({frames[-1].filename}, line {frames[-1].lineno})' if frames else ''
+
+
+COMMANDS = ('main', 'evaluate', 'inspect', 'export', 'compare', 'sweep', 'benchmark',
+            'platform_check', 'models')
+
+
+def console_main() -> None:
+  """`resnet-jax <command> [flags]` (pyproject's console script): python -m resnet_jax.<command>."""
+  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    print(f'usage: resnet-jax {{{",".join(COMMANDS)}}} [flags]  (each takes --help)',
+          file=sys.stderr)
+    sys.exit(2)
+  command = sys.argv.pop(1)
+  runpy.run_module(f'resnet_jax.{command}', run_name='__main__', alter_sys=True)

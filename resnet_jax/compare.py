@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 from typing import Sequence
 
 from absl import app
@@ -210,7 +209,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int
   summary = summarise(runs)
   os.makedirs(workdir, exist_ok=True)
   plot(runs, os.path.join(workdir, FIGURE_FILE))
-  command = ' '.join(['python -m resnet_jax.compare'] + sys.argv[1:])
+  command = cli.command_line()
   files.write_atomic(os.path.join(workdir, MARKDOWN_FILE), markdown(config, summary, runs, command))
   files.write_atomic(os.path.join(workdir, JSON_FILE),
                      json.dumps(dict(summary, versions=_versions(runs), command=command), indent=2))
@@ -226,13 +225,14 @@ def main(argv):
       seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else None
     except ValueError as e:
       raise errors.UserError(f'--seeds={",".join(_SEEDS.value)} must be integers') from e
+    cli.say_outputs(f'{workdir} (compare.md, a workdir a framework and seed)')
     summary = compare(config, workdir, seeds, _JAX_WORKDIR.value, _TORCH_THREADS.value)
     print(f"final validation accuracy: JAX {summary['jax']['final'][0]:.2f}%, PyTorch "
           f"{summary['torch']['final'][0]:.2f}% (gap {summary['gap']['final']:+.2f}); "
           f'{workdir}/{MARKDOWN_FILE}', flush=True)
 
-  errors.exit_on_user_error(run, cli.CONFIG.value, cli.WORKDIR.value)
+  run(cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, 'compare')

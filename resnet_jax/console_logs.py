@@ -1,41 +1,232 @@
-"""What reaches the console: resnet-jax's own lines and every warning, not libraries' INFO noise.
+"""The console is what a person reads; everything else goes to the command's log file.
 
-Left alone, a run's console holds several orbax INFO lines per checkpoint and, on every machine
-without a TPU, jax's "Unable to initialize backend 'tpu'" line. Every command (`main`, `sweep`,
-`evaluate`, `inspect`, `benchmark`) calls `quiet_library_logs` once its flags are parsed
-(`main.parse_flags`), so their consoles keep only resnet-jax's own log lines and warnings or
-worse from anyone; `--verbose` keeps everything.
+Every command calls `setup` once its flags are parsed (`cli.parse_flags`). Then:
+- the console gets resnet-jax's own lines only, each `HH:MM:SS message` (a warning
+  `HH:MM:SS warning: message`), without absl's glog prefix;
+- every other record (orbax, jax, TFDS, clu, asyncio's unretrieved futures), Python's "Exception
+  ignored in ..." reports (orbax's coroutines), threads' uncaught exceptions and all that C and
+  C++ code writes to stderr (TensorFlow's absl::InitializeLog and oneDNN banners, XLA) go to the
+  log file `<workdir>/<command>.log` (or beside --output; a temporary folder without either);
+`--verbose` leaves everything on the console, as the libraries print it.
+
+A command that ends on a user error ends through `end_with` (`exit_on_user_error`): its
+`error: ...` line is the last thing printed (what libraries write afterwards, at interpreter exit
+or from threads, goes to the log file), naming the log file where a library recorded warnings or
+errors there. A workdir the failed command created, holding nothing but its lock and log, is
+removed.
 """
 
+import contextlib
 import logging
 import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from typing import Iterator
 
 from absl import logging as absl_logging
 
+from resnet_jax import files
+from resnet_jax.errors import UserError
+
 PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
+# The logger of what this module forwards for libraries (unraisable exceptions, threads' errors).
+_FORWARDED = 'resnet_jax.library'
 
 
 def from_this_package(record: logging.LogRecord) -> bool:
   """Whether a log record was made by code of resnet_jax (not by a library it calls)."""
-  return os.path.realpath(record.pathname).startswith(PACKAGE_DIR + os.sep)
+  return (record.name != _FORWARDED
+          and os.path.realpath(record.pathname).startswith(PACKAGE_DIR + os.sep))
 
 
 def keep_record(record: logging.LogRecord) -> bool:
-  """The console filter: warnings and worse from anyone, INFO and below from resnet_jax only."""
-  return record.levelno >= logging.WARNING or from_this_package(record)
+  """The console filter: resnet_jax's own records; libraries' go to the log file."""
+  return from_this_package(record)
 
 
-def quiet_library_logs(verbose: bool = False) -> None:
-  """Filters libraries' INFO lines (orbax, jax, clu, ...) from absl's console handler.
+class ShortFormatter(logging.Formatter):
+  """`HH:MM:SS message`; a warning or an error says so after the time."""
 
-  Python logging's records (jax's, orbax's) reach the console through the same handler, so one
-  filter covers both. Calling it again replaces the choice.
+  def format(self, record: logging.LogRecord) -> str:
+    when = time.strftime('%H:%M:%S', time.localtime(record.created))
+    level = '' if record.levelno < logging.WARNING else f'{record.levelname.lower()}: '
+    return f'{when} {level}{record.getMessage()}'
+
+
+class LogFile(logging.Handler):
+  """Every record, glog-formatted, into the command's log file; C and C++ output goes there too.
+
+  Attributes:
+    path: the file.
+    folder: the workdir or output folder it is in ('' for a temporary one).
+    folder_existed: whether that folder was there before the command.
+    problems: how many library records of WARNING or worse it holds.
+    console: a file descriptor of the console (the original stderr), once file descriptor 2
+      points at the log.
+  """
+
+  def __init__(self, folder: str, command: str):
+    super().__init__(logging.DEBUG)
+    self.folder = folder if folder and not files.is_url(folder) else ''
+    self.folder_existed = bool(self.folder) and os.path.exists(self.folder)
+    self.problems = 0
+    self.console = None
+    self.setFormatter(absl_logging.PythonFormatter())
+    try:
+      self._file = self._open(self.folder, command)
+    except OSError:  # A folder the command cannot write (the command says so in its own line).
+      self.folder = ''
+      self._file = self._open('', command)
+    self.path = self._file.name
+
+  @staticmethod
+  def _open(folder: str, command: str):
+    folder = folder or os.path.join(tempfile.gettempdir(), f'resnet_jax_{os.getpid()}')
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(os.path.abspath(folder), f'{command}.log')
+    return open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      self._file.write(self.format(record) + '\n')
+      self._file.flush()
+      if record.levelno >= logging.WARNING and not from_this_package(record):
+        self.problems += 1
+    except Exception:  # pylint: disable=broad-except  # A full disk must not end the command.
+      pass
+
+  def take_native_output(self) -> None:
+    """Points file descriptor 2, where C and C++ code writes, at the log; sys.stderr keeps the
+    console."""
+    sys.stderr.flush()
+    self.console = os.dup(2)
+    os.dup2(self._file.fileno(), 2)
+    sys.stderr = open(self.console, 'w', buffering=1, encoding='utf-8',  # pylint: disable=consider-using-with
+                      closefd=False)
+    absl_logging.get_absl_handler().python_handler.setStream(sys.stderr)
+
+  def take_console(self) -> None:
+    """Points stdout and the console at the log too: nothing more is shown."""
+    for stream in (sys.stdout, sys.stderr):
+      stream.flush()
+    for fd in (1, 2, self.console):
+      if fd is not None:
+        os.dup2(self._file.fileno(), fd)
+
+  def close(self) -> None:
+    self._file.close()
+    super().close()
+
+
+def _forward_unraisable(unraisable) -> None:
+  text = ''.join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                            unraisable.exc_traceback))
+  logging.getLogger(_FORWARDED).error('%s: %r\n%s', unraisable.err_msg or 'Exception ignored in',
+                                      unraisable.object, text)
+
+
+def _forward_thread_exception(args) -> None:
+  text = ''.join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+  logging.getLogger(_FORWARDED).error('exception in thread %s\n%s',
+                                      getattr(args.thread, 'name', '?'), text)
+
+
+def _log_file() -> LogFile | None:
+  return next((h for h in logging.root.handlers if isinstance(h, LogFile)), None)
+
+
+def log_path() -> str | None:
+  """The command's log file (None with --verbose, or before `setup`)."""
+  handler = _log_file()
+  return handler.path if handler else None
+
+
+def setup(command: str, folder: str | None, verbose: bool = False) -> str | None:
+  """Splits what a command prints between the console and its log file; the log's path.
+
+  Called once a process, by `cli.parse_flags`.
 
   Args:
-    verbose: True keeps every line (the filter is removed).
+    command: the command's name (`main`, `evaluate`, ...), the log file's name.
+    folder: the workdir or output folder the log goes into (created if missing).
+    verbose: True: everything on the console, as the libraries print it, and no log file.
   """
-  handler = absl_logging.get_absl_handler()
   if verbose:
-    handler.removeFilter(keep_record)
-  else:
-    handler.addFilter(keep_record)  # Added once however often it is called.
+    return None
+  console = absl_logging.get_absl_handler()
+  console.addFilter(keep_record)
+  console.setFormatter(ShortFormatter())
+  handler = LogFile(folder or '', command)
+  logging.root.addHandler(handler)
+  logging.captureWarnings(True)
+  sys.unraisablehook = _forward_unraisable
+  threading.excepthook = _forward_thread_exception
+  handler.take_native_output()
+  return handler.path
+
+
+def end_with(line: str, status: int) -> None:
+  """Prints line as the command's last, and exits with status; nothing is printed after it.
+
+  The line names the log file where libraries recorded warnings or errors there. A workdir the
+  command created that holds nothing but its lock and log is removed.
+  """
+  handler = _log_file()
+  if handler and handler.problems:
+    line = f'{line} (library messages in {handler.path})'
+  sys.stdout.flush()
+  print(line, file=sys.stderr, flush=True)
+  if handler:
+    handler.take_console()
+    if not handler.problems:
+      _remove_if_empty(handler)
+  sys.exit(status)
+
+
+def _remove_if_empty(handler: LogFile) -> None:
+  """Removes the workdir a failed command created where it holds only the lock and the log."""
+  folder = handler.folder
+  if not folder or handler.folder_existed or not os.path.isdir(folder):
+    return
+  if set(os.listdir(folder)) <= {files.LOCK_FILE, os.path.basename(handler.path)}:
+    shutil.rmtree(folder, ignore_errors=True)  # The open log is then written to nowhere.
+
+
+def exit_on_user_error(fn, *args, **kwargs):
+  """Runs fn; a UserError ends the command with its one line (`end_with`), status 2.
+
+  Ctrl-C outside training (which stops after a call and saves) ends it with status 130.
+  """
+  try:
+    return fn(*args, **kwargs)
+  except UserError as e:
+    end_with(f'error: {e}', 2)
+  except KeyboardInterrupt:
+    end_with('stopped (Ctrl-C)', 130)
+
+
+@contextlib.contextmanager
+def phase(what: str, every_seconds: float = 10.0) -> Iterator[None]:
+  """Says `<what>: <n> s so far` every every_seconds while the block runs: never silent.
+
+  For a wait whose progress cannot be read (a compile, one compiled call, a child process); a
+  loop with steps logs its own progress with an ETA (`training.progress`).
+  """
+  start = time.perf_counter()
+  done = threading.Event()
+
+  def beat():
+    while not done.wait(every_seconds):
+      absl_logging.info('%s: %.0f s so far', what, time.perf_counter() - start)
+
+  thread = threading.Thread(target=beat, name='phase', daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+    thread.join()

@@ -1,12 +1,11 @@
 """The one exception type for user mistakes.
 
 Anything a user can fix (a bad config value, a missing data set, a corrupt checkpoint, a NaN loss)
-raises `UserError` with a one-line message that says what is wrong and how to fix it. Entry points
-(`main`, `evaluate`, `benchmark`, `sweep`, `inspect`) catch it, print `error: <message>` to stderr
-and exit with status 2, with no traceback.
+raises `UserError` with a one-line message that says what is wrong and how to fix it. Every
+command (through `cli.run`, `console_logs.exit_on_user_error`) prints `error: <message>` to stderr
+as its last line and exits with status 2, with no traceback.
 """
 
-import sys
 import traceback
 
 
@@ -40,19 +39,3 @@ def located(error: BaseException) -> str:
             if not frame.filename.startswith('<frozen')]
   where = f' ({frames[-1].filename}, line {frames[-1].lineno})' if frames else ''
   return f'{type(error).__name__}: {one_line(error)}{where}'
-
-
-def exit_on_user_error(fn, *args, **kwargs):
-  """Runs fn; a UserError becomes one line on stderr and exit status 2, Ctrl-C status 130.
-
-  (Training handles Ctrl-C itself, saving a checkpoint; this catches it anywhere else.)
-  """
-  try:
-    return fn(*args, **kwargs)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
-  except KeyboardInterrupt:
-    print('interrupted (Ctrl-C); nothing was written since the last checkpoint', file=sys.stderr,
-          flush=True)
-    sys.exit(130)

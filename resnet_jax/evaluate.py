@@ -11,10 +11,9 @@ kuangliu/pytorch-cifar and Nikunj-Gupta/Efficient_ResNets and their checkpoint f
 imported only then). `--model NAME` (python -m resnet_jax.models) replaces config.model, e.g.
 `--model senet18`.
 The report (results.json, confusion.png, report.md, and curves.png where the checkpoint has a
-history) goes to --output_dir, by default <workdir>/evaluate_<latest|best|torch>.
+history) goes to --output, by default <workdir>/evaluate_<latest|best|torch>.
 """
 
-import functools
 import os
 import time
 
@@ -24,7 +23,7 @@ import jax
 import ml_collections
 
 from resnet_jax import cli
-from resnet_jax import errors
+from resnet_jax import console_logs
 from resnet_jax import models
 from resnet_jax import pytorch
 from resnet_jax.pytorch import torch_import
@@ -86,8 +85,11 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
     variables = state.eval_variables()
     history = meta.history
     source = checkpoint
-  test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size).score_split(
-      variables, run.splits.test_images, run.splits.test_labels)
+  with console_logs.phase(f'scoring {len(run.splits.test_labels):,} test images (compiling, '
+                          'then one call)'):
+    test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size
+                                            ).score_split(variables, run.splits.test_images,
+                                                          run.splits.test_labels)
   results = runs.run_results(run, models.count_params(variables['params']), test) | {
       'evaluated': torch_state_dict if torch_state_dict else directory,
       'wall_seconds': time.time() - start,
@@ -104,6 +106,8 @@ def run_evaluation(config, workdir: str) -> None:
   cli.check_output_writable(workdir, OUTPUT_DIR.value)
   if _TORCH_STATE_DICT.value:
     pytorch.require_torch('--torch_state_dict')
+  source = 'torch' if _TORCH_STATE_DICT.value else CHECKPOINT.value
+  cli.say_outputs(OUTPUT_DIR.value or os.path.join(workdir, f'evaluate_{source}'))
   distributed.initialize_from_env()
   with workdir_lock.hold(workdir, 'evaluate'):  # Not while a run writes its checkpoints.
     config = run_config.load_run_config(workdir, config)
@@ -118,8 +122,8 @@ def run_evaluation(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  errors.exit_on_user_error(run_evaluation, cli.CONFIG.value, cli.WORKDIR.value)
+  run_evaluation(cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_config=False))
+  cli.run(main, 'evaluate', require_config=False)

@@ -1,6 +1,6 @@
 r"""A trained run's checkpoint -> a PyTorch checkpoint in the kuangliu layout, and its module.
 
-  python -m resnet_jax.export --workdir runs/best --to model.pt [--checkpoint best]
+  python -m resnet_jax.export --workdir runs/best --output model.pt [--checkpoint best]
 
 The run's own config comes from its config.json (a --config given must agree with it).
 
@@ -18,13 +18,11 @@ that loads it, needing nothing but torch:
 Needs PyTorch (the `torch` extra).
 """
 
-import functools
 import io
 import os
 import pathlib
 
 from absl import app
-from absl import flags
 import ml_collections
 
 from resnet_jax import cli
@@ -38,7 +36,8 @@ from resnet_jax.training import runs
 from resnet_jax.training import workdir_lock
 
 _CHECKPOINT = cli.checkpoint_flag(checkpoints.CHECKPOINTS)
-_TO = flags.DEFINE_string('to', None, 'Where the PyTorch checkpoint goes, e.g. model.pt.')
+_TO = cli.output_flag(None, 'File the PyTorch checkpoint goes to, e.g. model.pt (model.py goes '
+                      'beside it).')
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str,
@@ -57,14 +56,14 @@ def definition_path(path: str) -> str:
 
 
 def check_destination(path: str) -> str:
-  """UserError unless --to=path and the module beside it can be written; that module's path."""
+  """UserError unless --output=path and the module beside it can be written; that module's path."""
   definition = definition_path(path)
   if os.path.abspath(definition) == os.path.abspath(path):
-    raise errors.UserError(f'--to={path} must not end in .py (model.py goes beside it)')
-  files.check_writable(path, '--to', is_file=True)
+    raise errors.UserError(f'--output={path} must not end in .py (model.py goes beside it)')
+  files.check_writable(path, '--output', is_file=True)
   if os.path.isdir(definition):
-    raise errors.UserError(f'--to={path}: {definition} (the module written beside it) is a '
-                           'folder; pick another --to')
+    raise errors.UserError(f'--output={path}: {definition} (the module written beside it) is a '
+                           'folder; pick another --output')
   return definition
 
 
@@ -115,17 +114,18 @@ def main(argv):
 
   def run(config, workdir):
     if not _TO.value:
-      raise errors.UserError('--to is required, e.g. --to=model.pt')
+      raise errors.UserError('--output is required, e.g. --output=model.pt')
     check_destination(_TO.value)  # Before any work, as is PyTorch.
     pytorch.require_torch('export')
+    cli.say_outputs(f'{_TO.value} and {definition_path(_TO.value)}')
     with workdir_lock.hold(workdir, 'export'):  # Not while a run rotates its checkpoints.
       config = run_config.load_run_config(workdir, config)  # The run's own, by default.
       exported = export_run(config, workdir, _TO.value, _CHECKPOINT.value)
     print(f"wrote {exported['path']} ({exported['keys']} tensors, epoch {exported['epoch']}) "
           f"and its module {exported['definition']}", flush=True)
 
-  errors.exit_on_user_error(run, cli.CONFIG.value, cli.WORKDIR.value)
+  run(cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_config=False))
+  cli.run(main, 'export', require_config=False)

@@ -16,6 +16,8 @@ from etils import epath
 
 from resnet_jax.errors import UserError
 
+LOCK_FILE = '.lock'  # a live command's lock in its workdir (training.workdir_lock)
+
 
 def is_url(path: epath.PathLike) -> bool:
   """Whether path names a remote store (gs://bucket/...) rather than a local file."""

@@ -1,11 +1,11 @@
 r"""Looks inside a trained run: summary, Grad-CAM maps, parameter histograms, confusion matrix.
 
   python -m resnet_jax.inspect --workdir runs/best [--gradcam_layers=layer1,layer3_0]
-      [--num_images=8] [--checkpoint=latest|best] [--output_dir=DIR] [--config=configs/best.py]
+      [--num_images=8] [--checkpoint=latest|best] [--output=DIR] [--config=configs/best.py]
 
 Restores the run's checkpoint (the config it was trained with is read from <workdir>/config.json;
 a --config given must agree with it, see `run_config`) and writes into <workdir>/inspect (or
---output_dir):
+--output):
 - summary.txt: the model summary table (also printed);
 - gradcam.png: Grad-CAM maps (seed 004, figure 13) of the chosen layers on sample test images,
   one of each class in turn; a layer is a top-level module (`conv1`, `se`, `layer3_1`) or
@@ -27,7 +27,6 @@ from ml_collections import config_dict
 import numpy as np
 
 from resnet_jax import cli
-from resnet_jax import errors
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import augment
@@ -124,6 +123,7 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
 
 def _run(config, workdir: str) -> None:
   cli.check_output_writable(workdir, _OUTPUT_DIR.value)
+  cli.say_outputs(_OUTPUT_DIR.value or os.path.join(workdir, 'inspect'))
   distributed.initialize_from_env()
   with workdir_lock.hold(workdir, 'inspect'):  # Not while a run writes its checkpoints.
     config = run_config.load_run_config(workdir, config)
@@ -139,8 +139,8 @@ def _run(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  errors.exit_on_user_error(_run, cli.CONFIG.value, cli.WORKDIR.value)
+  _run(cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, require_config=False))
+  cli.run(main, 'inspect', require_config=False)

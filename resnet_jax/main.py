@@ -11,7 +11,6 @@ from absl import app
 from absl import logging
 
 from resnet_jax import cli
-from resnet_jax import errors
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.reporting import report
@@ -21,6 +20,7 @@ from resnet_jax.training import train
 
 def run(config, workdir: str) -> None:
   files.check_writable(workdir, '--workdir')
+  cli.say_outputs(f'{workdir} (checkpoints, metrics, report.md)')
   distributed.initialize_from_env()
   print(models.summary_table(config.model), flush=True)
   results = train.train_and_evaluate(config, workdir)
@@ -37,8 +37,8 @@ def run(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  errors.exit_on_user_error(run, cli.CONFIG.value, cli.WORKDIR.value)
+  run(cli.CONFIG.value, cli.WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, 'main')

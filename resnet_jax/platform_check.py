@@ -4,31 +4,43 @@ r"""Says whether jax runs on the GPU or TPU this machine shows (`accelerators` d
     python -m resnet_jax.platform_check --expect=gpu   # exit 2 and `error: ...` without a GPU
 """
 
-import logging
 import os
-import sys
+
+from absl import app
+from absl import flags
 
 from resnet_jax import accelerators
+from resnet_jax import cli
+from resnet_jax.errors import UserError
+
+EXPECT = flags.DEFINE_enum('expect', None, ['gpu'],
+                           'Exit 2 with one line `error: ...` unless jax runs on a GPU (what the '
+                           'GPU launchers check before they start).')
 
 
-def main(argv: list[str]) -> int:
-  """`--expect=gpu`: exit 2 with `error: ...` unless jax has a GPU; no flag: print the warning."""
-  if argv[1:] not in ([], ['--expect=gpu']):
-    print(f'usage: python -m resnet_jax.platform_check [--expect=gpu] (not {" ".join(argv[1:])})',
-          file=sys.stderr)
-    return 2
-  if argv[1:]:
+def check(expect: str | None) -> str:
+  """The line to print: the accelerator warning, or which backend jax uses ('' for --expect).
+
+  Raises:
+    UserError: expect='gpu' and jax has no GPU.
+  """
+  if expect:
     problem = accelerators.gpu_refusal()
     if problem:
-      print(f'error: {problem}', file=sys.stderr)
-      return 2
-    return 0
+      raise UserError(problem)
+    return ''
   warning = accelerators.accelerator_warning()
-  print(warning or f'jax runs on {accelerators.default_backend()}; no accelerator is missing')
-  return 0
+  return warning or f'jax runs on {accelerators.default_backend()}; no accelerator is missing'
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  line = check(EXPECT.value)
+  if line:
+    print(line, flush=True)
 
 
 if __name__ == '__main__':
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # A short check, not a run.
-  logging.getLogger('jax').setLevel(logging.ERROR)  # Its CPU fallback notice: our line says it.
-  sys.exit(main(sys.argv))
+  cli.run(main, 'platform_check', uses_config=False, require_workdir=False, require_config=False)

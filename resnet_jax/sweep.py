@@ -29,7 +29,6 @@ sweep.md, the validation curves of every run (curves.png) and accuracy against e
 
 import copy
 import dataclasses
-import functools
 import itertools
 import json
 import math
@@ -400,6 +399,7 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
 
 def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> None:
   files.check_writable(workdir, '--workdir')
+  cli.say_outputs(f'{workdir} (a workdir a point, sweep.md)')
   distributed.initialize_from_env()
   rows = run_sweep(sweep_cfg, workdir, process_index, process_count)
   if jax.process_index() == 0:
@@ -417,8 +417,8 @@ def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> Non
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  errors.exit_on_user_error(_run, cli.CONFIG.value, cli.WORKDIR.value,
-                            flags.FLAGS.process_index, flags.FLAGS.process_count)
+  _run(cli.CONFIG.value, cli.WORKDIR.value, flags.FLAGS.process_index,
+       flags.FLAGS.process_count)
 
 
 if __name__ == '__main__':
@@ -428,4 +428,4 @@ if __name__ == '__main__':
                        'This process runs points process_index, + process_count, ...')
   flags.DEFINE_integer('process_count', 1,
                        'Independent processes sharing the points (e.g. a job array).')
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, kind=cli.SWEEP))
+  cli.run(main, 'sweep', kind=cli.SWEEP)

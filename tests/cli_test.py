@@ -1,5 +1,10 @@
 """cli: every failure of a config file or its kind is one readable line."""
 
+import pathlib
+import re
+import subprocess
+import sys
+
 import pytest
 
 from resnet_jax import cli
@@ -8,6 +13,21 @@ from resnet_jax import sweep
 from resnet_jax.errors import UserError
 
 ARGV = ['prog', '--config', 'my_config.py', '--workdir=runs/x']
+REPO = pathlib.Path(__file__).resolve().parent.parent
+_RUN = {'config', 'workdir', 'verbose'}
+_READ = _RUN | {'checkpoint', 'output'}
+COMMAND_FLAGS = {
+    'main': _RUN,
+    'evaluate': _READ | {'torch_state_dict', 'model'},
+    'inspect': _READ | {'gradcam_layers', 'num_images'},
+    'export': _READ,
+    'compare': _RUN | {'seeds', 'jax_workdir', 'torch_threads'},
+    'sweep': _RUN | {'process_index', 'process_count'},
+    'benchmark': {'config', 'verbose', 'output', 'batch_sizes', 'dtypes', 'steps_per_call',
+                  'calls', 'variants', 'only_variants', 'check_numerics', 'torch_steps',
+                  'torch_compile', 'extras', 'env_applied'},
+    'platform_check': {'expect', 'verbose'},
+}
 
 
 def raised(fn) -> BaseException:
@@ -43,14 +63,15 @@ def test_a_file_without_get_config_says_so():
       'returning a ConfigDict (see configs/)')
 
 
-def test_an_unknown_key_is_readable():
+def test_an_unknown_key_is_named_with_the_key_it_resembles():
   config = defaults.base_config()
   error = raised(lambda: setattr(config.data, 'data_dirr', 'x'))
   message = cli.flag_error_message(ARGV, error)
-  assert message == ('--config=my_config.py sets data_dirr, which is not a config key (a '
-                     'misspelling?); every key and its default is in resnet_jax/defaults.py')
-  override = cli.flag_error_message([*ARGV, '--config.data.data_dirr=x'], error)
-  assert override.startswith('config.data.data_dirr is not a config key')
+  assert message == ('--config=my_config.py: unknown key data_dirr, did you mean data_dir? (every '
+                     'key and its default is in resnet_jax/defaults.py)')
+  read = raised(lambda: config.num_epoch)  # What config_flags raises for an override.
+  override = cli.flag_error_message([*ARGV, '--config.num_epoch=3'], read)
+  assert override.startswith('--config.num_epoch: unknown key num_epoch, did you mean num_epochs?')
 
 
 def test_a_config_of_the_other_kind_is_refused():
@@ -70,4 +91,38 @@ def test_a_config_of_the_other_kind_is_refused():
 def test_a_missing_override_key_is_readable():
   message = cli.flag_error_message([*ARGV, '--config.model.num_layerz=3'],
                                    AttributeError("'num_layerz'"))
-  assert message.startswith('config.model.num_layerz is not a config key')
+  assert message.startswith('--config.model.num_layerz: unknown key num_layerz (')
+
+
+def test_a_runs_config_json_and_overrides_without_a_config_are_refused_in_one_line():
+  with pytest.raises(UserError, match=r"^--config=runs/x/config.json is a run's saved config, not "
+                     r'a config file: .* or --workdir=runs/x alone to evaluate'):
+    cli.check_config_argument(['evaluate', '--config=runs/x/config.json'])
+  with pytest.raises(UserError, match=r'^--config.eval_flip_tta needs --config: .*'
+                     r'--config=configs/best.py --config.eval_flip_tta=true'):
+    cli.check_config_argument(['evaluate', '--workdir=runs/x', '--config.eval_flip_tta=true'])
+  cli.check_config_argument(['evaluate', '--config=configs/best.py', '--config.seed=1'])
+
+
+def test_the_command_line_is_what_was_typed(monkeypatch):
+  monkeypatch.setattr(sys, 'argv', [str(REPO / 'resnet_jax' / 'main.py'), '--config',
+                                    'configs/smoke.py', '--config.model.name=a b'])
+  assert cli.command_line() == ("python -m resnet_jax.main --config configs/smoke.py "
+                                "'--config.model.name=a b'")
+  monkeypatch.setattr(sys, 'argv', ['/usr/bin/resnet-jax', 'evaluate', '--workdir=w'])
+  assert cli.command_line() == 'resnet-jax evaluate --workdir=w'
+
+
+@pytest.fixture(scope='module')
+def helps() -> dict[str, str]:
+  """Every command's --help, run side by side."""
+  processes = {command: subprocess.Popen([sys.executable, '-m', f'resnet_jax.{command}', '--help'],
+                                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True) for command in COMMAND_FLAGS}
+  return {command: process.communicate(timeout=240)[0] for command, process in processes.items()}
+
+
+@pytest.mark.parametrize('command', COMMAND_FLAGS)
+def test_every_commands_help_lists_its_own_flags(helps, command):
+  listed = set(re.findall(r'^  --(?:\[no\])?(\w+)', helps[command], re.M))
+  assert listed == COMMAND_FLAGS[command], helps[command]

@@ -98,8 +98,8 @@ def test_command_line_mistakes_are_one_line(tmp_path, trained_run):
        "--config differs from the run's config.json in config.data.test_subset (64 in the run, "
        '256 given), config.data.train_subset (128 in the run, 512 given)'),
       ([empty, '--config=/nonexistent.py'], '--config cannot be loaded: [Errno 2] No such file'),
-      ([empty, f'--config={smoke}', '--config.bogus=1'], 'config.bogus is not a config key'),
-      ([empty, '--config.bogus=1'], 'Unknown command line flag'),
+      ([empty, f'--config={smoke}', '--config.bogus=1'], '--config.bogus: unknown key bogus'),
+      ([empty, '--config.bogus=1'], '--config.bogus needs --config'),
       ([], '--workdir is required'),
       ([f'--workdir={corrupt}'], 'config.json cannot be read (Expecting'),
       ([empty], 'config.json: check --workdir'),

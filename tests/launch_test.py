@@ -130,6 +130,22 @@ def test_local_process_per_gpu_numbers_processes_and_gpus():
                        '--workdir=/runs/x', '&']
 
 
+def test_local_process_per_gpu_dry_run_needs_no_nvidia_smi(tmp_path):
+  # PATH without nvidia-smi: bash and the core tools only.
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  for tool in ('bash', 'env', 'dirname', 'printf', 'cat'):
+    found = shutil.which(tool)
+    if found:
+      (bin_dir / tool).symlink_to(found)
+  result = subprocess.run(['bash', str(LAUNCH / 'local_gpus.sh'), '--dry-run', '--process-per-gpu',
+                           '--workdir=w'], env=dict(PATH=str(bin_dir)), capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert 'nvidia-smi not found: showing 2 GPUs' in result.stderr
+  assert len([line for line in result.stdout.splitlines() if 'RESNET_JAX_PROCESS_ID=' in line]) == 2
+
+
 def test_local_requires_workdir_and_a_gpu_count():
   result = launch('local_gpus.sh', '--dry-run', check=False)
   assert result.returncode == 2 and '--workdir is required' in result.stderr

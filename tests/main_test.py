@@ -38,7 +38,7 @@ MISTAKES = [
     ('missing_config_file', ['--config=configs/no_such_config.py'],
      "--config cannot be loaded: [Errno 2] No such file or directory: "
      "'configs/no_such_config.py'"),
-    ('no_config', [SYNTHETIC], 'Unknown command line flag'),
+    ('no_config', [SYNTHETIC], 'needs --config'),
     ('no_config_at_all', [], '--config is required, e.g. --config=configs/best.py'),
     ('syntax_error', ['--config={configs}/syntax.py'],
      '--config={configs}/syntax.py has a syntax error: invalid syntax ({configs}/syntax.py, '
@@ -106,7 +106,7 @@ def test_ctrl_c_during_compilation_saves_and_exits_130(cifar_batches_dir, tmp_pa
   err = ''.join(seen) + err
   assert process.returncode == 130, err[-2000:]
   assert 'Traceback' not in err and 'Fatal Python error' not in err
-  assert 'Ctrl-C: stopping after the call in flight and saving a checkpoint' in err
+  assert 'Ctrl-C: stopping; the compiled call in flight' in err
   assert 'Ctrl-C: saved a checkpoint at epoch 1' in out
   assert any((tmp_path / 'checkpoints' / 'latest').iterdir())
 

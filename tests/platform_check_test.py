@@ -1,11 +1,18 @@
 """The platform_check command: one line and exit 2 where jax has no GPU (the GPU launchers' check)."""
 
+import pytest
+
 from resnet_jax import accelerators
 from resnet_jax import platform_check
+from resnet_jax.errors import UserError
 
 
-def test_command_line_check_fails_in_one_line_without_a_gpu(capsys):
+def test_the_gpu_check_fails_in_one_line_without_a_gpu():
   # The tests run jax on the CPU (conftest), so the check must refuse.
-  assert platform_check.main(['platform_check', '--expect=gpu']) == 2
-  assert capsys.readouterr().err == f"error: {accelerators.gpu_refusal('cpu')}\n"
-  assert platform_check.main(['platform_check', '--bogus']) == 2
+  with pytest.raises(UserError) as refused:
+    platform_check.check('gpu')
+  assert str(refused.value) == accelerators.gpu_refusal('cpu')
+
+
+def test_without_expect_it_says_which_backend_jax_uses():
+  assert 'cpu' in platform_check.check(None)

@@ -3,7 +3,7 @@
 `write_report` is called by the trainer at the end of a run and by `resnet_jax.evaluate`, with the
 results they gathered (`runs.run_results`): this module knows nothing of training. The
 report sets the run beside `config.reference`: the seed paper's own accuracy and, for the
-seed-000 recipe, the PyTorch reference measured on the same data (REFERENCE.md).
+seed-000 recipe, the PyTorch reference measured on the same data.
 """
 
 import io
@@ -198,11 +198,15 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
       '|---|---|---|',
       f"| this run | {_percent(results.get('final_test_accuracy'))} | "
       f"{_percent(results.get('best_test_accuracy'))} |",
-      f"| PyTorch reference, same data (REFERENCE.md) | "
-      f"{_reference_percent(reference.get('pytorch_final', 0.0))} | "
-      f"{_reference_percent(reference.get('pytorch_best', 0.0))} |",
-      f"| the seed paper (its own data and run) | | "
-      f"{_reference_percent(reference.get('paper_accuracy', 0.0))} |",
+  ]
+  if reference.get('pytorch_final') or reference.get('pytorch_best'):
+    lines.append(f"| PyTorch reference, same data | "
+                 f"{_reference_percent(reference.get('pytorch_final', 0.0))} | "
+                 f"{_reference_percent(reference.get('pytorch_best', 0.0))} |")
+  if reference.get('paper_accuracy'):
+    lines.append(f"| the seed paper (its own data and run) | | "
+                 f"{_reference_percent(reference['paper_accuracy'])} |")
+  lines += [
       '',
   ]
   if results.get('best_val_accuracy') is not None:

@@ -159,14 +159,13 @@ def _named_manager(workdir: str, checkpoint: str, keeps_best: bool):
   if checkpoint not in CHECKPOINTS:
     raise UserError(f'--checkpoint={checkpoint} is not one of {", ".join(CHECKPOINTS)}')
   directory = files.as_path(workdir) / 'checkpoints' / checkpoint
-  manager = checkpoint_manager(directory, read_only=True) if directory.is_dir() else None
+  manager = checkpoint_manager(directory, read_only=True) if _has_steps(directory) else None
   try:
     if manager is None or manager.latest_step() is None:
       if checkpoint == 'best' and not keeps_best:
         raise UserError(f'the run in {workdir} keeps no best checkpoint '
                         '(config.keep_best_checkpoint=False); use --checkpoint=latest')
-      raise UserError(f'no checkpoint in {directory}: train first (python -m resnet_jax.main '
-                      f'--workdir={workdir}), or check --workdir')
+      raise UserError(missing_checkpoint(workdir, checkpoint))
     yield manager
   finally:
     if manager is not None:
@@ -193,6 +192,22 @@ def read_meta(workdir: str, checkpoint: str = 'latest') -> CheckpointMeta:
       raise UserError(f'checkpoint {manager.directory}/{step} cannot be read ({one_line(e)}): '
                       'it is damaged; move it aside, or train the run again') from e
     return CheckpointMeta.from_json(restored.meta)
+
+
+def _has_steps(directory) -> bool:
+  """Whether an orbax checkpoint folder holds a step (a folder named by its number)."""
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def missing_checkpoint(workdir: str, checkpoint: str) -> str:
+  """The line for a checkpoint the workdir lacks, offering the latest where it has one."""
+  directory = files.as_path(workdir) / 'checkpoints' / checkpoint
+  if checkpoint != 'latest' and _has_steps(directory.parent / 'latest'):
+    return (f'no {checkpoint} checkpoint in {directory} (no epoch was validated yet, or '
+            'config.keep_best_checkpoint is off), but the run has a latest one: use '
+            '--checkpoint latest')
+  return (f'no checkpoint in {directory}: train first (python -m resnet_jax.main --config ... '
+          f'--workdir={workdir}), or check --workdir')
 
 
 def run_identity(config: ml_collections.ConfigDict, data_fingerprint: str,
@@ -279,7 +294,8 @@ class StopSignals:
       os._exit(130)  # pylint: disable=protected-access  # No traceback, no waiting on compiles.
     self.signal_name = signal.Signals(signum).name
     if signum == signal.SIGINT:
-      print('Ctrl-C: stopping after the call in flight and saving a checkpoint (Ctrl-C again '
+      print('Ctrl-C: stopping; the compiled call in flight (and the one queued behind it) must '
+            'finish before a checkpoint is saved, which can take a minute on a CPU (Ctrl-C again '
             'stops at once, without saving)', file=sys.stderr, flush=True)
       if self._several:
         os.kill(os.getpid(), signal.SIGTERM)

@@ -12,6 +12,8 @@ from typing import Optional
 
 import jax
 
+from resnet_jax import console_logs
+
 
 def _abstract(leaf):
   if isinstance(leaf, jax.Array):
@@ -65,7 +67,8 @@ class Compiler:
     future = self.prepare(name, jitted, *args)
     if not future.done():
       start = time.perf_counter()
-      concurrent.futures.wait([future])
+      with console_logs.phase(f'compiling the {name} call'):
+        concurrent.futures.wait([future])
       self.wait_seconds += time.perf_counter() - start
     return future.result()(*args)
 

@@ -21,6 +21,9 @@ from resnet_jax.training import steps
 
 # A model this large on a CPU gets a warning at the start (the reference model: 4.7M).
 LARGE_FOR_A_CPU = 1_000_000
+ELSEWHERE = ('for a first result in under a minute, run the quick start (python -m resnet_jax.main '
+             '--config configs/smoke.py --workdir runs/smoke), or install jax for a GPU or TPU: '
+             "pip install -e '.[cuda13]' or '.[tpu]' (README, Set up)")
 
 
 @dataclasses.dataclass
@@ -60,6 +63,7 @@ class Progress:
   compile_mark: float = 0.0
   learning_rate: float = float('nan')
   last_log_time: float = 0.0  # perf_counter of the last progress line (0: none yet)
+  large_on_cpu: bool = False  # the first line's ETA is then also a warning
 
   def due(self, config: ml_collections.ConfigDict, step: int, end_of_epoch: bool) -> bool:
     """Whether a progress line is due after the call that ended at global step `step`."""
@@ -104,6 +108,9 @@ def log_progress(writer, progress: Progress, clock: RunClock, config: ml_collect
                computed['loss'], 100 * computed['accuracy'], learning_rate, images_per_second,
                format_seconds(epoch_left * seconds_a_step),
                format_seconds((total_steps - step) * seconds_a_step))
+  if progress.large_on_cpu and not progress.last_log_time:
+    logging.warning('measured on the first call, this run would take %s on this CPU; %s',
+                    format_seconds((total_steps - step) * seconds_a_step), ELSEWHERE)
   progress.window, progress.last_log_step = {}, step
   progress.last_log_time = time.perf_counter()
 
@@ -116,10 +123,7 @@ def log_start(run) -> None:
   """
   config, plan, splits = run.config, run.plan, run.splits
   device = jax.devices()[0]
-  logging.info('data: %s; %d training, %d validation%s, %d test images; %s placement',
-               splits.source, len(splits.train_labels), len(splits.val_labels),
-               ' (the test set)' if splits.val_labels is splits.test_labels else '',
-               len(splits.test_labels), run.placement)
+  logging.info('data: %s images; %s placement', splits.source, run.placement)
   logging.info('running on %d x %s (%s), %d process%s; %s, batch %d (%d a device), %d steps an '
                'epoch, up to %d a compiled call', jax.device_count(), device.device_kind,
                device.platform, jax.process_count(), '' if jax.process_count() == 1 else 'es',
@@ -128,10 +132,14 @@ def log_start(run) -> None:
   warning = accelerators.accelerator_warning()
   if warning:
     logging.warning('%s', warning)
-  parameters = run.parameters
-  if device.platform == 'cpu' and parameters > LARGE_FOR_A_CPU:
+  if is_large_on_cpu(run.parameters):
     logging.warning('the model (%s parameters) is large for a CPU: an epoch may take hours; the '
-                    'first progress line says how long', f'{parameters:,}')
+                    'first call measures how long', f'{run.parameters:,}')
+
+
+def is_large_on_cpu(parameters: int) -> bool:
+  """Whether a model of this size runs on a CPU here, where it would take hours."""
+  return jax.devices()[0].platform == 'cpu' and parameters > LARGE_FOR_A_CPU
 
 
 def log_compile(seconds: float, more: int) -> None:

@@ -8,13 +8,13 @@ record it returns is what they pass on. It never touches the workdir.
 import dataclasses
 import functools
 import hashlib
-import sys
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from resnet_jax import cli
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import augment
@@ -174,8 +174,9 @@ def run_results(run: Run, parameters: int, test: dict) -> dict:
       'class_names': [str(name) for name in splits.class_names],
       'seed': config.seed,
       'versions': report.versions(),
-      'reference': config.reference.to_dict(),
+      # The figures a config names (no 0.0 for a figure it has not).
+      'reference': {key: value for key, value in config.reference.to_dict().items() if value},
       'workdir': str(files.as_path(run.workdir)),
-      'command': ' '.join(sys.argv),
+      'command': cli.command_line(),
       'preempted': False,
   }

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from resnet_jax import cli
+from resnet_jax import console_logs
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import input_pipeline
@@ -49,7 +51,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config: a config from configs/ (see resnet_jax/defaults.py for every key).
     workdir: where checkpoints, metrics, plots and the report go (a local folder or a URL such
       as gs://bucket/run); a run found there resumes.
-    resume_command: the command that resumes the run, said at a stop (default: `main`'s).
+    resume_command: the command that resumes the run, said at a stop (default: the command
+      as typed, `cli.command_line()`).
     splits: the data, where the caller has loaded it already (the benchmark); default: loaded
       from config.data.
 
@@ -117,8 +120,7 @@ class TrainLoop:
   def __init__(self, run: runs.Run, clock: progress.RunClock, stack: contextlib.ExitStack,
                resume_command: Optional[str] = None):
     self.run, self.clock = run, clock
-    self.resume_command = resume_command or (
-        f'python -m resnet_jax.main --config=<the same config> --workdir={run.workdir}')
+    self.resume_command = resume_command or cli.command_line()  # the command as typed
     self.writer = writers.create_writer(run.workdir, is_main=jax.process_index() == 0)
     stack.callback(self.writer.close)
     checkpoint_dir = files.as_path(run.workdir) / 'checkpoints'
@@ -144,10 +146,11 @@ class TrainLoop:
 
   def train(self) -> dict:
     """The phases in order; the results, or the stop's if a SIGTERM stopped the run."""
-    finished = self.resume()
-    if finished is not None:
-      return finished
-    self.prepare()
+    with console_logs.phase('setting up (checkpoints, the data feed, the compiles)'):
+      finished = self.resume()
+      if finished is not None:
+        return finished
+      self.prepare()
     num_epochs = self.run.config.num_epochs
     for epoch in range(self.meta.epoch, num_epochs):
       stopped = self.train_epoch(epoch)
@@ -218,7 +221,8 @@ class TrainLoop:
     logging.info('compiling the train call (%d steps of batch %d) and %d more shapes after it',
                  calls[0][1], calls[0][2], self.compiles_ahead)
     self.progress = progress.Progress(epoch_sums=self.meta.train_sums,
-                                      last_log_step=int(state.step))
+                                      last_log_step=int(state.step),
+                                      large_on_cpu=progress.is_large_on_cpu(run.parameters))
     self.last_epoch_read = time.perf_counter()
 
   # -------------------------------------------------------------------------------------------

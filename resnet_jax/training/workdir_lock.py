@@ -15,16 +15,16 @@ import fcntl
 import json
 import os
 import socket
-import sys
 from typing import Iterator
 
 from absl import logging
 import jax
 
+from resnet_jax import cli
 from resnet_jax import files
 from resnet_jax.errors import UserError
 
-LOCK_FILE = '.lock'
+LOCK_FILE = files.LOCK_FILE
 
 
 class InUse(UserError):
@@ -73,7 +73,7 @@ def hold(workdir: str, purpose: str = 'training') -> Iterator[None]:
     handle.truncate()
     json.dump({'pid': os.getpid(), 'host': socket.gethostname(), 'purpose': purpose,
                'since': datetime.datetime.now().isoformat(timespec='seconds'),
-               'command': ' '.join(sys.argv)[:300]}, handle)
+               'command': cli.command_line()[:300]}, handle)
     handle.flush()
     try:
       yield

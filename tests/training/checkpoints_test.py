@@ -47,7 +47,7 @@ def test_sigterm_and_ctrl_c_ask_for_a_stop_and_a_second_ctrl_c_ends_at_once(monk
       assert not exits
     finally:
       stop_signals.restore()
-  assert 'Ctrl-C: stopping after the call in flight' in capsys.readouterr().err
+  assert 'Ctrl-C: stopping; the compiled call in flight' in capsys.readouterr().err
   stop_signals = checkpoints.StopSignals()
   try:
     signal.raise_signal(signal.SIGINT)

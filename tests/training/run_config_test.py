@@ -57,7 +57,7 @@ def test_a_given_config_of_another_run_is_refused_naming_the_keys(tmp_path):
       "(4, 8) given), config.num_epochs (2 in the run, 9 given); drop --config to use the run's "
       'own, or add the overrides it was trained with')
   given = config_file('best')
-  with pytest.raises(UserError, match=r' given\) and 9 more keys; drop --config'):
+  with pytest.raises(UserError, match=r' given\) and 8 more keys; drop --config'):
     run_config.load_run_config(tmp_path, given)
 
 
