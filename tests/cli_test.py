@@ -25,7 +25,7 @@ COMMAND_FLAGS = {
     'sweep': _RUN | {'process_index', 'process_count'},
     'benchmark': {'config', 'verbose', 'output', 'batch_sizes', 'dtypes', 'steps_per_call',
                   'calls', 'variants', 'only_variants', 'check_numerics', 'torch_steps',
-                  'torch_compile', 'extras', 'env_applied'},
+                  'torch_compile', 'extras', 'env_applied', 'end_to_end_epochs'},
     'platform_check': {'expect', 'verbose'},
 }
 

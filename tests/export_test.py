@@ -113,9 +113,8 @@ def _command(args, hide_torch=False):
   """python -m resnet_jax.export args (with torch made unimportable)."""
   script = ('import sys\n'
             + ("sys.modules['torch'] = None\n" if hide_torch else '')
-            + 'import functools\nfrom absl import app\nfrom resnet_jax import cli, export\n'
-            'app.run(export.main, flags_parser=functools.partial(cli.parse_flags, '
-            'require_config=False))\n')
+            + 'from resnet_jax import cli, export\n'
+            "cli.run(export.main, 'export', require_config=False)\n")
   return subprocess.run([sys.executable, '-c', script, *args], capture_output=True, text=True,
                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300, check=False)
 
