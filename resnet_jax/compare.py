@@ -142,8 +142,8 @@ def _versions(runs: dict[str, list[dict]]) -> dict:
              for k, v in runs['torch'][0].get('versions', {}).items()}}
 
 
-def plot(runs: dict[str, list[dict]], path: str) -> None:
-  """Validation accuracy per epoch: every seed of both frameworks."""
+def plot(runs: dict[str, list[dict]], path: str) -> matplotlib.figure.Figure:
+  """Validation accuracy per epoch: every seed of both frameworks; the figure saved."""
   fig, ax = plt.subplots(figsize=(7, 4))
   for framework, color in zip(FRAMEWORKS, ('tab:blue', 'tab:orange')):
     for i, results in enumerate(runs[framework]):
@@ -151,12 +151,12 @@ def plot(runs: dict[str, list[dict]], path: str) -> None:
       ax.plot([r['epoch'] for r in rows], [100 * r['val_accuracy'] for r in rows], color=color,
               marker='.', alpha=0.8, label=f"{framework} (seed {results['seed']})" if i < 4
               else None, linestyle='-' if i % 2 == 0 else '--')
-  ax.set_xlabel('epoch')
+  report.epoch_axis(ax)
   ax.set_ylabel('validation accuracy (%)')
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  report.save_figure(fig, path)
+  return report.save_figure(fig, path)
 
 
 def markdown(config: ml_collections.ConfigDict, summary: dict, runs: dict, command: str) -> str:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import assert_user_error, with_overrides
+from conftest import assert_user_error, assert_whole_epoch_ticks, with_overrides
 from resnet_jax import compare
 from resnet_jax.reporting import writers
 from resnet_jax.training import run_config
@@ -27,6 +27,13 @@ def test_summary_gives_the_gap_and_the_seed_spread():
   assert summary['gap']['best'] == pytest.approx(2.0)
   assert summary['seed_std'] == pytest.approx(summary['jax']['final'][1])
   assert summary['seed_std'] > 2
+
+
+def test_the_figure_ticks_whole_epochs(tmp_path):
+  history = [{'epoch': 1, 'val_accuracy': 0.3}, {'epoch': 2, 'val_accuracy': 0.4}]
+  fig = compare.plot({framework: [{'seed': 0, 'history': history}]
+                      for framework in compare.FRAMEWORKS}, str(tmp_path / 'compare.png'))
+  assert_whole_epoch_ticks(fig.axes[0])
 
 
 def test_compare_with_an_existing_jax_run_writes_the_side_by_side(smoke_run, tmp_path):

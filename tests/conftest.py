@@ -194,6 +194,13 @@ def relative_error(actual, expected) -> float:
   return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
+def assert_whole_epoch_ticks(ax):
+  """ax's x axis is labelled epoch and ticked on whole numbers only (not 1.2, 1.4, ...)."""
+  ticks = ax.get_xticks()
+  assert ax.get_xlabel() == 'epoch'
+  assert len(ticks) and np.all(ticks == np.round(ticks)), ticks
+
+
 def randomise_batchnorm(net, seed: int):
   """Gives every BatchNorm2d of a PyTorch net random affine parameters and running statistics."""
   import torch  # pylint: disable=g-import-not-at-top  # Only the PyTorch tests call this.

@@ -1,8 +1,10 @@
 """Export: Flax variables -> a kuangliu-layout PyTorch checkpoint and its module, and back."""
 
+import ast
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from conftest import relative_error
 from resnet_jax import errors
 from resnet_jax import export
 from resnet_jax import models
+from resnet_jax.data import augment
 from resnet_jax.pytorch import torch_import
 from resnet_jax.training import workdir_lock
 
@@ -89,6 +92,50 @@ def test_export_run_writes_the_checkpoints_weights(smoke_run, tmp_path):
   assert exported['keys'] == len(checkpoint['net'])
   assert sorted(torch_import.matching_presets(checkpoint)) == []  # the smoke model is unnamed
   torch_import.variables_from_torch(checkpoint, config.model)
+
+
+def _snippet(text: str) -> str:
+  """The loading snippet of a text: from `import torch, model` to `logits = ...`, dedented."""
+  lines = text.splitlines()
+  first = next(i for i, line in enumerate(lines) if line.strip().startswith('import torch, model'))
+  last = next(i for i, line in enumerate(lines) if line.strip().startswith('logits = '))
+  indent = len(lines[first]) - len(lines[first].lstrip())
+  return '\n'.join(line[indent:] for line in lines[first:last + 1]) + '\n'
+
+
+def test_model_py_docstring_loads_a_real_export_and_scores_as_the_run(smoke_run, tmp_path,
+                                                                      monkeypatch):
+  config, workdir, _ = smoke_run
+  path = tmp_path / 'model.pt'
+  export.export_run(config, str(workdir), str(path), checkpoint='latest')
+  docstring = ast.get_docstring(ast.parse((tmp_path / 'model.py').read_text()))
+  checkpoint = torch.load(path, weights_only=True)
+  named = set(re.findall(r"checkpoint\['(\w+)'\]", docstring))
+  assert {'net', 'model_config', 'normalize'} <= named <= set(checkpoint)
+  assert set(re.findall(r"\['normalize'\]\['(\w+)'\]", docstring)) == set(checkpoint['normalize'])
+
+  # The snippet as written, on uint8 images made NCHW float32 in [0, 1] as it says.
+  images_u8 = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  scope = {'images': torch.from_numpy(images_u8.transpose(0, 3, 1, 2) / 255).float()}
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(sys.modules, 'model', raising=False)
+  with torch.no_grad():
+    exec(_snippet(docstring), scope)  # pylint: disable=exec-used
+  monkeypatch.delitem(sys.modules, 'model', raising=False)
+
+  variables, _, normalize = export.restore_variables(config, str(workdir), 'latest')
+  ours = models.build_model(config.model).apply(
+      variables, augment.eval_preprocess(images_u8, normalize['mean'], normalize['std'],
+                                         np.float32), train=False)
+  assert relative_error(scope['logits'].numpy(), ours) < 1e-4
+
+
+def test_every_doc_gives_the_same_loading_snippet():
+  from resnet_jax.pytorch import torch_resnet  # pylint: disable=g-import-not-at-top
+  snippets = {_snippet(text) for text in (torch_resnet.__doc__, export.__doc__,
+                                          (REPO / 'README.md').read_text())}
+  assert len(snippets) == 1
 
 
 def test_definition_must_not_overwrite_the_checkpoint(tmp_path):

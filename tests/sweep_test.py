@@ -19,6 +19,8 @@ from resnet_jax.training import run_config
 from resnet_jax.training import train
 from resnet_jax.training import workdir_lock
 
+from conftest import assert_whole_epoch_ticks  # pylint: disable=g-bad-import-order
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 TINY_POINTS = ('channels=4x8,learning_rate=0.05', 'channels=4x8,learning_rate=0.2',
@@ -83,6 +85,39 @@ def test_tiny_sweep_writes_table_and_plots(tiny_sweep):
   for plot in ('curves.png', 'accuracy_vs_learning_rate.png', 'accuracy_vs_channels.png'):
     assert (workdir / plot).read_bytes()[:8] == PNG_MAGIC
     assert f']({plot})' in text
+
+
+def _table(text: str) -> list[list[str]]:
+  """sweep.md's table: its header's cells, then each row's."""
+  lines = [line for line in text.splitlines() if line.startswith('| ')]
+  return [line.strip('| ').split(' | ') for line in lines]
+
+
+def test_validation_on_the_test_set_gives_two_accuracy_columns_not_four(tiny_sweep):
+  _, rows, _, text = tiny_sweep  # configs/sweeps/tiny.py validates on the test set.
+  header, *cells = _table(text)
+  assert header == ['model.channels', 'optim.learning_rate', 'parameters', 'final test',
+                    'best test', 'wall (s)', 'status']
+  for row, row_cells in zip(rows, cells):
+    assert row_cells[3:5] == [f"{100 * row['final_test_accuracy']:.2f}%",
+                              f"{100 * row['best_val_accuracy']:.2f}%"]
+
+
+def test_a_held_out_validation_split_gives_its_own_columns(tiny_sweep, tmp_path):
+  _, rows, _, _ = tiny_sweep
+  config = _tiny_config()
+  config.base.data.validation = '0.2'
+  points = sweep.sweep_points(config)
+  sweep_report.write_summary(points, rows, str(tmp_path), list(points[0].values), trained=4)
+  header, *_ = _table((tmp_path / 'sweep.md').read_text())
+  assert header[3:7] == ['final val', 'best val', 'final test', 'best test']
+
+
+def test_the_curves_tick_whole_epochs(tiny_sweep, tmp_path):
+  fig = sweep_report.plot_curves(sweep.sweep_points(_tiny_config()), str(tiny_sweep[0]),
+                                 str(tmp_path / 'curves.png'))
+  assert len(fig.axes[0].lines) == 4
+  assert_whole_epoch_ticks(fig.axes[0])
 
 
 def test_second_invocation_skips_finished_points(tiny_sweep, monkeypatch):

@@ -1,11 +1,19 @@
 """The configurable ResNet of `models.py` in PyTorch, named as kuangliu/pytorch-cifar names it.
 
 Optional: only torch paths import this module (`export`, `torch_train`, the parity tests), and it
-imports nothing from resnet_jax, so `export` can copy it beside an exported checkpoint for use
-without this package:
+imports nothing from resnet_jax, so `export` copies it beside an exported checkpoint (model.pt
+-> model.py) for use without this package. model.pt holds 'net' (the state dict), 'acc',
+'epoch', 'model_config' (config.model as a dict) and 'normalize' (the training data's
+per-channel 'mean' and 'std', in [0, 1] units):
 
-  net = TorchResNet(checkpoint['model'])   # config.model as a dict (or a ConfigDict)
+  import torch, model                      # model.py, beside model.pt
+  checkpoint = torch.load('model.pt')
+  net = model.TorchResNet(checkpoint['model_config']).eval()
   net.load_state_dict(checkpoint['net'])
+  mean = torch.tensor(checkpoint['normalize']['mean']).view(1, -1, 1, 1)
+  std = torch.tensor(checkpoint['normalize']['std']).view(1, -1, 1, 1)
+  # images: float32 (N, 3, H, W) (NCHW), RGB in [0, 1] (uint8 / 255, torchvision's ToTensor())
+  logits = net((images - mean) / std)
 
 State-dict keys (kuangliu/pytorch-cifar's ResNet and SENet; `torch_import` reads them):
 

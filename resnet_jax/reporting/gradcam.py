@@ -130,8 +130,10 @@ def check_grid_images(num_images: int) -> None:
 
 def save_gradcam_grid(path: str, images: np.ndarray, maps: Mapping[str, np.ndarray],
                       predicted: Sequence[int], labels: Sequence[int],
-                      class_names: Sequence[str]) -> None:
+                      class_names: Sequence[str]) -> figure.Figure:
   """Writes a PNG: one row an image, its picture then one heat-map overlay a layer.
+
+  A colour bar gives the maps' scale (each map is scaled to its own peak, 1).
 
   Args:
     path: the PNG to write.
@@ -139,23 +141,34 @@ def save_gradcam_grid(path: str, images: np.ndarray, maps: Mapping[str, np.ndarr
     maps: layer name -> (B, H, W) maps in [0, 1] (from `grad_cam`).
     predicted: (B,) predicted classes; labels: (B,) true classes.
     class_names: names of the classes.
+
+  Returns:
+    The figure saved.
   """
   num_images, columns = len(images), 1 + len(maps)
   check_grid_images(num_images)
   fig = figure.Figure(figsize=(1.8 * columns, 1.9 * num_images), layout='constrained')
   axes = fig.subplots(num_images, columns, squeeze=False)
+  heat_map = None
   for row, (image, pred, label) in enumerate(zip(images, predicted, labels)):
     axes[row, 0].imshow(image)
     axes[row, 0].set_title(f'true {class_names[label]}\npred {class_names[pred]}', fontsize=8,
                            color='green' if pred == label else 'red')
     for column, (layer, layer_maps) in enumerate(maps.items(), start=1):
       axes[row, column].imshow(image)
-      axes[row, column].imshow(layer_maps[row], cmap='jet', alpha=0.5, vmin=0.0, vmax=1.0)
+      heat_map = axes[row, column].imshow(layer_maps[row], cmap='jet', alpha=0.5, vmin=0.0,
+                                          vmax=1.0)
       if row == 0:
         axes[row, column].set_title(layer, fontsize=8)
   for ax in axes.ravel():
     ax.set_axis_off()
-  report.save_figure(fig, path, dpi=100)
+  if heat_map is not None:
+    # One scale for every map (all in [0, 1]), about three rows tall.
+    scale = fig.colorbar(heat_map, ax=axes[:, 1:], location='right',
+                         shrink=min(1.0, 3 / num_images))
+    scale.set_label('Grad-CAM (peak = 1)', fontsize=7)
+    scale.ax.tick_params(labelsize=7)
+  return report.save_figure(fig, path, dpi=100)
 
 
 def write_param_histograms(writer, step: int, params: Mapping) -> None:

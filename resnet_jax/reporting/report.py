@@ -18,7 +18,9 @@ import matplotlib
 
 matplotlib.use('Agg')  # Files only; never a display.
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import figure  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
@@ -53,16 +55,27 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
     return np.where(totals > 0, np.diag(confusion) / totals, np.nan)
 
 
-def save_figure(fig, path: epath.PathLike, dpi: int = 110) -> None:
-  """Saves a figure as a PNG at path (local or a URL such as gs://...), whole, and closes it."""
+def save_figure(fig: figure.Figure, path: epath.PathLike, dpi: int = 110) -> figure.Figure:
+  """Saves a figure as a PNG at path (local or a URL such as gs://...), whole, and closes it.
+
+  Returns:
+    fig, closed but still readable (what the plotting functions return, for their tests).
+  """
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png', dpi=dpi)
   plt.close(fig)
   files.write_atomic(path, buffer.getvalue())
+  return fig
 
 
-def plot_curves(history: Sequence[dict], path: epath.PathLike) -> None:
-  """Loss and accuracy per epoch, train and validation, side by side."""
+def epoch_axis(ax) -> None:
+  """Labels ax's x axis 'epoch', with ticks on whole epochs only (never 1.25)."""
+  ax.set_xlabel('epoch')
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+
+
+def plot_curves(history: Sequence[dict], path: epath.PathLike) -> figure.Figure:
+  """Loss and accuracy per epoch, train and validation, side by side; the figure saved."""
   fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
   for split, style in (('train', '-'), ('val', '--')):
     rows = [r for r in history if f'{split}_loss' in r]
@@ -74,17 +87,17 @@ def plot_curves(history: Sequence[dict], path: epath.PathLike) -> None:
     acc_ax.plot(epochs, [100 * r[f'{split}_accuracy'] for r in rows], style, marker='.',
                 label=label)
   for ax, name in ((loss_ax, 'loss'), (acc_ax, 'accuracy (%)')):
-    ax.set_xlabel('epoch')
+    epoch_axis(ax)
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
-                   path: epath.PathLike) -> None:
-  """The confusion matrix (counts, true class in rows) and the accuracy of each class."""
+                   path: epath.PathLike) -> figure.Figure:
+  """The confusion matrix (counts, true class in rows), each class's accuracy; the figure saved."""
   confusion = np.asarray(confusion)
   num_classes = len(confusion)
   fig, (matrix_ax, bar_ax) = plt.subplots(
@@ -100,7 +113,7 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
   matrix_ax.set_yticks(ticks, class_names)
   matrix_ax.set_xlabel('predicted')
   matrix_ax.set_ylabel('true')
-  matrix_ax.set_title('confusion matrix (test set)')
+  matrix_ax.set_title(f'confusion matrix (test set, {confusion.sum():,} images)')
   accuracy = 100 * per_class_accuracy(confusion)
   bar_ax.barh(ticks, np.nan_to_num(accuracy))
   bar_ax.set_yticks(ticks, class_names)
@@ -111,7 +124,7 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
   for i, value in enumerate(accuracy):
     bar_ax.text(min(np.nan_to_num(value), 88) + 1, i, f'{value:.1f}', va='center', fontsize=8)
   fig.tight_layout()
-  save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def first_reaching(history: Sequence[dict], accuracy: float) -> Optional[dict]:

@@ -49,12 +49,22 @@ def _cell(name: str, value) -> str:
   return str(value).replace('|', '\\|')
 
 
-def _markdown(rows: Sequence[dict], keys: Sequence[str]) -> str:
-  """The table of sweep.md, swept keys by their full dotted names."""
-  columns = [name for name in rows[0] if name != 'point']
-  headers = [*keys, 'parameters', 'final val', 'best val', 'final test', 'best test',
-             'wall (s)', 'status']
-  lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+def validates_on_test(points: Sequence) -> bool:
+  """Whether every point validates on the test set (config.data.validation='test')."""
+  return all(str(point.config.data.validation).strip() == 'test' for point in points)
+
+
+def _markdown(rows: Sequence[dict], keys: Sequence[str], on_test: bool) -> str:
+  """The table of sweep.md, swept keys by their full dotted names.
+
+  Where validation is the test set, the validation figures are the test's: the table shows the
+  two distinct ones, final and best test (the best epoch's, kept checkpoint or not).
+  """
+  accuracies = ({'final_test_accuracy': 'final test', 'best_val_accuracy': 'best test'} if on_test
+                else dict(zip(ACCURACIES, ('final val', 'best val', 'final test', 'best test'))))
+  columns = {**{key: key for key in keys}, 'parameters': 'parameters', **accuracies,
+             'wall_seconds': 'wall (s)', 'status': 'status'}  # row key -> header
+  lines = ['| ' + ' | '.join(columns.values()) + ' |', '|' + '---|' * len(columns)]
   lines += ['| ' + ' | '.join(_cell(name, row[name]) for name in columns) + ' |' for row in rows]
   return '\n'.join(lines) + '\n'
 
@@ -70,8 +80,8 @@ def validation_curve(run_dir: str) -> tuple[list[int], list[float]]:
   return epochs, [by_epoch[epoch] for epoch in epochs]
 
 
-def plot_curves(points: Sequence, workdir: str, path: str) -> int:
-  """Validation accuracy against epoch of every run on one figure; returns the runs drawn."""
+def plot_curves(points: Sequence, workdir: str, path: str) -> figure.Figure:
+  """Validation accuracy against epoch of every run on one figure; the figure saved."""
   fig = figure.Figure(figsize=(9, 5.5), layout='constrained')
   ax = fig.subplots()
   drawn = 0
@@ -80,13 +90,12 @@ def plot_curves(points: Sequence, workdir: str, path: str) -> int:
     if epochs:
       ax.plot(epochs, 100 * np.asarray(accuracy), marker='.', label=point.name)
       drawn += 1
-  ax.set_xlabel('epoch')
+  report.epoch_axis(ax)
   ax.set_ylabel('validation accuracy (%)')
   ax.grid(alpha=0.3)
   if drawn and drawn <= 2 * MAX_SERIES:
     ax.legend(fontsize=7, loc='lower right')
-  report.save_figure(fig, path)
-  return drawn
+  return report.save_figure(fig, path)
 
 
 def _is_number(value) -> bool:
@@ -142,9 +151,12 @@ def write_summary(points: Sequence, rows: Sequence[dict], workdir: str, grid_key
   files.write_atomic(os.path.join(workdir, 'sweep.csv'), _csv(rows))
   shorts = short_keys(keys)
   plots = [f'accuracy_vs_{shorts[key]}.png' for key in keys]
-  text = (f'# Sweep: {len(points)} points, {trained} trained\n\nAccuracy columns: validation and '
-          'test accuracy at the last epoch (final) and at the best validation epoch (best).\n\n'
-          + _markdown(rows, keys) + '\n![validation curves](curves.png)\n\n'
+  on_test = validates_on_test(points)
+  columns = ('test accuracy (validation is the test set) at the last epoch (final) and at the '
+             'best epoch (best)' if on_test else 'validation and test accuracy at the last epoch '
+             '(final) and at the best validation epoch (best)')
+  text = (f'# Sweep: {len(points)} points, {trained} trained\n\nAccuracy columns: {columns}.\n\n'
+          + _markdown(rows, keys, on_test) + '\n![validation curves](curves.png)\n\n'
           + ''.join(f'![accuracy against {key}]({plot})\n\n' for key, plot in zip(keys, plots)))
   files.write_atomic(os.path.join(workdir, 'sweep.md'), text)
   plot_curves(points, workdir, os.path.join(workdir, 'curves.png'))

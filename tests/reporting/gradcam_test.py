@@ -133,3 +133,14 @@ def test_param_histograms_cover_every_parameter_array(tmp_path):
   assert len(histograms) == len(jax.tree_util.tree_leaves(params))
   kernel_size = params['layer2_0']['conv1']['kernel'].size
   assert histograms['params/layer2_0/conv1/kernel'] == [(3, kernel_size)]
+
+
+def test_grid_has_one_colour_scale_for_its_maps(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+  maps = {'layer1_0': rng.random((2, SIZE, SIZE)), 'layer2_0': rng.random((2, SIZE, SIZE))}
+  fig = gradcam.save_gradcam_grid(str(tmp_path / 'grid.png'), images, maps, [0, 1], [0, 1],
+                                  ['red', 'green'])
+  scales = [ax for ax in fig.axes if ax.get_ylabel() == 'Grad-CAM (peak = 1)']
+  assert len(fig.axes) == 2 * 3 + 1 and len(scales) == 1
+  assert scales[0].get_ylim() == (0.0, 1.0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from resnet_jax.reporting import report
+from conftest import assert_whole_epoch_ticks
 from conftest import fake_bucket
 
 CLASSES = ['cat', 'dog', 'ship']
@@ -45,6 +46,19 @@ def test_write_report_writes_every_file(tmp_path):
   for name in ('curves.png', 'confusion.png'):
     data = (tmp_path / name).read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
+
+
+def test_curves_tick_whole_epochs(tmp_path):
+  _, history, _ = run_figures()  # Epochs 1 and 2: matplotlib's default ticks 1.0, 1.2, ...
+  fig = report.plot_curves(history, tmp_path / 'curves.png')
+  for ax in fig.axes:
+    assert_whole_epoch_ticks(ax)
+
+
+def test_confusion_title_counts_the_images(tmp_path):
+  _, _, confusion = run_figures()
+  fig = report.plot_confusion(100 * confusion, CLASSES, tmp_path / 'confusion.png')
+  assert fig.axes[0].get_title() == 'confusion matrix (test set, 2,300 images)'
 
 
 def test_results_json_is_written_last_so_it_never_claims_a_missing_report(tmp_path,
