@@ -1,0 +1,140 @@
+r"""Re-measures every CPU figure that README.md and docs/ quote, with the commands they print.
+
+    python docs/cpu_figures.py                      # all of them: about 30 minutes on 2 cores
+    python docs/cpu_figures.py --only quick_start,smoke
+
+Each figure runs its documented command in a scratch folder, exactly as printed beside it, and
+records what it measured in docs/cpu_figures.json (machine, versions, date, command, figures);
+the images the docs show are copied to docs/images/. tests/docs_test.py checks that the README
+and docs quote the figures of that file, so a figure can only change with a new measurement.
+Accuracies are deterministic on one machine and version set; wall times depend on its load.
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+DOCS = pathlib.Path(__file__).resolve().parent
+REPO = DOCS.parent
+RECORD = DOCS / 'cpu_figures.json'
+
+# name: (command as the docs print it, with W for its scratch workdir; what it yields)
+COMMANDS = {
+    'quick_start': 'python -m resnet_jax.main --config configs/smoke.py --workdir W',
+    'smoke': ('python -m resnet_jax.main --config configs/smoke.py --workdir W '
+              '--config.data.train_subset=10000 --config.data.test_subset=2000 '
+              '--config.eval_batch_size=500 --config.num_epochs=15 --config.batch_size=128 '
+              '--config.optim.learning_rate=0.1'),
+    'sweep_tiny': ('python -m resnet_jax.sweep --config configs/sweeps/tiny.py --workdir W '
+                   '--config.base.data.train_subset=5000 --config.base.data.test_subset=1000 '
+                   '--config.base.eval_batch_size=500 --config.base.num_epochs=8'),
+    'compare_smoke': ('python -m resnet_jax.compare --config configs/smoke.py --workdir W '
+                      '--seeds=0,1 --torch_threads=1'),
+    'compare_narrow': ("python -m resnet_jax.compare --config configs/best.py --workdir W "
+                       "--seeds=0,1 --torch_threads=1 --config.model.channels='(16,32,64)' "
+                       "--config.model.stem_channels=16 --config.model.name=best_narrow4 "
+                       "--config.data.train_subset=2000 --config.data.test_subset=500 "
+                       "--config.num_epochs=3 --config.eval_batch_size=500"),
+}
+
+
+def run(command: str, workdir: pathlib.Path) -> float:
+  """Runs a documented command with W replaced; its wall seconds. Stops on failure."""
+  args = [sys.executable if a == 'python' else a
+          for a in shlex.split(command.replace(' W', f' {workdir}'))]
+  start = time.time()
+  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=False,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  if result.returncode:
+    sys.exit(f'{command}\nfailed:\n{result.stderr[-3000:]}')
+  return time.time() - start
+
+
+def training_figures(name: str, scratch: pathlib.Path) -> dict:
+  workdir = scratch / name
+  wall = run(COMMANDS[name], workdir)
+  results = json.loads((workdir / 'results.json').read_text())
+  figures = {'final_test_accuracy': round(100 * results['final_test_accuracy'], 2),
+             'test_examples': results['test_examples'], 'wall_seconds': round(wall)}
+  if name == 'smoke':
+    shutil.copyfile(workdir / 'curves.png', DOCS / 'images' / 'smoke_curves.png')
+    shutil.copyfile(workdir / 'confusion.png', DOCS / 'images' / 'smoke_confusion.png')
+    run(f'python -m resnet_jax.inspect --workdir {workdir}', scratch / 'unused')
+    shutil.copyfile(workdir / 'inspect' / 'gradcam.png', DOCS / 'images' / 'smoke_gradcam.png')
+  return figures
+
+
+def sweep_figures(scratch: pathlib.Path) -> dict:
+  workdir = scratch / 'sweep_tiny'
+  wall = run(COMMANDS['sweep_tiny'], workdir)
+  shutil.copyfile(workdir / 'curves.png', DOCS / 'images' / 'sweep_tiny_curves.png')
+  with open(workdir / 'sweep.csv', newline='', encoding='utf-8') as f:
+    rows = list(csv.DictReader(f))
+  return {'wall_seconds': round(wall),
+          'points': [{key: value for key, value in row.items()
+                      if key not in ('point', 'status', 'final_val_accuracy',
+                                     'best_val_accuracy', 'best_test_accuracy')}
+                     for row in rows]}
+
+
+def compare_figures(name: str, scratch: pathlib.Path) -> dict:
+  workdir = scratch / name
+  run(COMMANDS[name], workdir)
+  image = {'compare_smoke': 'compare_smoke.png', 'compare_narrow': 'compare_narrow.png'}[name]
+  shutil.copyfile(workdir / 'compare.png', DOCS / 'images' / image)
+  summary = json.loads((workdir / 'compare.json').read_text())
+  keep = ('final', 'final_per_seed', 'wall_seconds', 'images_per_second')
+  return {'jax': {key: summary['jax'][key] for key in keep},
+          'torch': {key: summary['torch'][key] for key in keep},
+          'gap': summary['gap'], 'seed_std': summary['seed_std']}
+
+
+MEASURE = {
+    'quick_start': lambda scratch: training_figures('quick_start', scratch),
+    'smoke': lambda scratch: training_figures('smoke', scratch),
+    'sweep_tiny': sweep_figures,
+    'compare_smoke': lambda scratch: compare_figures('compare_smoke', scratch),
+    'compare_narrow': lambda scratch: compare_figures('compare_narrow', scratch),
+}
+
+
+def versions() -> dict:
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  return {'jax': jax.__version__, 'flax': flax.__version__, 'python': platform.python_version()}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--only', default=','.join(MEASURE), help='comma-separated figure names')
+  args = parser.parse_args()
+  names = [n for n in args.only.split(',') if n]
+  unknown = sorted(set(names) - set(MEASURE))
+  if unknown:
+    sys.exit(f'error: no figure named {", ".join(unknown)}; the figures: {", ".join(MEASURE)}')
+  record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+  with tempfile.TemporaryDirectory(prefix='resnet_jax_figures_') as folder:
+    for name in names:
+      print(f'{name}: {COMMANDS[name]}', flush=True)
+      figures = MEASURE[name](pathlib.Path(folder))
+      record[name] = {'command': COMMANDS[name], 'figures': figures,
+                      'measured': datetime.date.today().isoformat(),
+                      'machine': f'{os.cpu_count()}-core CPU ({platform.machine()})',
+                      'versions': versions()}
+      print(f'  {json.dumps(figures)}', flush=True)
+      RECORD.write_text(json.dumps(record, indent=2) + '\n')
+  print(f'wrote {RECORD}')
+
+
+if __name__ == '__main__':
+  main()
