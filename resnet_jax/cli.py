@@ -107,7 +107,12 @@ def run(main: Callable[[list[str]], None], command: str, *, uses_config: bool = 
   for name in own:  # absl's --help lists the main module's key flags only.
     if name in flags.FLAGS:
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-  app.run(functools.partial(console_logs.exit_on_user_error, main),
+  def without_arguments(argv: list[str]) -> None:
+    if len(argv) > 1:  # No command takes positional arguments: a flag missing its `--`?
+      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    main(argv)
+
+  app.run(functools.partial(console_logs.exit_on_user_error, without_arguments),
           flags_parser=functools.partial(parse_flags, command=command, **parse_options))
 
 

@@ -17,7 +17,6 @@ import platform
 import statistics
 from typing import Sequence
 
-from absl import app
 from absl import flags
 import matplotlib
 
@@ -217,8 +216,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.run refuses positional arguments.
 
   def run(config, workdir):
     try:

@@ -17,7 +17,6 @@ history) goes to --output, by default <workdir>/evaluate_<latest|best|torch>.
 import os
 import time
 
-from absl import app
 from absl import flags
 import jax
 import ml_collections
@@ -120,8 +119,7 @@ def run_evaluation(config, workdir: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.run refuses positional arguments.
   run_evaluation(cli.CONFIG.value, cli.WORKDIR.value)
 
 

@@ -6,17 +6,9 @@ The run's own config comes from its config.json (a --config given must agree wit
 
 model.pt is what kuangliu/pytorch-cifar's main.py saves (`{'net': state_dict, 'acc': ...,
 'epoch': ...}`) plus `model_config` (config.model as a dict) and `normalize` (the mean and std
-the inputs were normalised with). model.py beside it is `torch_resnet.py`, the PyTorch module
-that loads it, needing nothing but torch (its docstring, tested against a real export):
-
-  import torch, model                      # model.py, beside model.pt
-  checkpoint = torch.load('model.pt')
-  net = model.TorchResNet(checkpoint['model_config']).eval()
-  net.load_state_dict(checkpoint['net'])
-  mean = torch.tensor(checkpoint['normalize']['mean']).view(1, -1, 1, 1)
-  std = torch.tensor(checkpoint['normalize']['std']).view(1, -1, 1, 1)
-  # images: float32 (N, 3, H, W) (NCHW), RGB in [0, 1] (uint8 / 255, torchvision's ToTensor())
-  logits = net((images - mean) / std)
+the inputs were normalised with). model.py beside it is `pytorch/torch_resnet.py`, the PyTorch
+module that loads it, needing nothing but torch; its docstring (and the README's "Coming from
+PyTorch") shows how, with the input layout, tested against a real export.
 
 `torch_import` reads model.pt back bitwise (and `evaluate --torch_state_dict model.pt` scores it).
 Needs PyTorch (the `torch` extra).
@@ -26,7 +18,6 @@ import io
 import os
 import pathlib
 
-from absl import app
 import ml_collections
 
 from resnet_jax import cli
@@ -113,8 +104,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, path: str,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.run refuses positional arguments.
 
   def run(config, workdir):
     if not _TO.value:

@@ -19,7 +19,6 @@ import functools
 import os
 from typing import Optional, Sequence
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -137,8 +136,7 @@ def _run(config, workdir: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.run refuses positional arguments.
   _run(cli.CONFIG.value, cli.WORKDIR.value)
 
 

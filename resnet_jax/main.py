@@ -7,7 +7,6 @@ SIGTERM saves a checkpoint and exits with status 0, Ctrl-C does the same with st
 
 import sys
 
-from absl import app
 from absl import logging
 
 from resnet_jax import cli
@@ -35,8 +34,7 @@ def run(config, workdir: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.run refuses positional arguments.
   run(cli.CONFIG.value, cli.WORKDIR.value)
 
 

@@ -38,7 +38,6 @@ import shlex
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -415,8 +414,7 @@ def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> Non
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.run refuses positional arguments.
   _run(cli.CONFIG.value, cli.WORKDIR.value, flags.FLAGS.process_index,
        flags.FLAGS.process_count)
 
