@@ -1,6 +1,6 @@
 r"""Re-measures every CPU figure that README.md and docs/ quote, with the commands they print.
 
-    python docs/cpu_figures.py                      # all of them: about 30 minutes on 2 cores
+    python docs/cpu_figures.py                      # all of them: about 45 minutes on 2 cores
     python docs/cpu_figures.py --only quick_start,smoke
 
 Each figure runs its documented command in a scratch folder, exactly as printed beside it, and
@@ -45,6 +45,20 @@ COMMANDS = {
                        "--config.model.stem_channels=16 --config.model.name=best_narrow4 "
                        "--config.data.train_subset=2000 --config.data.test_subset=500 "
                        "--config.num_epochs=3 --config.eval_batch_size=500"),
+    'benchmark_smoke': ('python -m resnet_jax.benchmark --config configs/smoke.py '
+                        '--output docs/benchmarks/cpu_smoke.json'),
+    'benchmark_best': ('python -m resnet_jax.benchmark --config configs/best.py '
+                       '--config.data.train_subset=2048 --config.data.test_subset=500 '
+                       '--config.eval_batch_size=250 --batch_sizes=128 --dtypes=float32 --calls=2 '
+                       '--end_to_end_epochs=1 --torch_steps=0 '
+                       '--output docs/benchmarks/cpu_best.json'),
+    'benchmark_variants': ('python -m resnet_jax.benchmark --config configs/smoke.py '
+                           '--variants configs/benchmarks/gpu_variants.py --batch_sizes=128 '
+                           '--dtypes=float32 --calls=3 '
+                           '--output docs/benchmarks/cpu_smoke_variants.json'),
+    'numerics': ('python -m resnet_jax.benchmark --config configs/smoke.py '
+                 '--variants configs/benchmarks/gpu_variants.py --check_numerics '
+                 '--output docs/benchmarks/cpu_smoke_numerics.json'),
 }
 
 
@@ -99,12 +113,25 @@ def compare_figures(name: str, scratch: pathlib.Path) -> dict:
           'gap': summary['gap'], 'seed_std': summary['seed_std']}
 
 
+def benchmark_figures(name: str, scratch: pathlib.Path) -> dict:
+  """The benchmark's table (its JSON beside docs/benchmarks.md), or the numerics checks' worst."""
+  wall = run(COMMANDS[name], scratch / 'unused')
+  output = REPO / COMMANDS[name].split('--output ')[1]
+  written = json.loads(output.read_text())
+  if name == 'numerics':
+    return {'wall_seconds': round(wall), 'passed': all(c['passed'] is not False for c in written),
+            'checks': len(written)}
+  return {'wall_seconds': round(wall), 'table': written['table']}
+
+
 MEASURE = {
     'quick_start': lambda scratch: training_figures('quick_start', scratch),
     'smoke': lambda scratch: training_figures('smoke', scratch),
     'sweep_tiny': sweep_figures,
     'compare_smoke': lambda scratch: compare_figures('compare_smoke', scratch),
     'compare_narrow': lambda scratch: compare_figures('compare_narrow', scratch),
+    **{name: lambda scratch, name=name: benchmark_figures(name, scratch)
+       for name in ('benchmark_smoke', 'benchmark_best', 'benchmark_variants', 'numerics')},
 }
 
 

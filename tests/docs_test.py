@@ -56,3 +56,16 @@ def test_compare_figures_are_the_measured_ones():
       mean, std = figures[framework]['final']
       row = f'| {label} | {mean:.2f} ± {std:.2f} |'
       assert row in COMPARE, (name, row)
+
+
+@pytest.mark.parametrize('name', ['cpu_smoke', 'cpu_best', 'cpu_smoke_variants'])
+def test_benchmark_tables_are_the_measured_ones(name):
+  measured = json.loads((REPO / 'docs' / 'benchmarks' / f'{name}.json').read_text())['table']
+  assert measured in (REPO / 'docs' / 'benchmarks.md').read_text()
+
+
+@pytest.mark.parametrize('name', ['benchmark_smoke', 'benchmark_best', 'benchmark_variants',
+                                  'numerics'])
+def test_every_benchmark_is_printed_with_its_command(name):
+  benchmarks = (REPO / 'docs' / 'benchmarks.md').read_text()
+  assert re.search(command_pattern(RECORD[name]['command']), flat(benchmarks)), name
