@@ -194,8 +194,7 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
       f"# {system}: {results['model']} on CIFAR-10",
       '',
       f"{results['parameters']:,} parameters; {len(history)} of {results['epochs']} epochs "
-      f"recorded; data: {results.get('data_source', '?')} ({results.get('train_examples', '?')} "
-      f"train, {results.get('test_examples', '?')} test examples); "
+      f"recorded; data: {results.get('data_source', '?')} images; "  # the source names the splits
       f"{results.get('device_count', '?')} x {results.get('device_kind', '?')}.",
       '',
   ]

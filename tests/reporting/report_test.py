@@ -164,3 +164,17 @@ def test_no_time_to_accuracy_where_it_was_not_measured(tmp_path):
   assert report.time_to_reference(results) is None
   report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
   assert 'Time to accuracy' not in (tmp_path / 'report.md').read_text()
+
+
+def test_the_data_and_what_ran_are_said_once(tmp_path):
+  results, history, confusion = run_figures()
+  results.update(data_source='jpeg_npz data: 512 train, 256 validation (the test set), 256 test',
+                 train_examples=512, test_examples=256, compute_dtype='bfloat16',
+                 steps_per_call=97, placement='device', batch_statistics='per_device')
+  report.write_report(str(tmp_path), results, history, confusion, write_plots=False)
+  markdown = (tmp_path / 'report.md').read_text()
+  first = markdown.split('\n\n')[1]
+  assert 'data: jpeg_npz data: 512 train, 256 validation (the test set), 256 test images;' in first
+  assert first.count('512') == 1
+  assert ('Ran in bfloat16, 97 steps a compiled call, the training set on the device, BatchNorm '
+          'statistics per_device.') in markdown
