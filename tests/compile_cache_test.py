@@ -27,7 +27,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, environ, expected):
 # A command's flag parsing, then one compile: the cache folder it names must receive the entry.
 _PARSE_AND_COMPILE = (
     'import sys; from resnet_jax import cli; '
-    "cli.parse_flags([sys.argv[0], '--workdir=w'], require_config=False); "
+    "cli.parse_flags([sys.argv[0], '--workdir=' + sys.argv[1]], require_config=False); "
     'import jax; print(jax.config.jax_compilation_cache_dir); '
     'jax.jit(lambda x: x * 2 + 1)(jax.numpy.arange(3.0)).block_until_ready()')
 
@@ -39,7 +39,8 @@ def test_every_command_turns_the_cache_on_unless_told_off(tmp_path, setting):
   env.update(JAX_PLATFORMS='cpu', JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              RESNET_JAX_COMPILATION_CACHE=str(folder) if setting == 'folder' else 'off',
              HOME=str(tmp_path))
-  out = subprocess.run([sys.executable, '-c', _PARSE_AND_COMPILE], env=env, cwd=REPO,
+  out = subprocess.run([sys.executable, '-c', _PARSE_AND_COMPILE, str(tmp_path / 'run')],
+                       env=env, cwd=REPO,
                        capture_output=True, text=True, timeout=120, check=True).stdout
   if setting == 'folder':
     assert out.strip() == str(folder)
