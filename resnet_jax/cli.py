@@ -52,11 +52,18 @@ SWEEP = 'sweep'
 _KEY_HINT = 'every key and its default is in resnet_jax/defaults.py'
 
 
-@functools.cache
+def _defined_once(name: str, define: Callable[[], flags.FlagHolder]) -> flags.FlagHolder:
+  """The flag `name`: define() makes it, unless a command this process imported already did
+  (the tests import several commands; absl refuses a flag defined twice)."""
+  if name in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+  return define()
+
+
 def checkpoint_flag(choices: tuple[str, ...]) -> flags.FlagHolder:
   """--checkpoint: which checkpoint of the workdir a reading command uses (choices[0] by default)."""
-  return flags.DEFINE_enum('checkpoint', choices[0], choices,
-                           'Which checkpoint of the workdir to use.')
+  return _defined_once('checkpoint', lambda: flags.DEFINE_enum(
+      'checkpoint', choices[0], choices, 'Which checkpoint of the workdir to use.'))
 
 
 def output_flag(default: str | None, what: str) -> flags.FlagHolder:
@@ -68,12 +75,13 @@ def output_flag(default: str | None, what: str) -> flags.FlagHolder:
     default: its default.
     what: its help text: what goes there, and where by default.
   """
-  if 'output' in flags.FLAGS:
-    return flags.FlagHolder(flags.FLAGS, flags.FLAGS['output'])
-  holder = flags.DEFINE_string('output', default, what)
-  for old in ('output_dir', 'to'):  # The spellings of earlier versions.
-    flags.DEFINE_alias(old, 'output')
-  return holder
+  def define():
+    holder = flags.DEFINE_string('output', default, what)
+    for old in ('output_dir', 'to'):  # The spellings of earlier versions.
+      flags.DEFINE_alias(old, 'output')
+    return holder
+
+  return _defined_once('output', define)
 
 
 def output_dir_flag() -> flags.FlagHolder:

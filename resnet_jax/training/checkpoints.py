@@ -162,10 +162,7 @@ def _named_manager(workdir: str, checkpoint: str, keeps_best: bool):
   manager = checkpoint_manager(directory, read_only=True) if _has_steps(directory) else None
   try:
     if manager is None or manager.latest_step() is None:
-      if checkpoint == 'best' and not keeps_best:
-        raise UserError(f'the run in {workdir} keeps no best checkpoint '
-                        '(config.keep_best_checkpoint=False); use --checkpoint=latest')
-      raise UserError(missing_checkpoint(workdir, checkpoint))
+      raise UserError(missing_checkpoint(workdir, checkpoint, keeps_best))
     yield manager
   finally:
     if manager is not None:
@@ -199,9 +196,12 @@ def _has_steps(directory) -> bool:
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
-def missing_checkpoint(workdir: str, checkpoint: str) -> str:
+def missing_checkpoint(workdir: str, checkpoint: str, keeps_best: bool = True) -> str:
   """The line for a checkpoint the workdir lacks, offering the latest where it has one."""
   directory = files.as_path(workdir) / 'checkpoints' / checkpoint
+  if checkpoint == 'best' and not keeps_best:
+    return (f'the run in {workdir} keeps no best checkpoint (config.keep_best_checkpoint=False); '
+            'use --checkpoint=latest')
   if checkpoint != 'latest' and _has_steps(directory.parent / 'latest'):
     return (f'no {checkpoint} checkpoint in {directory} (no epoch was validated yet, or '
             'config.keep_best_checkpoint is off), but the run has a latest one: use '

@@ -84,19 +84,6 @@ def read(scoring: Scoring, *,
   return computed, predictions.reshape(-1)[:scoring.size]
 
 
-def evaluate(evaluate_fn: Callable, variables: dict, eval_set: EvalSet, *,
-             with_predictions: bool = True) -> tuple[dict, Optional[np.ndarray]]:
-  """{'loss', 'accuracy'} over a split and the predicted class of each of its examples.
-
-  Args:
-    evaluate_fn: `compile_evaluate`'s function, or anything called the same way.
-    variables: {'params', 'batch_stats'}, replicated.
-    eval_set: the split, from `make_eval_set`.
-    with_predictions: False skips gathering the predictions to the host (returns None for them).
-  """
-  return read(dispatch(evaluate_fn, variables, eval_set), with_predictions=with_predictions)
-
-
 class Evaluator:
   """Scores variables on splits of one model and mesh, with one compiled evaluate function.
 
@@ -122,7 +109,8 @@ class Evaluator:
 
   def score(self, variables: dict, eval_set: EvalSet, *,
             with_predictions: bool = True) -> tuple[dict, Optional[np.ndarray]]:
-    """`evaluate` with this evaluator's function: dispatched, then read."""
+    """{'loss', 'accuracy'} over a split and each example's predicted class (None without
+    with_predictions): dispatched, then read."""
     return read(self.dispatch(variables, eval_set), with_predictions=with_predictions)
 
   def score_split(self, variables: dict, images: np.ndarray,

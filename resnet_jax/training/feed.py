@@ -154,19 +154,18 @@ def default_steps_per_call(num_full: int, backend: Optional[str] = None) -> int:
   On an accelerator, the full steps of an epoch split into calls of ONE shape wherever they can
   (every new shape is another compile, and on a GPU another round of autotuning): the largest
   divisor of the full steps in [AUTO_STEPS_PER_CALL / 2, AUTO_STEPS_PER_CALL], else the smallest
-  up to MAX_STEPS_PER_CALL, else all of them in one call where there are at most
-  MAX_STEPS_PER_CALL (batch 512 on 50,000 images: 97 full steps, a prime, one call of 97), else
-  AUTO_STEPS_PER_CALL (two shapes).
+  up to MAX_STEPS_PER_CALL (batch 512 on 50,000 images: 97 full steps, a prime, one call of 97),
+  else all of them where there are fewer than AUTO_STEPS_PER_CALL / 2, else AUTO_STEPS_PER_CALL
+  (two shapes).
   """
   if (backend or jax.default_backend()) == 'cpu':
     return 1
-  near = [count for count in range(AUTO_STEPS_PER_CALL, AUTO_STEPS_PER_CALL // 2 - 1, -1)
-          if num_full % count == 0]
-  above = [count for count in range(AUTO_STEPS_PER_CALL + 1, MAX_STEPS_PER_CALL + 1)
-           if num_full % count == 0]
-  if near or above:
-    return (near or above)[0]
-  if num_full <= MAX_STEPS_PER_CALL:
+  candidates = [*range(AUTO_STEPS_PER_CALL, AUTO_STEPS_PER_CALL // 2 - 1, -1),
+                *range(AUTO_STEPS_PER_CALL + 1, MAX_STEPS_PER_CALL + 1)]
+  divisor = next((count for count in candidates if num_full % count == 0), None)
+  if divisor:
+    return divisor
+  if num_full < AUTO_STEPS_PER_CALL // 2:
     return max(num_full, 1)
   return AUTO_STEPS_PER_CALL
 

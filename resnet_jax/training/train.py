@@ -98,12 +98,14 @@ class EpochEnd:
       (None where none is due and the best model is not kept).
     save_latest: the latest checkpoint is due (`checkpoint_every_epochs` and
       `checkpoint_min_seconds`, the last epoch, a stop).
+    histograms: the parameters' histograms are due (`param_histograms_every_epochs`).
   """
   epoch: int
   scoring: Optional[evaluator.Scoring]
   with_predictions: bool
   snapshot: Optional[steps.TrainState]
   save_latest: bool
+  histograms: bool
 
 
 class TrainLoop:
@@ -281,7 +283,10 @@ class TrainLoop:
 
   def end_epoch(self, epoch: int) -> None:
     """Dispatches the epoch's end: its validation (when due) and the state copy its checkpoints
-    need, then moves the meta to the next epoch. Nothing here waits for the devices."""
+    need, then moves the meta to the next epoch. Nothing here waits for the devices.
+
+    The meta is then the epoch boundary's until `close_epoch` reads this end, which comes before
+    anything else changes it (the next epoch's first call is read after it)."""
     config = self.run.config
     done = epoch + 1
     is_last = done == config.num_epochs
@@ -298,7 +303,7 @@ class TrainLoop:
       scored = self.state if snapshot is None else snapshot
       scoring = self.evaluator.dispatch(scored.eval_variables(), self.val_set)
     self.pending.append(EpochEnd(epoch, scoring, is_last and self.val_is_test, snapshot,
-                                 save_latest))
+                                 save_latest, histograms))
     self.meta = dataclasses.replace(self.meta, epoch=done, step_in_epoch=0, train_sums={})
 
   def close_epoch(self, end: EpochEnd) -> None:
@@ -328,8 +333,7 @@ class TrainLoop:
         state = self.state if state is not None else None
     record['elapsed_seconds'] = self.elapsed()
     self.writer.write_scalars(record['step'], {k: v for k, v in record.items() if k != 'step'})
-    if config.param_histograms_every_epochs and (
-        (end.epoch + 1) % config.param_histograms_every_epochs == 0):
+    if end.histograms:
       gradcam.write_param_histograms(self.writer, record['step'], state.params)
     self.writer.flush()
     progress.log_epoch(config, record)
@@ -340,12 +344,10 @@ class TrainLoop:
                                  best_epoch=end.epoch + 1)
       if config.keep_best_checkpoint:
         self.best_state = state
-        self.best_unsaved = state, dataclasses.replace(meta, epoch=end.epoch + 1,
-                                                       step_in_epoch=0, train_sums={})
+        self.best_unsaved = state, meta
     self.meta = meta
     if end.save_latest:
-      self.save_checkpoints(state, dataclasses.replace(meta, epoch=end.epoch + 1,
-                                                       step_in_epoch=0, train_sums={}))
+      self.save_checkpoints(state, meta)
     self.last_epoch_read = time.perf_counter()
 
   def save_checkpoints(self, state: steps.TrainState, meta: checkpoints.CheckpointMeta) -> None:
