@@ -9,14 +9,19 @@ Every command calls `setup` once its flags are parsed (`cli.parse_flags`). Then:
   log file `<workdir>/<command>.log` (or beside --output; a temporary folder without either);
 `--verbose` leaves everything on the console, as the libraries print it.
 
+A console that closes under a command (`main ... | tee log` loses its reader at Ctrl-C, when the
+shell's SIGINT ends tee too; a closed terminal) never breaks it: stdout and stderr are `Console`
+streams, which from their first failed write on send what they are given to the log file.
+
 A command that ends on a user error ends through `end_with` (`exit_on_user_error`): its
 `error: ...` line is the last thing printed (what libraries write afterwards, at interpreter exit
-or from threads, goes to the log file), naming the log file where a library recorded warnings or
-errors there. A workdir the failed command created, holding nothing but its lock and log, is
-removed.
+or from threads, goes to the log file), naming the log file where a library recorded errors there
+(not warnings, such as TFDS's on a folder without dataset_info.json). A workdir the failed command
+created, holding nothing but its lock and log, is removed.
 """
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -64,7 +69,7 @@ class LogFile(logging.Handler):
     path: the file.
     folder: the workdir or output folder it is in ('' for a temporary one).
     folder_existed: whether that folder was there before the command.
-    problems: how many library records of WARNING or worse it holds.
+    problems: how many library records of ERROR or worse it holds.
     console: a file descriptor of the console (the original stderr), once file descriptor 2
       points at the log.
   """
@@ -94,7 +99,7 @@ class LogFile(logging.Handler):
     try:
       self._file.write(self.format(record) + '\n')
       self._file.flush()
-      if record.levelno >= logging.WARNING and not from_this_package(record):
+      if record.levelno >= logging.ERROR and not from_this_package(record):
         self.problems += 1
     except Exception:  # pylint: disable=broad-except  # A full disk must not end the command.
       pass
@@ -105,8 +110,7 @@ class LogFile(logging.Handler):
     sys.stderr.flush()
     self.console = os.dup(2)
     os.dup2(self._file.fileno(), 2)
-    sys.stderr = open(self.console, 'w', buffering=1, encoding='utf-8',  # pylint: disable=consider-using-with
-                      closefd=False)
+    sys.stderr = Console(self.console)
     absl_logging.get_absl_handler().python_handler.setStream(sys.stderr)
 
   def take_console(self) -> None:
@@ -120,6 +124,63 @@ class LogFile(logging.Handler):
   def close(self) -> None:
     self._file.close()
     super().close()
+
+
+class Console(io.TextIOWrapper):
+  """A console stream (stdout, stderr) whose failed writes never raise.
+
+  From its first write that fails (the reader of its pipe gone, the terminal closed), its file
+  descriptor points at the command's log file (at nothing without one): what it is given is kept
+  there, and the command goes on to its end (a stop saves its checkpoint).
+  """
+
+  def __init__(self, fd: int):
+    super().__init__(io.BufferedWriter(io.FileIO(fd, 'w', closefd=False)), encoding='utf-8',
+                     errors='backslashreplace', line_buffering=True)
+
+  def write(self, text: str) -> int:
+    try:
+      return super().write(text)
+    except OSError:
+      self._lost()
+      return len(text)
+
+  def flush(self) -> None:
+    try:
+      super().flush()
+    except OSError:
+      self._lost()
+
+  def _lost(self) -> None:
+    target = os.open(log_path() or os.devnull, os.O_WRONLY | os.O_APPEND)
+    os.dup2(target, self.fileno())
+    os.close(target)
+    try:  # What the failed write left in the buffer.
+      super().flush()
+    except OSError:
+      pass
+
+
+def _use_console_streams() -> None:
+  """sys.stdout and sys.stderr become `Console` streams on their file descriptors."""
+  for name, fd in (('stdout', 1), ('stderr', 2)):
+    stream = getattr(sys, name)
+    if not isinstance(stream, Console):
+      stream.flush()
+      setattr(sys, name, Console(fd))
+  absl_logging.get_absl_handler().python_handler.setStream(sys.stderr)
+
+
+def say_at_once(line: str) -> None:
+  """Writes line to the console from a signal handler; never raises.
+
+  Straight to the file descriptor: the code the signal interrupted may be inside a write to the
+  console stream, holding its lock, and a second write through it would raise there.
+  """
+  try:
+    os.write(sys.stderr.fileno(), f'{line}\n'.encode())
+  except (OSError, ValueError, AttributeError):  # A console gone, or no file descriptor.
+    pass
 
 
 def _forward_unraisable(unraisable) -> None:
@@ -155,6 +216,7 @@ def setup(command: str, folder: str | None, verbose: bool = False) -> str | None
     folder: the workdir or output folder the log goes into (created if missing).
     verbose: True: everything on the console, as the libraries print it, and no log file.
   """
+  _use_console_streams()
   if verbose:
     return None
   console = absl_logging.get_absl_handler()
@@ -172,7 +234,7 @@ def setup(command: str, folder: str | None, verbose: bool = False) -> str | None
 def end_with(line: str, status: int) -> None:
   """Prints line as the command's last, and exits with status; nothing is printed after it.
 
-  The line names the log file where libraries recorded warnings or errors there. A workdir the
+  The line names the log file where libraries recorded errors there. A workdir the
   command created that holds nothing but its lock and log is removed.
   """
   handler = _log_file()

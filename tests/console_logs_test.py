@@ -125,3 +125,46 @@ def test_a_phase_says_how_long_it_has_run():
     logger.removeHandler(handler)
     logger.setLevel(level)
   assert len([line for line in lines if re.fullmatch(r'compiling: \d+ s so far', line)]) >= 2
+
+
+def test_a_closed_console_never_fails_a_write_and_what_it_is_given_goes_to_the_log(tmp_path):
+  # `main ... 2>&1 | tee log`, then Ctrl-C: the shell's SIGINT ends tee, and the console is a pipe
+  # whose reader is gone. Before: the next write raised BrokenPipeError.
+  workdir = tmp_path / 'run'
+  result = run_python(f'''
+      import os, sys
+      from absl import logging
+      from resnet_jax import console_logs
+      read, write = os.pipe()
+      os.close(read)
+      os.dup2(write, 1)
+      os.dup2(write, 2)
+      console_logs.setup('main', {str(workdir)!r})
+      logging.set_verbosity(logging.INFO)
+      logging.info('a line of ours')
+      print('a printed line', flush=True)
+      console_logs.say_at_once('a line from a signal handler')
+      print('printed after', flush=True)
+      open({str(tmp_path / 'done')!r}, 'w').close()
+      ''', tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / 'done').exists()
+  log = (workdir / 'main.log').read_text()
+  assert 'a line of ours' in log and 'a printed line' in log and 'printed after' in log
+  assert 'Error' not in log and 'lost sys' not in log, log
+
+
+def test_library_warnings_leave_a_failed_first_commands_workdir_to_be_removed(tmp_path):
+  # TFDS warns of a folder without dataset_info.json whenever the `auto` source probes it.
+  workdir = tmp_path / 'new'
+  result = run_python(f'''
+      import logging
+      from resnet_jax import console_logs
+      console_logs.setup('main', {str(workdir)!r})
+      logging.getLogger('tensorflow_datasets').warning('has no dataset_info.json')
+      def fail(): raise console_logs.UserError('config.batch_size=0 is invalid')
+      console_logs.exit_on_user_error(fail)
+      ''', tmp_path)
+  assert result.returncode == 2
+  assert result.stderr == 'error: config.batch_size=0 is invalid\n'
+  assert not workdir.exists()

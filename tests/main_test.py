@@ -111,6 +111,26 @@ def test_ctrl_c_during_compilation_saves_and_exits_130(cifar_batches_dir, tmp_pa
   assert any((tmp_path / 'checkpoints' / 'latest').iterdir())
 
 
+def test_ctrl_c_with_the_console_piped_to_tee_still_saves_and_exits_130(tmp_path):
+  # `main ... 2>&1 | tee log`: the shell's SIGINT ends tee too. Before: the next console write
+  # raised BrokenPipeError and the run died without its stop checkpoint.
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'resnet_jax.main', f'--workdir={tmp_path}', SMOKE, SYNTHETIC,
+       '--config.num_epochs=20'],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  for line in process.stdout:
+    if b'compiling the train call' in line:
+      break
+  process.stdout.close()  # tee ended
+  process.send_signal(signal.SIGINT)
+  assert process.wait(timeout=300) == 130
+  log = (tmp_path / 'main.log').read_text()
+  assert 'Ctrl-C: saved a checkpoint at epoch 1' in log, log[-3000:]
+  assert 'Traceback' not in log and 'lost sys' not in log
+  assert any((tmp_path / 'checkpoints' / 'latest').iterdir())
+
+
 @pytest.mark.parametrize('reached,expected', [
     ({'epoch': 30, 'elapsed_seconds': 41.0},
      "time to accuracy: Reached the PyTorch reference's 92.38% at epoch 30 of 32 after 41 s "

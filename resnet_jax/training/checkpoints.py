@@ -12,7 +12,6 @@ import dataclasses
 import itertools
 import os
 import signal
-import sys
 import threading
 from typing import Optional
 
@@ -23,6 +22,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from resnet_jax import console_logs
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.errors import UserError, one_line
@@ -287,20 +287,24 @@ class StopSignals:
     self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
 
   def _handle(self, signum, frame) -> None:
+    """Records the stop first, then says so: the handler runs wherever the main thread was,
+    perhaps inside a write to the console, so it writes past the console stream's lock and
+    nothing it does can raise there (`console_logs.say_at_once`)."""
     del frame
     if signum == signal.SIGINT and self.signal_name == 'SIGINT':
-      print('Ctrl-C again: stopped at once, without saving (the last checkpoint is kept)',
-            file=sys.stderr, flush=True)
+      console_logs.say_at_once('Ctrl-C again: stopped at once, without saving (the last '
+                               'checkpoint is kept)')
       os._exit(130)  # pylint: disable=protected-access  # No traceback, no waiting on compiles.
     self.signal_name = signal.Signals(signum).name
+    if not (self._several and signum == signal.SIGINT):
+      self._event.set()
     if signum == signal.SIGINT:
-      print('Ctrl-C: stopping; the compiled call in flight (and the one queued behind it) must '
-            'finish before a checkpoint is saved, which can take a minute on a CPU (Ctrl-C again '
-            'stops at once, without saving)', file=sys.stderr, flush=True)
+      console_logs.say_at_once(
+          'Ctrl-C: stopping; the compiled call in flight (and the one queued behind it) must '
+          'finish before a checkpoint is saved, which can take a minute on a CPU (Ctrl-C again '
+          'stops at once, without saving)')
       if self._several:
         os.kill(os.getpid(), signal.SIGTERM)
-        return
-    self._event.set()
 
   def should_stop(self) -> bool:
     """Stop after the call just made? Call it once per call, on every process alike."""

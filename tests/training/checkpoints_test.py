@@ -1,6 +1,9 @@
 """checkpoints: process 0 decides storage questions; preemption call ids keep rising."""
 
+import io
+import logging
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -35,7 +38,7 @@ def test_on_several_processes_process_zeros_view_of_storage_decides(monkeypatch)
   assert checkpoints.process_zero_decides(1) == 0
 
 
-def test_sigterm_and_ctrl_c_ask_for_a_stop_and_a_second_ctrl_c_ends_at_once(monkeypatch, capsys):
+def test_sigterm_and_ctrl_c_ask_for_a_stop_and_a_second_ctrl_c_ends_at_once(monkeypatch, capfd):
   exits = []
   monkeypatch.setattr(checkpoints.os, '_exit', exits.append)
   for first in (signal.SIGTERM, signal.SIGINT):
@@ -47,7 +50,7 @@ def test_sigterm_and_ctrl_c_ask_for_a_stop_and_a_second_ctrl_c_ends_at_once(monk
       assert not exits
     finally:
       stop_signals.restore()
-  assert 'Ctrl-C: stopping; the compiled call in flight' in capsys.readouterr().err
+  assert 'Ctrl-C: stopping; the compiled call in flight' in capfd.readouterr().err
   stop_signals = checkpoints.StopSignals()
   try:
     signal.raise_signal(signal.SIGINT)
@@ -55,8 +58,44 @@ def test_sigterm_and_ctrl_c_ask_for_a_stop_and_a_second_ctrl_c_ends_at_once(monk
   finally:
     stop_signals.restore()
   assert exits == [130]
-  assert 'Ctrl-C again: stopped at once, without saving' in capsys.readouterr().err
+  assert 'Ctrl-C again: stopped at once, without saving' in capfd.readouterr().err
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class InterruptedConsole(io.FileIO):
+  """A console file whose first write is interrupted by Ctrl-C: the signal handler then runs
+  inside the buffered stream's write, holding its lock, as when a signal comes while the run
+  writes a line."""
+
+  def write(self, data):
+    if not getattr(self, 'interrupted', False):
+      self.interrupted = True
+      signal.raise_signal(signal.SIGINT)
+    return super().write(data)
+
+
+def test_a_ctrl_c_during_a_console_write_is_not_lost(monkeypatch, tmp_path):
+  # Before: the handler's message raised "reentrant call" inside the line being logged; logging
+  # swallowed it, and the stop with it (the run trained to its end).
+  console = io.TextIOWrapper(io.BufferedWriter(InterruptedConsole(tmp_path / 'console', 'w')),
+                             line_buffering=True)
+  monkeypatch.setattr(sys, 'stderr', console)
+  logger = logging.getLogger('a console')
+  handler = logging.StreamHandler(console)
+  monkeypatch.setattr(logger, 'handlers', [handler])
+  monkeypatch.setattr(logger, 'propagate', False)
+  stop_signals = checkpoints.StopSignals()
+  try:
+    logger.warning('compiling the train call')
+  finally:
+    stop_signals.restore()
+  console.flush()
+  assert stop_signals.should_stop() and stop_signals.signal_name == 'SIGINT'
+  assert (tmp_path / 'console').read_text().splitlines() == [
+      'Ctrl-C: stopping; the compiled call in flight (and the one queued behind it) must finish '
+      'before a checkpoint is saved, which can take a minute on a CPU (Ctrl-C again stops at '
+      'once, without saving)',
+      'compiling the train call']
 
 
 def test_a_failed_background_write_is_one_line_naming_the_folder(tmp_path):
