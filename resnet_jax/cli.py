@@ -115,12 +115,7 @@ def run(main: Callable[[list[str]], None], command: str, *, uses_config: bool = 
   for name in own:  # absl's --help lists the main module's key flags only.
     if name in flags.FLAGS:
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-  def without_arguments(argv: list[str]) -> None:
-    if len(argv) > 1:  # No command takes positional arguments: a flag missing its `--`?
-      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-    main(argv)
-
-  app.run(functools.partial(console_logs.exit_on_user_error, without_arguments),
+  app.run(functools.partial(console_logs.exit_on_user_error, main),
           flags_parser=functools.partial(parse_flags, command=command, **parse_options))
 
 
@@ -157,11 +152,12 @@ def parse_flags(argv: list[str], require_workdir: bool = True, require_config: b
     command: the command's name, its log file's.
 
   Returns:
-    The arguments that are not flags.
+    argv[:1]: the program (no command takes other arguments).
   """
   try:
     check_config_argument(argv)
     remaining = flags.FLAGS(argv)
+    check_no_arguments(remaining)
     output = flags.FLAGS['output'].value if 'output' in flags.FLAGS else None
     beside_output = os.path.dirname(os.path.abspath(output)) if output else None
     if beside_output and not os.path.isdir(beside_output):
@@ -177,6 +173,14 @@ def parse_flags(argv: list[str], require_workdir: bool = True, require_config: b
   except Exception as e:  # pylint: disable=broad-except  # The config file runs users' code.
     console_logs.end_with(f'error: {flag_error_message(argv, e)}', 2)
   return remaining
+
+
+def check_no_arguments(remaining: list[str]) -> None:
+  """UserError for words on the command line that are not flags: no command takes any."""
+  if len(remaining) > 1:
+    words = ' '.join(map(shlex.quote, remaining[1:]))
+    raise UserError(f'unexpected argument{"s" * (len(remaining) > 2)} {words}: every option '
+                    'is a flag, --name=value (a flag missing its --, or a value its =?)')
 
 
 def check_config_argument(argv: list[str]) -> None:

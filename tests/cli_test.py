@@ -126,3 +126,17 @@ def helps() -> dict[str, str]:
 def test_every_commands_help_lists_its_own_flags(helps, command):
   listed = set(re.findall(r'^  --(?:\[no\])?(\w+)', helps[command], re.M))
   assert listed == COMMAND_FLAGS[command], helps[command]
+
+
+@pytest.mark.parametrize('command', ['main', 'platform_check'])  # Every command parses in cli.run.
+def test_a_stray_argument_is_one_line_exit_2_and_leaves_no_workdir(tmp_path, command):
+  workdir = tmp_path / 'run'
+  arguments = (['--config=configs/smoke.py', f'--workdir={workdir}'] if command == 'main' else [])
+  arguments.append('extra')
+  result = subprocess.run([sys.executable, '-m', f'resnet_jax.{command}', *arguments], cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+  assert result.returncode == 2
+  assert result.stdout + result.stderr == (
+      'error: unexpected argument extra: every option is a flag, --name=value (a flag missing '
+      'its --, or a value its =?)\n')
+  assert not workdir.exists()
