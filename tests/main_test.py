@@ -47,6 +47,9 @@ MISTAKES = [
      'is a sweep config; run it with python -m resnet_jax.sweep'),
     ('unwritable_workdir', [SMOKE, SYNTHETIC, '--workdir={configs}/syntax.py/run'],
      'syntax.py is a file, not a folder'),
+    # The `auto` source (TFDS probed where TensorFlow is installed) and a workdir to make.
+    ('batch_size_zero', [SMOKE, '--config.batch_size=0', '--workdir={configs}/first_run'],
+     'config.batch_size=0 is invalid: must be >= 1'),
 ]
 
 
@@ -86,6 +89,12 @@ def test_mistake_is_one_clear_line(outcomes, configs, name, expected):
   assert last_line.startswith('error: '), last_line
   assert expected in last_line, last_line
   assert '\\' not in last_line, last_line  # Readable: no escaped quotes.
+
+
+def test_a_failed_first_run_leaves_no_workdir(outcomes, configs):
+  assert outcomes['batch_size_zero'].returncode == 2
+  assert 'library messages' not in outcomes['batch_size_zero'].stderr
+  assert not (configs / 'first_run').exists()
 
 
 def test_ctrl_c_during_compilation_saves_and_exits_130(cifar_batches_dir, tmp_path):

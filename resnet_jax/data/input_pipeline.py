@@ -18,6 +18,8 @@ from resnet_jax.data import tf_host
 from resnet_jax.errors import UserError
 
 HOST_BACKENDS = ('auto', 'numpy', 'tf')
+NORMALIZATIONS = ('constants', 'computed')  # config.data.mean/std, or from the training split
+PLACEMENTS = ('auto', 'device', 'host')  # where the training set lies (feed.resident_placement)
 
 
 class Splits(NamedTuple):
@@ -82,9 +84,6 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple, tuple]:
 def _normalization(data_cfg, train_images) -> tuple[tuple, tuple]:
   if data_cfg.normalization == 'computed':
     return channel_stats(train_images)
-  if data_cfg.normalization != 'constants':
-    raise UserError(f'config.data.normalization={data_cfg.normalization!r} is unknown; use '
-                    "'constants' (config.data.mean/std) or 'computed' (from the training split)")
   mean, std = tuple(float(m) for m in data_cfg.mean), tuple(float(s) for s in data_cfg.std)
   channels = train_images.shape[-1]
   if len(mean) != channels or len(std) != channels or min(std) <= 0:
@@ -106,6 +105,25 @@ def _checked(split: sources.Split, subset_key: str, data_cfg, num_classes: int):
   return sources.resize_images(images, data_cfg.image_size), labels
 
 
+def check_config(data_cfg) -> None:
+  """UserError, naming the key, for the first `config.data` setting no data could satisfy.
+
+  Reads no data: what `load_splits` checks first, and every command before it loads any.
+  """
+  choices = {'source': sources.SOURCES, 'normalization': NORMALIZATIONS,
+             'host_backend': HOST_BACKENDS, 'placement': PLACEMENTS}
+  for key, allowed in choices.items():
+    if data_cfg[key] not in allowed:
+      raise UserError(f'config.data.{key}={data_cfg[key]!r} is unknown; use one of '
+                      f'{", ".join(allowed)}')
+  for key in ('train_subset', 'test_subset'):
+    if data_cfg[key] < 0:
+      raise UserError(f'config.data.{key}={data_cfg[key]} must be >= 0 (0 = all)')
+  if data_cfg.image_size <= 0:
+    raise UserError(f'config.data.image_size={data_cfg.image_size} must be positive')
+  _validation_fraction(data_cfg.validation)
+
+
 def load_splits(data_cfg, seed: int, num_classes: int = 0) -> Splits:
   """Loads config.data's source and returns train/validation/test splits.
 
@@ -122,11 +140,7 @@ def load_splits(data_cfg, seed: int, num_classes: int = 0) -> Splits:
     UserError: unknown settings, data that is missing, corrupt or out of range, or of another
       class count than num_classes.
   """
-  for key in ('train_subset', 'test_subset'):
-    if data_cfg[key] < 0:
-      raise UserError(f'config.data.{key}={data_cfg[key]} must be >= 0 (0 = all)')
-  if data_cfg.image_size <= 0:
-    raise UserError(f'config.data.image_size={data_cfg.image_size} must be positive')
+  check_config(data_cfg)
   fraction = _validation_fraction(data_cfg.validation)
   loaded = sources.load_source(data_cfg)
   classes = min(num_classes or len(loaded.class_names), len(loaded.class_names))

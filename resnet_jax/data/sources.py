@@ -357,11 +357,10 @@ def load_source(data_cfg) -> Loaded:
   """Reads config.data's source: its train and test splits as read, unchecked (`validate_split`).
 
   Raises:
-    UserError: an unknown source, or data that is missing or unreadable.
+    UserError: data that is missing or unreadable (the source's name is checked before, by
+      `input_pipeline.check_config`).
   """
   source = data_cfg.source
-  if source not in SOURCES:
-    raise UserError(f'config.data.source={source!r} is unknown; use one of {", ".join(SOURCES)}')
   if source == 'auto':
     return _load_auto(data_cfg)
   if source == 'tfds':

@@ -128,12 +128,17 @@ class EpochPlan:
         drop_remainder=self.drop_remainder, multiple_of=self.num_devices)
 
 
-def epoch_plan(config: ml_collections.ConfigDict, size: int, num_devices: int) -> EpochPlan:
-  """Steps of an epoch; the last partial batch (cut to a multiple of the devices) is trained."""
-  batch_size = config.batch_size
+def check_batch_size(batch_size: int, num_devices: int) -> None:
+  """UserError unless the global batch splits evenly over the devices."""
   if batch_size < 1 or batch_size % num_devices:
     raise UserError(f'config.batch_size={batch_size} must be a positive multiple of the '
                     f'{num_devices} devices')
+
+
+def epoch_plan(config: ml_collections.ConfigDict, size: int, num_devices: int) -> EpochPlan:
+  """Steps of an epoch; the last partial batch (cut to a multiple of the devices) is trained."""
+  batch_size = config.batch_size
+  check_batch_size(batch_size, num_devices)
   num_steps = input_pipeline.steps_per_epoch(size, batch_size, config.drop_remainder,
                                              multiple_of=num_devices)
   if num_steps < 1:

@@ -71,6 +71,7 @@ BATCH_STATISTICS = ('global', 'per_device')
 def validate_run_config(config: ml_collections.ConfigDict) -> None:
   """Raises UserError, naming the key, for the first loop setting out of range."""
   checks = [
+      ('batch_size', config.batch_size >= 1, 'must be >= 1'),
       ('num_epochs', config.num_epochs >= 1, 'must be >= 1'),
       ('eval_batch_size', config.eval_batch_size >= 1, 'must be >= 1'),
       ('eval_every_epochs', config.eval_every_epochs >= 1, 'must be >= 1'),
@@ -93,10 +94,11 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """UserError for the first setting of config no run could train, without loading data.
 
-  The loop's settings, the model, augmentation, optimizer and schedule (the parameter budget
-  aside): what a sweep checks of every point before its first trains.
+  The loop's settings, the data's, the model, augmentation, optimizer and schedule (the
+  parameter budget aside): what a sweep checks of every point before its first trains.
   """
   validate_run_config(config)
+  input_pipeline.check_config(config.data)
   models.validate(config.model)
   augment.check_config(config.augment)
   optim.create_optimizer(config, 1)
@@ -110,9 +112,10 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str,
   """
   check_config(config)
   parameters = models.check_budget(config.model, config.data.image_size)
+  mesh = feed.create_mesh()
+  feed.check_batch_size(config.batch_size, mesh.devices.size)  # Before the data loads.
   if splits is None:
     splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
-  mesh = feed.create_mesh()
   plan = feed.epoch_plan(config, len(splits.train_labels), mesh.devices.size)
   optimizer = optim.create_optimizer(config, plan.steps)
   groups = mesh.devices.size if config.batch_statistics == 'per_device' else 1

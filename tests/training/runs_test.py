@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import shutil
 
 import pytest
@@ -24,11 +25,20 @@ def test_out_of_range_loop_setting_is_a_user_error(key, value):
     runs.validate_run_config(config)
 
 
-def test_setup_run_validates_before_loading_data(tmp_path):
+@pytest.mark.parametrize('key,value,message', [
+    ('eval_every_epochs', 0, 'config.eval_every_epochs=0 is invalid'),
+    ('batch_size', 0, 'config.batch_size=0 is invalid: must be >= 1'),
+    ('data.placement', 'gpu', "config.data.placement='gpu' is unknown; use one of auto, device"),
+    ('data.normalization', 'z', "config.data.normalization='z' is unknown; use one of constants"),
+    ('data.host_backend', 'jax', "config.data.host_backend='jax' is unknown; use one of auto"),
+])
+def test_setup_run_checks_every_config_only_setting_before_loading_data(tmp_path, key, value,
+                                                                         message):
+  # The data folder does not exist: a check made after loading would never be reached.
   config = defaults.base_config()
   config.data.source, config.data.data_dir = 'cifar_batches', str(tmp_path / 'none')
-  config.eval_every_epochs = 0
-  with pytest.raises(errors.UserError, match='config.eval_every_epochs=0'):
+  run_config.set_key(config, key, value, 'a test')
+  with pytest.raises(errors.UserError, match=f'^{re.escape(message)}'):
     runs.setup_run(config, str(tmp_path))
 
 
