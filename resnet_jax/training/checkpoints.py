@@ -139,18 +139,37 @@ def close(manager: ocp.CheckpointManager) -> None:
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: steps.TrainState,
-                       step: Optional[int] = None) -> tuple[steps.TrainState, CheckpointMeta]:
-  """The state and metadata saved at `step` (default: the latest); UserError if unusable."""
+                       step: Optional[int] = None, *, identity: Optional[dict] = None,
+                       reading: bool = False) -> tuple[steps.TrainState, CheckpointMeta]:
+  """The state and metadata saved at `step` (default: the latest); UserError if unusable.
+
+  With `identity`, the checkpoint's recorded run is checked against it (`check_same_run`, with
+  `reading`) before the state is restored: a config whose change alters a shape is refused
+  naming the key, not with what orbax says of the shapes.
+  """
   step = manager.latest_step() if step is None else step
+  meta = _restore_meta(manager, step)
+  if identity is not None:
+    check_same_run(identity, meta, manager.directory, reading=reading)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(abstract_state)))
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f'checkpoint {manager.directory}/{step} cannot be restored into this config '
                     f'({one_line(e)}): it is damaged or was written by another config; use the '
                     'config it was trained with, or move the checkpoint aside or use a new '
                     '--workdir to start over') from e
-  return restored.state, CheckpointMeta.from_json(restored.meta)
+  return restored.state, meta
+
+
+def _restore_meta(manager: ocp.CheckpointManager, step: int) -> CheckpointMeta:
+  """The metadata saved at `step`, without the state; UserError if unreadable."""
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'checkpoint {manager.directory}/{step} cannot be read ({one_line(e)}): '
+                    'it is damaged; move it aside, or train the run again') from e
+  return CheckpointMeta.from_json(restored.meta)
 
 
 @contextlib.contextmanager
@@ -170,25 +189,21 @@ def _named_manager(workdir: str, checkpoint: str, keeps_best: bool):
 
 
 def restore_named(workdir: str, checkpoint: str, abstract_state: steps.TrainState, *,
-                  keeps_best: bool = True) -> tuple[steps.TrainState, CheckpointMeta]:
-  """A run's latest or best checkpoint; UserError if there is none.
+                  keeps_best: bool = True,
+                  identity: Optional[dict] = None) -> tuple[steps.TrainState, CheckpointMeta]:
+  """A run's latest or best checkpoint, checked against identity as a reader's; UserError if
+  there is none, or it is another run's.
 
   keeps_best: the run's config.keep_best_checkpoint (without one, 'best' is refused as such).
   """
   with _named_manager(workdir, checkpoint, keeps_best) as manager:
-    return restore_checkpoint(manager, abstract_state)
+    return restore_checkpoint(manager, abstract_state, identity=identity, reading=True)
 
 
 def read_meta(workdir: str, checkpoint: str = 'latest') -> CheckpointMeta:
   """The meta of a run's latest or best checkpoint, without its state; UserError if none."""
   with _named_manager(workdir, checkpoint, keeps_best=True) as manager:
-    step = manager.latest_step()
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f'checkpoint {manager.directory}/{step} cannot be read ({one_line(e)}): '
-                      'it is damaged; move it aside, or train the run again') from e
-    return CheckpointMeta.from_json(restored.meta)
+    return _restore_meta(manager, manager.latest_step())
 
 
 def _has_steps(directory) -> bool:

@@ -138,10 +138,9 @@ def restore(run: Run, checkpoint: str = 'latest') -> tuple[steps.TrainState,
     UserError: no such checkpoint, or one whose recorded run (config keys, data) differs from
       run's (`checkpoints.check_same_run`), e.g. after a hand-edited config.json.
   """
-  state, meta = checkpoints.restore_named(run.workdir, checkpoint, run.abstract_state(),
-                                          keeps_best=run.config.keep_best_checkpoint)
-  check_recorded_run(run, meta, checkpoint)
-  return state, meta
+  return checkpoints.restore_named(run.workdir, checkpoint, run.abstract_state(),
+                                  keeps_best=run.config.keep_best_checkpoint,
+                                  identity=run.identity)
 
 
 def check_recorded_run(run: Run, meta: checkpoints.CheckpointMeta,

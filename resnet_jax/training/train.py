@@ -181,8 +181,8 @@ class TrainLoop:
     if latest_step is None:
       self.state = feed.initial_state(run.ctx, run.config.data.image_size, run.mesh)
     else:
-      state, meta = checkpoints.restore_checkpoint(self.latest, run.abstract_state(), latest_step)
-      checkpoints.check_same_run(run.identity, meta, self.latest.directory)
+      state, meta = checkpoints.restore_checkpoint(self.latest, run.abstract_state(), latest_step,
+                                                   identity=run.identity)
       results_path = files.as_path(run.workdir) / report.RESULTS_FILE
       if meta.epoch >= run.config.num_epochs and checkpoints.process_zero_decides(
           int(results_path.exists())):

@@ -63,6 +63,21 @@ def test_a_hand_edited_config_json_is_refused_not_scored(smoke_run, tmp_path):
                     'command builds the model from gives swish', 'config.json edited')
 
 
+def test_an_edit_of_config_json_that_changes_a_shape_names_the_key(smoke_run, tmp_path):
+  # Before: orbax's text of the mismatched shapes, and "damaged or written by another config".
+  _, workdir = _copy_of(smoke_run, tmp_path)
+  path = pathlib.Path(workdir) / run_config.CONFIG_FILE
+  saved = json.loads(path.read_text())
+  channels = saved['model']['channels']
+  saved['model']['channels'] = [2 * c for c in channels]
+  path.write_text(json.dumps(saved))
+  edited = run_config.load_run_config(workdir)
+  assert_user_error(lambda: runs.restore(runs.setup_run(edited, workdir)),
+                    f'was trained with config.model.channels = {tuple(channels)}, but the config '
+                    f'this command builds the model from gives {tuple(2 * c for c in channels)}',
+                    'config.json edited')
+
+
 def test_without_config_json_another_config_is_refused(smoke_run, tmp_path):
   _, workdir = _copy_of(smoke_run, tmp_path)
   (pathlib.Path(workdir) / run_config.CONFIG_FILE).unlink()

@@ -268,7 +268,8 @@ def test_resuming_with_a_changed_run_is_a_user_error(short_run, cifar_batches_di
 
 
 @pytest.mark.parametrize('key,value', [('optim.learning_rate', 0.2), ('augment.hflip', 0.0),
-                                       ('data.normalization', 'computed')])
+                                       ('data.normalization', 'computed'),
+                                       ('model.stem_channels', 12)])  # a shape: named, not orbax's
 def test_resuming_with_changed_settings_is_refused_and_config_json_kept(
     short_run, cifar_batches_dir, tmp_path, key, value):
   _, workdir, _, _ = short_run
