@@ -58,7 +58,7 @@ def _seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.Conf
 def jax_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """A JAX run's results with its per-epoch 'history' (trained here unless it has finished)."""
   from resnet_jax.training import train  # pylint: disable=g-import-not-at-top
-  results = train.train_and_evaluate(config, workdir)
+  results = train.train_and_evaluate(config, workdir, resume_command=cli.command_line())
   if results.get('preempted'):
     raise errors.UserError(f'the JAX run in {workdir} was stopped before its end; run it again')
   return with_history(results, workdir)

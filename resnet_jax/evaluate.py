@@ -89,7 +89,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
     test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size
                                             ).score_split(variables, run.splits.test_images,
                                                           run.splits.test_labels)
-  results = runs.run_results(run, models.count_params(variables['params']), test) | {
+  results = runs.run_results(run, models.count_params(variables['params']), test,
+                             cli.command_line()) | {
       'evaluated': torch_state_dict if torch_state_dict else directory,
       'wall_seconds': time.time() - start,
   }
@@ -108,7 +109,7 @@ def run_evaluation(config, workdir: str) -> None:
   source = 'torch' if _TORCH_STATE_DICT.value else CHECKPOINT.value
   cli.say_outputs(OUTPUT_DIR.value or os.path.join(workdir, f'evaluate_{source}'))
   distributed.initialize_from_env()
-  with workdir_lock.hold(workdir, 'evaluate'):  # Not while a run writes its checkpoints.
+  with workdir_lock.hold(workdir, 'evaluate', cli.command_line()):  # Not while a run writes its checkpoints.
     config = run_config.load_run_config(workdir, config)
     if _MODEL.value:
       config = with_named_model(config, _MODEL.value)

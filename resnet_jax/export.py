@@ -112,7 +112,7 @@ def main(argv):
     check_destination(_TO.value)  # Before any work, as is PyTorch.
     pytorch.require_torch('export')
     cli.say_outputs(f'{_TO.value} and {definition_path(_TO.value)}')
-    with workdir_lock.hold(workdir, 'export'):  # Not while a run rotates its checkpoints.
+    with workdir_lock.hold(workdir, 'export', cli.command_line()):  # Not while a run rotates its checkpoints.
       config = run_config.load_run_config(workdir, config)  # The run's own, by default.
       exported = export_run(config, workdir, _TO.value, _CHECKPOINT.value)
     print(f"wrote {exported['path']} ({exported['keys']} tensors, epoch {exported['epoch']}) "

@@ -22,7 +22,7 @@ def run(config, workdir: str) -> None:
   cli.say_outputs(f'{workdir} (checkpoints, metrics, report.md)')
   distributed.initialize_from_env()
   print(models.summary_table(config.model), flush=True)
-  results = train.train_and_evaluate(config, workdir)
+  results = train.train_and_evaluate(config, workdir, resume_command=cli.command_line())
   if results.get('signal') == 'SIGINT':
     sys.exit(130)  # Ctrl-C: saved, and says so; the shell's convention for an interrupted job.
   if not results.get('preempted'):

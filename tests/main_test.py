@@ -152,7 +152,7 @@ def test_the_last_lines_give_accuracy_then_time_to_accuracy(monkeypatch, caplog,
   results = {'final_test_accuracy': 0.9205, 'epochs': 32, 'best_val_accuracy': 0.921,
              'best_epoch': 31, 'reference': defaults.seed000_reference().to_dict(),
              'reference_reached': reached}
-  monkeypatch.setattr(train, 'train_and_evaluate', lambda config, workdir: results)
+  monkeypatch.setattr(train, 'train_and_evaluate', lambda config, workdir, **_: results)
   monkeypatch.setattr(distributed, 'initialize_from_env', lambda: None)
   caplog.set_level(logging.INFO)
   main.run(defaults.base_config(), str(tmp_path))

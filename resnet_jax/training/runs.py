@@ -8,13 +8,12 @@ record it returns is what they pass on. It never touches the workdir.
 import dataclasses
 import functools
 import hashlib
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
 import numpy as np
 
-from resnet_jax import cli
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import augment
@@ -151,8 +150,9 @@ def check_recorded_run(run: Run, meta: checkpoints.CheckpointMeta,
                              reading=True)
 
 
-def run_results(run: Run, parameters: int, test: dict) -> dict:
-  """The results fields every report has: the system, its test score, data and machine."""
+def run_results(run: Run, parameters: int, test: dict, command: Optional[str]) -> dict:
+  """The results fields every report has: the system, its test score, data and machine, and
+  the command line that made them (None: started from Python)."""
   config, splits = run.config, run.splits
   device = jax.devices()[0]
   return {
@@ -179,6 +179,6 @@ def run_results(run: Run, parameters: int, test: dict) -> dict:
       # The figures a config names (no 0.0 for a figure it has not).
       'reference': {key: value for key, value in config.reference.to_dict().items() if value},
       'workdir': str(files.as_path(run.workdir)),
-      'command': cli.command_line(),
+      'command': command,
       'preempted': False,
   }

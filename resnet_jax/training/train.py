@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax import cli
 from resnet_jax import console_logs
 from resnet_jax import files
 from resnet_jax import models
@@ -51,8 +50,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config: a config from configs/ (see resnet_jax/defaults.py for every key).
     workdir: where checkpoints, metrics, plots and the report go (a local folder or a URL such
       as gs://bucket/run); a run found there resumes.
-    resume_command: the command that resumes the run, said at a stop (default: the command
-      as typed, `cli.command_line()`).
+    resume_command: the command line that started the run and resumes it: recorded in
+      results.json and the workdir's lock, and said at a stop (a command passes the command as
+      typed, `cli.command_line()`); None for a run started from Python.
     splits: the data, where the caller has loaded it already (the benchmark); default: loaded
       from config.data.
 
@@ -64,7 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       process is using or that cannot be written, or a non-finite loss.
   """
   clock = progress.RunClock()
-  with workdir_lock.hold(workdir, 'training'):
+  with workdir_lock.hold(workdir, 'training', resume_command):
     run = runs.setup_run(config, workdir, splits=splits)
     progress.log_start(run)
     try:
@@ -122,7 +122,7 @@ class TrainLoop:
   def __init__(self, run: runs.Run, clock: progress.RunClock, stack: contextlib.ExitStack,
                resume_command: Optional[str] = None):
     self.run, self.clock = run, clock
-    self.resume_command = resume_command or cli.command_line()  # the command as typed
+    self.resume_command = resume_command
     self.writer = writers.create_writer(run.workdir, is_main=jax.process_index() == 0)
     stack.callback(self.writer.close)
     checkpoint_dir = files.as_path(run.workdir) / 'checkpoints'
@@ -393,7 +393,8 @@ class TrainLoop:
                                         with_predictions=False)[0]['accuracy']
     final_val = next((r for r in reversed(history) if 'val_accuracy' in r), {})
     clock = self.clock
-    results = runs.run_results(run, models.count_params(self.state.params), test) | {
+    results = runs.run_results(run, models.count_params(self.state.params), test,
+                               self.resume_command) | {
         'steps': int(self.state.step),
         'final_val_accuracy': final_val.get('val_accuracy'),
         'final_val_loss': final_val.get('val_loss'),
@@ -423,9 +424,10 @@ class TrainLoop:
     checkpoints.wait_for_saves(self.best)
     checkpoints.wait_for_saves(self.latest)
     signal_name = self.stop_signals.signal_name
+    resume = (f'resume with the same command: {self.resume_command}' if self.resume_command else
+              'resume by training the same config in the same workdir again')
     print(f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: saved a checkpoint at epoch '
-          f'{epoch + 1}, step {step_in_epoch} of it (global step {step}); resume with the same '
-          f'command: {self.resume_command}', flush=True)
+          f'{epoch + 1}, step {step_in_epoch} of it (global step {step}); {resume}', flush=True)
     return {'preempted': True, 'epoch': epoch, 'step': step, 'signal': signal_name}
 
 

@@ -15,12 +15,11 @@ import fcntl
 import json
 import os
 import socket
-from typing import Iterator
+from typing import Iterator, Optional
 
 from absl import logging
 import jax
 
-from resnet_jax import cli
 from resnet_jax import files
 from resnet_jax.errors import UserError
 
@@ -36,19 +35,22 @@ def _holder(path: str) -> str:
   try:
     with open(path, encoding='utf-8') as f:
       holder = json.load(f)
+    command = f": {holder['command']}" if holder.get('command') else ''
     return (f"pid {holder['pid']} on {holder['host']} ({holder['purpose']} since "
-            f"{holder['since']}: {holder['command']})")
+            f"{holder['since']}{command})")
   except (OSError, ValueError, KeyError, TypeError):
     return 'another process'
 
 
 @contextlib.contextmanager
-def hold(workdir: str, purpose: str = 'training') -> Iterator[None]:
+def hold(workdir: str, purpose: str = 'training',
+         command: Optional[str] = None) -> Iterator[None]:
   """Holds workdir's lock for the block; UserError if a live process holds it or it is unwritable.
 
   Args:
     workdir: a local folder (created if missing) or a URL.
     purpose: what the holder does there, for the message a second process gets.
+    command: the holder's command line, for that message too (None: started from Python).
   """
   if files.is_url(workdir) or jax.process_index() != 0:
     if files.is_url(workdir):
@@ -73,7 +75,7 @@ def hold(workdir: str, purpose: str = 'training') -> Iterator[None]:
     handle.truncate()
     json.dump({'pid': os.getpid(), 'host': socket.gethostname(), 'purpose': purpose,
                'since': datetime.datetime.now().isoformat(timespec='seconds'),
-               'command': cli.command_line()[:300]}, handle)
+               'command': command and command[:300]}, handle)
     handle.flush()
     try:
       yield

@@ -71,6 +71,9 @@ def learned_run(cifar_batches_dir, tmp_path_factory):
   return results, workdir, logged.lines
 
 
+SHORT_COMMAND = 'python -m resnet_jax.main --config=short.py --workdir=short'
+
+
 @pytest.fixture(scope='module')
 def short_run(cifar_batches_dir, tmp_path_factory):
   """The uninterrupted short run every other test compares with (and its evaluations)."""
@@ -85,7 +88,7 @@ def short_run(cifar_batches_dir, tmp_path_factory):
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(evaluator, 'read', counted)
-    results = train.train_and_evaluate(config, str(workdir))
+    results = train.train_and_evaluate(config, str(workdir), resume_command=SHORT_COMMAND)
   return results, workdir, restore_params(workdir, config), evaluations
 
 
@@ -153,6 +156,7 @@ def test_short_run_counts_steps_and_partial_batch(short_run):
   assert results['steps'] == latest_step == 2 * SHORT_STEPS_AN_EPOCH
   assert [r['epoch'] for r in meta.history] == [1, 2]
   assert results['placement'] == 'device'
+  assert results['command'] == SHORT_COMMAND  # What it was given, not the process's command line.
   # The identity a resume must match: every key but the resumable ones, the data, the plan.
   assert (meta.run['config.batch_size'], meta.run['config.num_epochs'], meta.run['config.seed'],
           meta.run['config.optim.learning_rate']) == (96, 2, 0, 0.05)
@@ -229,7 +233,9 @@ def test_sigterm_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_
     monkeypatch.setattr(writers, 'create_writer', writer_sending_sigterm(sigterm_at))
     stopped = train.train_and_evaluate(config, str(tmp_path))
     assert stopped['preempted'] and stopped['step'] == saved_at
-    assert 'resume with the same command' in capsys.readouterr().out
+    # Started from Python, without a command line to give back.
+    assert 'resume by training the same config in the same workdir again' in (
+        capsys.readouterr().out)
     _, meta, step = restore_params(tmp_path, config)
     assert step == saved_at
     epoch, step_in_epoch = divmod(saved_at, SHORT_STEPS_AN_EPOCH)

@@ -20,14 +20,16 @@ HOLD_AND_WAIT = ('import sys, time; sys.path.insert(0, sys.argv[1]); '
 
 
 def test_a_second_holder_is_refused_with_who_holds_it(tmp_path):
-  with workdir_lock.hold(str(tmp_path), 'training'):
+  with workdir_lock.hold(str(tmp_path), 'training', 'python -m resnet_jax.main --workdir=w'):
     with pytest.raises(UserError, match=rf'--workdir={tmp_path} is in use by pid {os.getpid()} '
-                       r'on .* \(training since .*\): wait for it to finish, stop it, or use '
-                       'another --workdir'):
+                       r'on .* \(training since .*: python -m resnet_jax.main --workdir=w\): '
+                       'wait for it to finish, stop it, or use another --workdir'):
       with workdir_lock.hold(str(tmp_path), 'evaluate'):
         pass
   with workdir_lock.hold(str(tmp_path)):  # Released when the holder is done.
-    pass
+    with pytest.raises(UserError, match=r'\(training since [\d:T-]+\): wait'):  # From Python.
+      with workdir_lock.hold(str(tmp_path), 'evaluate'):
+        pass
 
 
 def test_training_is_refused_on_a_workdir_in_use(tmp_path):
