@@ -293,7 +293,7 @@ class StopSignals:
 
   def __init__(self):
     self.signal_name = None  # 'SIGTERM' or 'SIGINT' once one came
-    self._event = threading.Event()
+    self._requested = False  # a plain flag: the handler takes no lock (it may run inside one)
     self._previous = {}
     self._several = jax.process_count() > 1
     if threading.current_thread() is not threading.main_thread():
@@ -311,8 +311,7 @@ class StopSignals:
                                'checkpoint is kept)')
       os._exit(130)  # pylint: disable=protected-access  # No traceback, no waiting on compiles.
     self.signal_name = signal.Signals(signum).name
-    if not (self._several and signum == signal.SIGINT):
-      self._event.set()
+    self._requested = True  # Read on one process; several agree through JAX (`should_stop`).
     if signum == signal.SIGINT:
       console_logs.say_at_once(
           'Ctrl-C: stopping; the compiled call in flight (and the one queued behind it) must '
@@ -328,7 +327,7 @@ class StopSignals:
       if stop and self.signal_name is None:
         self.signal_name = 'SIGTERM'
       return stop
-    return self._event.is_set()
+    return self._requested
 
   def restore(self) -> None:
     """Puts back the handlers this replaced."""
