@@ -165,7 +165,7 @@ def _use_console_streams() -> None:
   """sys.stdout and sys.stderr become `Console` streams on their file descriptors."""
   for name, fd in (('stdout', 1), ('stderr', 2)):
     stream = getattr(sys, name)
-    if not isinstance(stream, Console):
+    if stream is not None and not isinstance(stream, Console):  # None: started without it.
       stream.flush()
       setattr(sys, name, Console(fd))
   absl_logging.get_absl_handler().python_handler.setStream(sys.stderr)

@@ -69,3 +69,11 @@ def test_top_level_holds_only_commands_and_ground():
   assert top == set(COMMANDS) | set(GROUND)
   assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != '__pycache__'} == (
       set(FLOORS) - {'ground', 'commands'})
+
+
+def test_only_the_commands_read_the_command_line():
+  # A library module is given what it needs (a run started from Python records what it was
+  # given, not the command line of the process that runs it).
+  readers = {'.'.join(path.relative_to(PACKAGE).with_suffix('').parts) for path in modules()
+             if 'resnet_jax.cli' in imported_modules(path)}
+  assert readers and readers <= set(COMMANDS), readers
