@@ -75,7 +75,7 @@ def test_tiny_sweep_writes_table_and_plots(tiny_sweep):
     assert int(row['parameters']) == results['parameters']
     assert float(row['best_val_accuracy']) == results['best_val_accuracy']
     assert float(row['final_test_accuracy']) == results['final_test_accuracy']
-    assert float(row['wall_seconds']) == results['wall_seconds']
+    assert float(row['wall_seconds']) == results['elapsed_seconds']
     epochs, accuracy = sweep_report.validation_curve(workdir / row['point'])
     assert epochs == [1, 2] and max(accuracy) == results['best_val_accuracy']
   assert {row['parameters'] for row in table} == {'1754', '5266'}  # smoke model, 2 widths
@@ -273,7 +273,7 @@ def test_ctrl_c_stops_the_sweep_with_130_and_its_own_resume_command(tmp_path, mo
   monkeypatch.setattr(sys, 'argv', ['sweep.py', '--config=configs/sweeps/tiny.py',
                                     f'--workdir={tmp_path}'])
   with pytest.raises(SystemExit) as info:
-    sweep._run(_tiny_config(), str(tmp_path), 0, 1)  # pylint: disable=protected-access
+    sweep.sweep_command(_tiny_config(), str(tmp_path))
   assert info.value.code == 130  # Was 0.
   command = f'python -m resnet_jax.sweep --config=configs/sweeps/tiny.py --workdir={tmp_path}'
   assert told == [command]  # What the point's own stop line says, not `main`'s command.

@@ -38,11 +38,16 @@ class Splits(NamedTuple):
 # Splits and normalisation.
 
 
+def validates_on_test(validation) -> bool:
+  """Whether config.data.validation makes the test set the validation set ('test')."""
+  return str(validation).strip() == 'test'
+
+
 def _validation_fraction(validation) -> float | None:
   """None for 'test' (the test set validates), else the held-out fraction of train."""
-  text = str(validation).strip()
-  if text == 'test':
+  if validates_on_test(validation):
     return None
+  text = str(validation).strip()
   try:
     fraction = float(text)
   except ValueError:

@@ -302,7 +302,7 @@ def _results(run: _Training, config: ml_collections.ConfigDict, splits, history:
   """The run's results (the JAX trainer's keys that apply), the test set scored where needed."""
   scored = [r for r in history if 'val_accuracy' in r]
   best = max(scored, key=lambda r: r['val_accuracy'])
-  val_is_test = config.data.validation == 'test'
+  val_is_test = input_pipeline.validates_on_test(config.data.validation)
   test = (evaluate(run.net, *_as_tensors(splits.test_images, splits.test_labels),
                    config.eval_batch_size, run.mean, run.std, run.device) if not val_is_test else
           {'accuracy': scored[-1]['val_accuracy'], 'loss': scored[-1]['val_loss']})
