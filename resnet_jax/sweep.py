@@ -10,8 +10,8 @@ together and is labelled by its `name`. Any key can be overridden on the command
 as `--config.base.num_epochs=30`, the grid's as `--config.grid.optim.learning_rate='(0.1,0.01)'`.
 
 Each point trains in <workdir>/<point>/ through `train.train_and_evaluate`. Running the command
-again skips finished points (a whole results.json: `report.read_results`) and resumes a partial one from its
-checkpoint, but only where the config the point's folder recorded (config.json) is the point's
+again skips finished points (a whole results.json, `report.read_results`; a torn one is written
+again from the point's final checkpoint) and resumes a partial one from its checkpoint, but only where the config the point's folder recorded (config.json) is the point's
 config now: a sweep whose base or values changed is refused before any training, naming the
 point and the keys that differ (use a new --workdir, or delete the point's folder to train it
 again), since training over the old run would mix two configs in one point. Points over the

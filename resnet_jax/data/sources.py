@@ -345,7 +345,7 @@ def resolve_source(data_cfg):
     found = ('cifar_batches' if _cifar_batches_folder(path) is not None else
              'jpeg_npz' if all((path / f).is_file() for f in JPEG_NPZ_FILES) else None)
     if found:
-      resolved.source, resolved.data_dir = found, str(path.absolute())
+      resolved.source, resolved.data_dir = found, str(path)
       return resolved
   if data_cfg.data_dir:
     state = 'holds' if search[0].is_dir() else 'is not a folder, so it holds'

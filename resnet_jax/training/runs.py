@@ -8,6 +8,7 @@ record it returns is what they pass on. It never writes to the workdir.
 import dataclasses
 import functools
 import hashlib
+import os
 from typing import Any, Optional
 
 import jax
@@ -137,8 +138,11 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[
   data_cfg = recorded_data(config, workdir)
   if data_cfg is None:
     data_cfg = sources.resolve_source(config.data)
-    return (input_pipeline.load_splits(data_cfg, config.seed, config.model.num_classes),
-            {'source': data_cfg.source, 'data_dir': data_cfg.data_dir})
+    splits = input_pipeline.load_splits(data_cfg, config.seed, config.model.num_classes)
+    data_dir = data_cfg.data_dir  # Recorded whole: a later command may run from elsewhere.
+    if data_dir and not files.is_url(data_dir):
+      data_dir = os.path.abspath(data_dir)
+    return splits, {'source': data_cfg.source, 'data_dir': data_dir}
   try:
     splits = input_pipeline.load_splits(data_cfg, config.seed, config.model.num_classes)
   except UserError as e:

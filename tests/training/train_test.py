@@ -446,7 +446,7 @@ def test_a_rerun_after_a_crash_records_each_step_once(short_run, cifar_batches_d
   records = lambda run: [(r['step'], 'epoch' in r)
                          for r in writers.read_jsonl(run / 'metrics.jsonl')]
   assert records(tmp_path) == records(workdir)  # Was steps 13 and 15 twice.
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top,line-too-long
 
   def events(run):
     acc = event_accumulator.EventAccumulator(str(run / 'tensorboard'), purge_orphaned_data=False,
