@@ -120,7 +120,8 @@ def run_evaluation(config, workdir: str) -> None:
     results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
                            torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
   print(f"test accuracy {100 * results['test_accuracy']:.2f}% "
-        f"({results['test_examples']} images, {results['evaluated']})", flush=True)
+        f"({report.counted(results['test_examples'], 'image')}, {results['evaluated']})",
+        flush=True)
 
 
 def main(argv):

@@ -156,7 +156,8 @@ def write_summary(points: Sequence, rows: Sequence[dict], workdir: str, grid_key
   columns = ('test accuracy (validation is the test set) at the last epoch (final) and at the '
              'best epoch (best)' if on_test else 'validation and test accuracy at the last epoch '
              '(final) and at the best validation epoch (best)')
-  text = (f'# Sweep: {len(points)} points, {trained} trained\n\nAccuracy columns: {columns}.\n\n'
+  text = (f"# Sweep: {report.counted(len(points), 'point')}, {trained} trained\n\n"
+          f'Accuracy columns: {columns}.\n\n'
           + _markdown(rows, keys, on_test)
           + f'\n![{report.validation_name(on_test)} curves](curves.png)\n\n'
           + ''.join(f'![accuracy against {key}]({plot})\n\n' for key, plot in zip(keys, plots)))

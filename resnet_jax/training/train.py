@@ -236,8 +236,9 @@ class TrainLoop:
     compiler.prepare('eval', self.evaluator.evaluate_fn, state.eval_variables(),
                      *self.val_set.arrays(), after=first)
     self.compiles_ahead = compiler.num_prepared - 1
-    logging.info('compiling the train call (%d steps of batch %d) and %d more shapes after it',
-                 calls[0][1], calls[0][2], self.compiles_ahead)
+    logging.info('compiling the train call (%s of batch %d) and %s more after it',
+                 report.counted(calls[0][1], 'step'), calls[0][2],
+                 report.counted(self.compiles_ahead, 'shape'))
     self.progress = progress.Progress(epoch_sums=self.meta.train_sums,
                                       last_log_step=int(state.step),
                                       large_on_cpu=progress.is_large_on_cpu(run.parameters))
