@@ -139,18 +139,18 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[
   if data_cfg is None:
     data_cfg = sources.resolve_source(config.data)
     splits = input_pipeline.load_splits(data_cfg, config.seed, config.model.num_classes)
-    data_dir = data_cfg.data_dir  # Recorded whole: a later command may run from elsewhere.
-    if data_dir and not files.is_url(data_dir):
-      data_dir = os.path.abspath(data_dir)
-    return splits, {'source': data_cfg.source, 'data_dir': data_dir}
-  try:
-    splits = input_pipeline.load_splits(data_cfg, config.seed, config.model.num_classes)
-  except UserError as e:
-    raise UserError(f'the run in {workdir} trained on {data_cfg.source} data in '
-                    f"{data_cfg.data_dir or 'its default place'} (what config.data.source='auto' "
-                    f'found then), which cannot be read now ({e}); put it back, or give its new '
-                    'place as --config.data.data_dir') from e
-  return splits, {'source': data_cfg.source, 'data_dir': data_cfg.data_dir}
+  else:
+    try:
+      splits = input_pipeline.load_splits(data_cfg, config.seed, config.model.num_classes)
+    except UserError as e:
+      raise UserError(f'the run in {workdir} trained on {data_cfg.source} data in '
+                      f"{data_cfg.data_dir or 'its default place'} (what config.data.source="
+                      f"'auto' found then), which cannot be read now ({e}); put it back, or give "
+                      'its new place as --config.data.data_dir') from e
+  data_dir = data_cfg.data_dir  # Recorded whole: a later command may run from elsewhere.
+  if data_dir and not files.is_url(data_dir):
+    data_dir = os.path.abspath(data_dir)
+  return splits, {'source': data_cfg.source, 'data_dir': data_dir}
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str,
