@@ -11,7 +11,6 @@ import json
 import platform
 from typing import Optional, Sequence
 
-from absl import logging
 from etils import epath
 import flax
 import jax
@@ -46,10 +45,7 @@ def read_results(workdir: epath.PathLike) -> Optional[dict]:
   path = files.as_path(workdir) / RESULTS_FILE
   try:
     results = json.loads(path.read_text())
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    logging.warning('%s cannot be read (%s): taken as missing', path, e)
+  except (OSError, ValueError):  # Missing, unreadable or torn.
     return None
   return results if isinstance(results, dict) and 'final_test_accuracy' in results else None
 

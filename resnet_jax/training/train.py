@@ -192,12 +192,13 @@ class TrainLoop:
           logging.info('%s has finished already; its results: %s', run.workdir,
                        files.as_path(run.workdir) / report.RESULTS_FILE)
           return results or report.read_results(run.workdir) or {}
-        logging.warning('%s has finished, but holds no whole %s: writing its results and '
-                        'report again from its final checkpoint', run.workdir,
+        logging.warning('%s has finished, but its %s is missing or torn: writing its results '
+                        'and report again from its final checkpoint', run.workdir,
                         report.RESULTS_FILE)
+      else:
+        logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
+                     self.latest.directory, meta.epoch + 1, meta.step_in_epoch, int(state.step))
       self.state, self.meta = state, dataclasses.replace(meta, run=run.identity, data=run.data)
-      logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
-                   self.latest.directory, meta.epoch + 1, meta.step_in_epoch, int(state.step))
     # Written once the run is accepted: a refused resume leaves the run's own config.json.
     if jax.process_index() == 0:
       run_config.write_config(run.workdir, run.config)
