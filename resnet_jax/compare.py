@@ -26,10 +26,10 @@ from matplotlib import pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 
 from resnet_jax import cli  # noqa: E402
+from resnet_jax import defaults  # noqa: E402
 from resnet_jax import errors  # noqa: E402
 from resnet_jax import files  # noqa: E402
 from resnet_jax import pytorch  # noqa: E402
-from resnet_jax.data import input_pipeline  # noqa: E402
 from resnet_jax.reporting import report  # noqa: E402
 from resnet_jax.reporting import writers  # noqa: E402
 from resnet_jax.training import checkpoints  # noqa: E402
@@ -175,7 +175,7 @@ def _figure(value: float | None, spec: str) -> str:
 def markdown(config: ml_collections.ConfigDict, summary: dict, runs: dict, command: str) -> str:
   """compare.md: the table, the gap against the seeds' spread, machine, versions, command."""
   pm = lambda mean_std: f'{mean_std[0]:.2f} ± {mean_std[1]:.2f}'
-  val = report.validation_name(input_pipeline.validates_on_test(config.data.validation))
+  val = report.validation_name(defaults.validates_on_test(config.data.validation))
   seeds = summary['jax']['seeds']
   lines = [f'# JAX and PyTorch on {config.model.name} ({summary["jax"]["parameters"]:,} '
            'parameters)', '',
@@ -226,7 +226,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int
   summary = summarise(runs)
   os.makedirs(workdir, exist_ok=True)
   plot(runs, os.path.join(workdir, FIGURE_FILE),
-       input_pipeline.validates_on_test(config.data.validation))
+       defaults.validates_on_test(config.data.validation))
   command = cli.command_line()
   files.write_atomic(os.path.join(workdir, MARKDOWN_FILE), markdown(config, summary, runs, command))
   files.write_atomic(os.path.join(workdir, JSON_FILE),
@@ -244,7 +244,7 @@ def main(argv):
       raise errors.UserError(f'--seeds={",".join(_SEEDS.value)} must be integers') from e
     cli.say_outputs(f'{workdir} (compare.md, a workdir a framework and seed)')
     summary = compare(config, workdir, seeds, _JAX_WORKDIR.value, _TORCH_THREADS.value)
-    val = report.validation_name(input_pipeline.validates_on_test(config.data.validation))
+    val = report.validation_name(defaults.validates_on_test(config.data.validation))
     print(f"final {val} accuracy: JAX {summary['jax']['final'][0]:.2f}%, PyTorch "
           f"{summary['torch']['final'][0]:.2f}% (gap {summary['gap']['final']:+.2f}); "
           f'{workdir}/{MARKDOWN_FILE}', flush=True)

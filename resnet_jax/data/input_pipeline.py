@@ -13,6 +13,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from resnet_jax import defaults
 from resnet_jax.data import sources
 from resnet_jax.data import tf_host
 from resnet_jax.errors import UserError
@@ -38,14 +39,9 @@ class Splits(NamedTuple):
 # Splits and normalisation.
 
 
-def validates_on_test(validation) -> bool:
-  """Whether config.data.validation makes the test set the validation set ('test')."""
-  return str(validation).strip() == 'test'
-
-
 def _validation_fraction(validation) -> float | None:
   """None for 'test' (the test set validates), else the held-out fraction of train."""
-  if validates_on_test(validation):
+  if defaults.validates_on_test(validation):
     return None
   text = str(validation).strip()
   try:

@@ -13,8 +13,8 @@ from typing import Sequence
 from matplotlib import figure
 import numpy as np
 
+from resnet_jax import defaults
 from resnet_jax import files
-from resnet_jax.data import input_pipeline
 from resnet_jax.reporting import report
 from resnet_jax.reporting import writers
 
@@ -52,7 +52,7 @@ def _cell(name: str, value) -> str:
 
 def validates_on_test(points: Sequence) -> bool:
   """Whether every point validates on the test set (config.data.validation='test')."""
-  return all(input_pipeline.validates_on_test(point.config.data.validation) for point in points)
+  return all(defaults.validates_on_test(point.config.data.validation) for point in points)
 
 
 def _markdown(rows: Sequence[dict], keys: Sequence[str], on_test: bool) -> str:

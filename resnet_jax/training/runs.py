@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import cli
+from resnet_jax import defaults
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import augment
@@ -221,7 +222,7 @@ def run_results(run: Run, parameters: int, test: dict) -> dict:
       'steps_per_call': run.plan.steps_per_call,
       'batch_statistics': config.batch_statistics,
       'data_source': splits.source,
-      'validates_on_test': input_pipeline.validates_on_test(config.data.validation),
+      'validates_on_test': defaults.validates_on_test(config.data.validation),
       'train_examples': len(splits.train_labels),
       'val_examples': len(splits.val_labels),
       'test_examples': len(splits.test_labels),
