@@ -26,6 +26,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 
 from resnet_jax import cli  # noqa: E402
+from resnet_jax import defaults  # noqa: E402
 from resnet_jax import errors  # noqa: E402
 from resnet_jax import files  # noqa: E402
 from resnet_jax import pytorch  # noqa: E402
@@ -68,7 +69,8 @@ def finished_jax_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """--jax_workdir's results and history, once it is shown to be a finished run of config.
 
   The same check as every command reading a run (`runs.check_recorded_run`): the checkpoint's
-  recorded config keys and data against config's.
+  recorded config keys and data against config's. A finished run whose results.json is missing
+  or torn has it written again from its final checkpoint, as `main` does (nothing is trained).
 
   Raises:
     UserError: workdir is no folder, holds no finished run, or a run of another config or data.
@@ -77,22 +79,23 @@ def finished_jax_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if path.exists() and not path.is_dir():
     raise errors.UserError(f'--jax_workdir={workdir} is a file, not a run\'s folder; give the '
                            '--workdir of a finished python -m resnet_jax.main run')
-  results_path = path / report.RESULTS_FILE
-  if not results_path.exists():
-    raise errors.UserError(f'--jax_workdir={workdir} holds no finished run (no '
-                           f'{report.RESULTS_FILE}); check the path, finish the run with python '
-                           '-m resnet_jax.main, or drop --jax_workdir to train one here')
+  results = report.read_results(workdir)
+  no_run = (f'--jax_workdir={workdir} holds no finished run (no {report.RESULTS_FILE}, no final '
+            'checkpoint); check the path, finish the run with python -m resnet_jax.main, or drop '
+            '--jax_workdir to train one here')
+  if results is None and not (path / 'checkpoints' / 'latest').exists():
+    raise errors.UserError(no_run)
   try:
     run_config.load_run_config(workdir, config)
-    runs_lib.check_recorded_run(runs_lib.setup_run(config, workdir),
-                                checkpoints.read_meta(workdir))
+    meta = checkpoints.read_meta(workdir)
+    runs_lib.check_recorded_run(runs_lib.setup_run(config, workdir), meta)
   except errors.UserError as e:
     raise errors.UserError(f'--jax_workdir={workdir} is not a run of this --config: {e}') from e
-  try:
-    results = json.loads(results_path.read_text())
-  except ValueError as e:
-    raise errors.UserError(f'{results_path} cannot be read ({errors.one_line(e)}); rerun python '
-                           f'-m resnet_jax.main --workdir={workdir} to write it again') from e
+  if results is None:
+    if meta.epoch < config.num_epochs:
+      raise errors.UserError(no_run)
+    from resnet_jax.training import train  # pylint: disable=g-import-not-at-top
+    results = train.train_and_evaluate(config, workdir)  # Finished: rewrites its results.
   return with_history(results, workdir)
 
 
@@ -107,6 +110,12 @@ def with_history(results: dict, workdir: str) -> dict:
 def _torch_run(config: ml_collections.ConfigDict, workdir: str, threads: int) -> dict:
   from resnet_jax.pytorch import torch_train  # pylint: disable=g-import-not-at-top
   return torch_train.train_and_evaluate(config, workdir, threads=threads)
+
+
+def _mean(values) -> float | None:
+  """The mean of the values known (a run rebuilt from its checkpoint has no speed figures)."""
+  known = [value for value in values if value is not None]
+  return statistics.fmean(known) if known else None
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -125,8 +134,8 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         'seeds': [r['seed'] for r in results],
         'final': _mean_std(final), 'best': _mean_std(best),
         'final_per_seed': [100 * v for v in final],
-        'wall_seconds': statistics.fmean(r['wall_seconds'] for r in results),
-        'images_per_second': statistics.fmean(r['images_per_second'] for r in results),
+        'wall_seconds': _mean(report.run_seconds(r) for r in results),
+        'images_per_second': _mean(r.get('images_per_second') for r in results),
         'parameters': results[0]['parameters'],
     }
   jax_s, torch_s = summary['jax'], summary['torch']
@@ -141,7 +150,8 @@ def _versions(runs: dict[str, list[dict]]) -> dict:
              for k, v in runs['torch'][0].get('versions', {}).items()}}
 
 
-def plot(runs: dict[str, list[dict]], path: str) -> matplotlib.figure.Figure:
+def plot(runs: dict[str, list[dict]], path: str,
+         validates_on_test: bool = False) -> matplotlib.figure.Figure:
   """Validation accuracy per epoch: every seed of both frameworks; the figure saved."""
   fig, ax = plt.subplots(figsize=(7, 4))
   for framework, color in zip(FRAMEWORKS, ('tab:blue', 'tab:orange')):
@@ -151,27 +161,35 @@ def plot(runs: dict[str, list[dict]], path: str) -> matplotlib.figure.Figure:
               marker='.', alpha=0.8, label=f"{framework} (seed {results['seed']})" if i < 4
               else None, linestyle='-' if i % 2 == 0 else '--')
   report.epoch_axis(ax)
-  ax.set_ylabel('validation accuracy (%)')
+  ax.set_ylabel(f'{report.validation_name(validates_on_test)} accuracy (%)')
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
   return report.save_figure(fig, path)
 
 
+def _figure(value: float | None, spec: str) -> str:
+  return '-' if value is None else format(value, spec)
+
+
 def markdown(config: ml_collections.ConfigDict, summary: dict, runs: dict, command: str) -> str:
   """compare.md: the table, the gap against the seeds' spread, machine, versions, command."""
   pm = lambda mean_std: f'{mean_std[0]:.2f} ± {mean_std[1]:.2f}'
+  val = report.validation_name(defaults.validates_on_test(config.data.validation))
+  seeds = summary['jax']['seeds']
   lines = [f'# JAX and PyTorch on {config.model.name} ({summary["jax"]["parameters"]:,} '
            'parameters)', '',
-           f"Data: {runs['jax'][0].get('data_source', '')}; {config.num_epochs} epochs, batch "
-           f'{config.batch_size}, seeds {", ".join(map(str, summary["jax"]["seeds"]))}.', '',
-           '| framework | final val acc (%) | best val acc (%) | per seed (final) | wall s | '
+           f"Data: {runs['jax'][0].get('data_source', '')}; "
+           f"{report.counted(config.num_epochs, 'epoch')}, batch {config.batch_size}, "
+           f"{'seeds' if len(seeds) > 1 else 'seed'} {', '.join(map(str, seeds))}.", '',
+           f'| framework | final {val} acc (%) | best {val} acc (%) | per seed (final) | wall s | '
            'images/s |', '|---|---|---|---|---|---|']
   for framework in FRAMEWORKS:
     s = summary[framework]
     per_seed = ', '.join(f'{v:.2f}' for v in s['final_per_seed'])
     lines.append(f"| {framework} | {pm(s['final'])} | {pm(s['best'])} | {per_seed} | "
-                 f"{s['wall_seconds']:.0f} | {s['images_per_second']:,.0f} |")
+                 f"{_figure(s['wall_seconds'], '.0f')} | {_figure(s['images_per_second'], ',.0f')} "
+                 '|')
   gap = summary['gap']
   lines += ['', f"Gap (JAX - PyTorch): final {gap['final']:+.2f} points, best "
             f"{gap['best']:+.2f} points; the larger seed standard deviation is "
@@ -207,7 +225,8 @@ def compare(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int
                                     torch_threads))
   summary = summarise(runs)
   os.makedirs(workdir, exist_ok=True)
-  plot(runs, os.path.join(workdir, FIGURE_FILE))
+  plot(runs, os.path.join(workdir, FIGURE_FILE),
+       defaults.validates_on_test(config.data.validation))
   command = cli.command_line()
   files.write_atomic(os.path.join(workdir, MARKDOWN_FILE), markdown(config, summary, runs, command))
   files.write_atomic(os.path.join(workdir, JSON_FILE),
@@ -225,7 +244,8 @@ def main(argv):
       raise errors.UserError(f'--seeds={",".join(_SEEDS.value)} must be integers') from e
     cli.say_outputs(f'{workdir} (compare.md, a workdir a framework and seed)')
     summary = compare(config, workdir, seeds, _JAX_WORKDIR.value, _TORCH_THREADS.value)
-    print(f"final validation accuracy: JAX {summary['jax']['final'][0]:.2f}%, PyTorch "
+    val = report.validation_name(defaults.validates_on_test(config.data.validation))
+    print(f"final {val} accuracy: JAX {summary['jax']['final'][0]:.2f}%, PyTorch "
           f"{summary['torch']['final'][0]:.2f}% (gap {summary['gap']['final']:+.2f}); "
           f'{workdir}/{MARKDOWN_FILE}', flush=True)
 

@@ -67,6 +67,11 @@ def data_config() -> config_dict.ConfigDict:
   ))
 
 
+def validates_on_test(validation) -> bool:
+  """Whether config.data.validation makes the test set the validation set ('test')."""
+  return str(validation).strip() == 'test'
+
+
 def augment_config() -> config_dict.ConfigDict:
   """Training augmentation, run on the device inside the compiled step."""
   return config_dict.ConfigDict(dict(

@@ -65,7 +65,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
     output_dir: where the report goes; default <workdir>/evaluate_<checkpoint|torch>.
 
   Returns:
-    The results written to results.json.
+    The results written to results.json: 'test_accuracy' is the score, also given as
+    'best_test_accuracy' for the best checkpoint and as 'final_test_accuracy' otherwise.
 
   Raises:
     UserError: no such checkpoint, an incompatible checkpoint or state_dict, missing data.
@@ -92,8 +93,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, *,
   results = runs.run_results(run, models.count_params(variables['params']), test,
                              cli.command_line()) | {
       'evaluated': torch_state_dict if torch_state_dict else directory,
+      'test_accuracy': test['accuracy'],  # what was scored, whichever it is
       'wall_seconds': time.time() - start,
   }
+  if source == 'best':  # The best model's score, not the final one's.
+    results.update(final_test_accuracy=None, final_test_loss=None,
+                   best_test_accuracy=test['accuracy'])
   if jax.process_index() == 0:
     report.write_report(
         output_dir or os.path.join(workdir, f'evaluate_{source}'), results, history,
@@ -115,8 +120,9 @@ def run_evaluation(config, workdir: str) -> None:
       config = with_named_model(config, _MODEL.value)
     results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
                            torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
-  print(f"test accuracy {100 * results['final_test_accuracy']:.2f}% "
-        f"({results['test_examples']} images, {results['evaluated']})", flush=True)
+  print(f"test accuracy {100 * results['test_accuracy']:.2f}% "
+        f"({report.counted(results['test_examples'], 'image')}, {results['evaluated']})",
+        flush=True)
 
 
 def main(argv):

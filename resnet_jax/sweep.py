@@ -10,8 +10,8 @@ together and is labelled by its `name`. Any key can be overridden on the command
 as `--config.base.num_epochs=30`, the grid's as `--config.grid.optim.learning_rate='(0.1,0.01)'`.
 
 Each point trains in <workdir>/<point>/ through `train.train_and_evaluate`. Running the command
-again skips finished points (results.json present) and resumes a partial one from its
-checkpoint, but only where the config the point's folder recorded (config.json) is the point's
+again skips finished points (a whole results.json, `report.read_results`; a torn one is written
+again from the point's final checkpoint) and resumes a partial one from its checkpoint, but only where the config the point's folder recorded (config.json) is the point's
 config now: a sweep whose base or values changed is refused before any training, naming the
 point and the keys that differ (use a new --workdir, or delete the point's folder to train it
 again), since training over the old run would mix two configs in one point. Points over the
@@ -281,8 +281,8 @@ def run_point(point: Point, workdir: str) -> str:
   A point another process is training (its folder's lock held) is left to it: IN_USE.
   """
   point_dir = os.path.join(workdir, point.name)
-  if os.path.isfile(os.path.join(point_dir, report.RESULTS_FILE)):
-    return SKIPPED_DONE
+  if report.read_results(point_dir) is not None:
+    return SKIPPED_DONE  # Missing or torn: the trainer writes it (again) from the checkpoint.
   error_path = os.path.join(point_dir, ERROR_FILE)
   try:
     results = train.train_and_evaluate(point.config, point_dir, resume_command=resume_command())
@@ -305,7 +305,7 @@ def _status(point: Point, workdir: str, within_budget: bool) -> str:
   point_dir = os.path.join(workdir, point.name)
   if not within_budget:
     return OVER_BUDGET
-  if os.path.isfile(os.path.join(point_dir, report.RESULTS_FILE)):
+  if report.read_results(point_dir) is not None:
     keys = changed_keys(point, workdir)
     return f'{STALE}: another config ({", ".join(keys)})' if keys else DONE
   error_path = os.path.join(point_dir, ERROR_FILE)
@@ -328,10 +328,10 @@ def summary_rows(points: Sequence[Point], workdir: str, statuses: Mapping[str, s
       if status is None or on_disk == DONE or on_disk.startswith(STALE):
         status = on_disk
     results = ({} if status.startswith(STALE) else
-               _read_json(os.path.join(workdir, point.name, report.RESULTS_FILE)) or {})
+               report.read_results(os.path.join(workdir, point.name)) or {})
     rows.append({'point': point.name, **point.labels, 'parameters': parameters,
                  **{name: results.get(name) for name in sweep_report.ACCURACIES},
-                 'wall_seconds': results.get('wall_seconds'), 'status': status})
+                 'wall_seconds': report.run_seconds(results), 'status': status})
   return rows
 
 
@@ -358,7 +358,7 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
 
   Returns:
     The table's rows (dicts: 'point', the swept keys' labels, 'parameters', accuracies,
-    'wall_seconds', 'status').
+    'wall_seconds' (the run's, over its resumes), 'status').
 
   Raises:
     UserError: a bad sweep config (unknown key, bad value, a model that cannot be built), or a
@@ -396,7 +396,9 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
   return rows
 
 
-def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> None:
+def sweep_command(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: int = 0,
+                  process_count: int = 1) -> None:
+  """The command: runs the sweep (`run_sweep`), prints sweep.md; exits 130 after a Ctrl-C."""
   files.check_writable(workdir, '--workdir')
   cli.say_outputs(f'{workdir} (a workdir a point, sweep.md)')
   distributed.initialize_from_env()
@@ -415,8 +417,8 @@ def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> Non
 
 def main(argv):
   del argv  # cli.run refuses positional arguments.
-  _run(cli.CONFIG.value, cli.WORKDIR.value, flags.FLAGS.process_index,
-       flags.FLAGS.process_count)
+  sweep_command(cli.CONFIG.value, cli.WORKDIR.value, flags.FLAGS.process_index,
+                flags.FLAGS.process_count)
 
 
 if __name__ == '__main__':

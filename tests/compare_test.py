@@ -9,6 +9,7 @@ import pytest
 from conftest import assert_user_error, assert_whole_epoch_ticks, with_overrides
 from resnet_jax import compare
 from resnet_jax.reporting import writers
+from resnet_jax.training import checkpoints
 from resnet_jax.training import run_config
 
 pytest.importorskip('torch')
@@ -59,6 +60,21 @@ def test_a_jax_workdir_that_is_no_finished_run_is_refused_not_trained(smoke_run,
   assert_user_error(lambda: compare.compare(config, str(tmp_path / 'cmp'),
                                             jax_workdir=str(a_file)),
                     f'--jax_workdir={a_file} is a file')
+
+
+def test_a_jax_workdir_with_a_torn_results_json_is_read_from_its_checkpoint(smoke_run, tmp_path):
+  config, workdir, results = smoke_run
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  (copy / 'results.json').write_text((workdir / 'results.json').read_text()[:100])
+  finished = compare.finished_jax_run(config, str(copy))  # Was: rerun main (which failed too).
+  assert finished['final_val_accuracy'] == results['final_val_accuracy']
+  assert finished['elapsed_seconds'] == checkpoints.read_meta(str(copy)).elapsed_seconds
+  assert json.loads((copy / 'results.json').read_text())['final_test_accuracy'] == (
+      results['final_test_accuracy'])
+  # The speed figures no checkpoint holds are left out of the table, not made up.
+  row = compare.summarise({'jax': [finished], 'torch': [finished]})['jax']
+  assert row['images_per_second'] is None and row['wall_seconds'] == finished['elapsed_seconds']
 
 
 def test_a_jax_run_of_another_config_is_refused(smoke_run, tmp_path):

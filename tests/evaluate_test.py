@@ -47,11 +47,16 @@ def test_run_results_have_every_field(trained):
 def test_checkpoint_reproduces_the_reported_accuracy(trained, checkpoint, reported):
   config, workdir, results = trained
   scored = evaluate.evaluate_run(config, str(workdir), checkpoint=checkpoint)
-  assert scored['final_test_accuracy'] == results[reported]
+  assert scored['test_accuracy'] == scored[reported] == results[reported]
   out = workdir / f'evaluate_{checkpoint}'
-  assert json.loads((out / 'results.json').read_text())['final_test_accuracy'] == results[reported]
+  written = json.loads((out / 'results.json').read_text())
+  assert written['test_accuracy'] == written[reported] == results[reported]
   assert (out / 'confusion.png').is_file() and (out / 'curves.png').is_file()
-  assert (out / 'report.md').is_file()
+  # The report's row puts the score in its own column (the best column was empty for 'best').
+  row = next(line for line in (out / 'report.md').read_text().splitlines()
+             if line.startswith('| this run |'))
+  final, best = (f'{100 * results[reported]:.2f}%', '-')[::1 if checkpoint == 'latest' else -1]
+  assert row == f'| this run | {final} | {best} |'
 
 
 def test_the_runs_config_json_scores_the_same_without_training_figures(trained, tmp_path):

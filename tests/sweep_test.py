@@ -75,7 +75,7 @@ def test_tiny_sweep_writes_table_and_plots(tiny_sweep):
     assert int(row['parameters']) == results['parameters']
     assert float(row['best_val_accuracy']) == results['best_val_accuracy']
     assert float(row['final_test_accuracy']) == results['final_test_accuracy']
-    assert float(row['wall_seconds']) == results['wall_seconds']
+    assert float(row['wall_seconds']) == results['elapsed_seconds']
     epochs, accuracy = sweep_report.validation_curve(workdir / row['point'])
     assert epochs == [1, 2] and max(accuracy) == results['best_val_accuracy']
   assert {row['parameters'] for row in table} == {'1754', '5266'}  # smoke model, 2 widths
@@ -238,6 +238,26 @@ def _copy_without_results(tiny_sweep, tmp_path, point):
   return workdir, results, kept
 
 
+def test_a_point_whose_results_json_is_torn_is_rewritten_not_trusted(tiny_sweep, tmp_path):
+  _, rows, _, _ = tiny_sweep
+  workdir, results, kept = _copy_without_results(tiny_sweep, tmp_path, TINY_POINTS[0])
+  results.write_text(kept[:len(kept) // 2])
+  # Was 'skipped (done)' for every point, then a JSONDecodeError traceback.
+  again = sweep.run_sweep(_tiny_config(), str(workdir))
+  assert [row['status'] for row in again] == ['done'] + ['skipped (done)'] * 3
+  for name in sweep_report.ACCURACIES:
+    assert again[0][name] == rows[0][name], name
+  assert json.loads(results.read_text())['final_test_accuracy'] == rows[0]['final_test_accuracy']
+
+
+def test_the_figures_name_validation_on_the_test_set(tiny_sweep):
+  workdir, _, _, text = tiny_sweep
+  points = sweep.sweep_points(_tiny_config())
+  fig = sweep_report.plot_curves(points, str(workdir), str(workdir / 'curves.png'))
+  assert fig.axes[0].get_ylabel() == 'test-set validation accuracy (%)'  # Was 'validation ...'.
+  assert '![test-set validation curves](curves.png)' in text
+
+
 def test_a_point_another_process_trains_is_left_to_it(tiny_sweep, tmp_path):
   workdir, _, _ = _copy_without_results(tiny_sweep, tmp_path, TINY_POINTS[0])
   with workdir_lock.hold(str(workdir / TINY_POINTS[0]), 'training'):
@@ -273,7 +293,7 @@ def test_ctrl_c_stops_the_sweep_with_130_and_its_own_resume_command(tmp_path, mo
   monkeypatch.setattr(sys, 'argv', ['sweep.py', '--config=configs/sweeps/tiny.py',
                                     f'--workdir={tmp_path}'])
   with pytest.raises(SystemExit) as info:
-    sweep._run(_tiny_config(), str(tmp_path), 0, 1)  # pylint: disable=protected-access
+    sweep.sweep_command(_tiny_config(), str(tmp_path))
   assert info.value.code == 130  # Was 0.
   command = f'python -m resnet_jax.sweep --config=configs/sweeps/tiny.py --workdir={tmp_path}'
   assert told == [command]  # What the point's own stop line says, not `main`'s command.

@@ -13,6 +13,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from resnet_jax import defaults
 from resnet_jax.data import sources
 from resnet_jax.data import tf_host
 from resnet_jax.errors import UserError
@@ -42,9 +43,9 @@ class Splits(NamedTuple):
 
 def _validation_fraction(validation) -> float | None:
   """None for 'test' (the test set validates), else the held-out fraction of train."""
-  text = str(validation).strip()
-  if text == 'test':
+  if defaults.validates_on_test(validation):
     return None
+  text = str(validation).strip()
   try:
     fraction = float(text)
   except ValueError:

@@ -329,16 +329,24 @@ def _auto_search_dirs(data_cfg) -> list[pathlib.Path]:
   return [pathlib.Path(d) for d in dirs if d]
 
 
-def _load_auto(data_cfg) -> Loaded:
-  """TFDS where it is installed and prepared; else the first local copy found."""
+def resolve_source(data_cfg):
+  """config.data with `auto` resolved to the source it finds now (a copy); others as they are.
+
+  `auto` is TFDS where it is installed and prepared, else the first local copy found.
+  """
+  if data_cfg.source != 'auto':
+    return data_cfg
+  resolved = data_cfg.copy_and_resolve_references()
   if tfds_prepared(data_cfg):
-    return _load_tfds(data_cfg)
+    resolved.source = 'tfds'
+    return resolved
   search = _auto_search_dirs(data_cfg)
   for path in search:
-    if _cifar_batches_folder(path) is not None:
-      return _load_cifar_batches(path)
-    if all((path / f).is_file() for f in JPEG_NPZ_FILES):
-      return _load_jpeg_npz(path, data_cfg)
+    found = ('cifar_batches' if _cifar_batches_folder(path) is not None else
+             'jpeg_npz' if all((path / f).is_file() for f in JPEG_NPZ_FILES) else None)
+    if found:
+      resolved.source, resolved.data_dir = found, str(path)
+      return resolved
   if data_cfg.data_dir:
     state = 'holds' if search[0].is_dir() else 'is not a folder, so it holds'
     raise UserError(
@@ -362,7 +370,8 @@ def load_source(data_cfg) -> Loaded:
   """
   source = data_cfg.source
   if source == 'auto':
-    return _load_auto(data_cfg)
+    data_cfg = resolve_source(data_cfg)
+    source = data_cfg.source
   if source == 'tfds':
     return _load_tfds(data_cfg)
   if source == 'synthetic':

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resnet_jax import defaults
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import input_pipeline
@@ -302,7 +303,7 @@ def _results(run: _Training, config: ml_collections.ConfigDict, splits, history:
   """The run's results (the JAX trainer's keys that apply), the test set scored where needed."""
   scored = [r for r in history if 'val_accuracy' in r]
   best = max(scored, key=lambda r: r['val_accuracy'])
-  val_is_test = config.data.validation == 'test'
+  val_is_test = defaults.validates_on_test(config.data.validation)
   test = (evaluate(run.net, *_as_tensors(splits.test_images, splits.test_labels),
                    config.eval_batch_size, run.mean, run.std, run.device) if not val_is_test else
           {'accuracy': scored[-1]['val_accuracy'], 'loss': scored[-1]['val_loss']})

@@ -35,6 +35,33 @@ CONFUSION_FILE = 'confusion.png'
 REPORT_FILE = 'report.md'
 
 
+def read_results(workdir: epath.PathLike) -> Optional[dict]:
+  """A run's results.json, or None where the run has none that is whole (missing, or torn).
+
+  The one reader of a run's results: what says a run has finished (a sweep's "done") and what
+  every command reads of it. A torn file is not trusted: the trainer rebuilds it from the run's
+  final checkpoint.
+  """
+  path = files.as_path(workdir) / RESULTS_FILE
+  try:
+    results = json.loads(path.read_text())
+  except (OSError, ValueError):  # Missing, unreadable or torn.
+    return None
+  return results if isinstance(results, dict) and 'final_test_accuracy' in results else None
+
+
+def run_seconds(results: dict) -> Optional[float]:
+  """The run's wall time: over every process that trained it (resumes too) where results hold
+  it, else the one process's (evaluate's, PyTorch's)."""
+  seconds = results.get('elapsed_seconds')
+  return results.get('wall_seconds') if seconds is None else seconds
+
+
+def counted(count: int, noun: str) -> str:
+  """'1 step', '2 steps': a count and its noun, agreeing in number."""
+  return f'{count:,} {noun}' if count == 1 else f'{count:,} {noun}s'
+
+
 def versions() -> dict:
   return {'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
           'orbax_checkpoint': getattr(ocp, '__version__', ''),
@@ -68,13 +95,20 @@ def save_figure(fig: figure.Figure, path: epath.PathLike, dpi: int = 110) -> fig
   return fig
 
 
+def validation_name(on_test: bool) -> str:
+  """What validation figures are called: 'test-set validation' where the test set validates
+  (config.data.validation='test', the seed papers' protocol), else 'validation'."""
+  return 'test-set validation' if on_test else 'validation'
+
+
 def epoch_axis(ax) -> None:
   """Labels ax's x axis 'epoch', with ticks on whole epochs only (never 1.25)."""
   ax.set_xlabel('epoch')
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
-def plot_curves(history: Sequence[dict], path: epath.PathLike) -> figure.Figure:
+def plot_curves(history: Sequence[dict], path: epath.PathLike,
+                validates_on_test: bool = False) -> figure.Figure:
   """Loss and accuracy per epoch, train and validation, side by side; the figure saved."""
   fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
   for split, style in (('train', '-'), ('val', '--')):
@@ -82,7 +116,7 @@ def plot_curves(history: Sequence[dict], path: epath.PathLike) -> figure.Figure:
     if not rows:
       continue
     epochs = [r['epoch'] for r in rows]
-    label = 'validation' if split == 'val' else split
+    label = validation_name(validates_on_test) if split == 'val' else split
     loss_ax.plot(epochs, [r[f'{split}_loss'] for r in rows], style, marker='.', label=label)
     acc_ax.plot(epochs, [100 * r[f'{split}_accuracy'] for r in rows], style, marker='.',
                 label=label)
@@ -175,13 +209,35 @@ def time_to_reference(results: dict) -> Optional[str]:
 def _training_figures(results: dict) -> list[str]:
   """The training run's speed figures that results holds (evaluate's results hold none)."""
   figures = []
-  if 'images_per_second' in results:
+  if results.get('images_per_second') is not None:
     figures.append(f"{results['images_per_second']:,.0f} training images/s")
-  if 'compile_seconds' in results:
+  if results.get('compile_seconds') is not None:
     figures.append(f"compile {results['compile_seconds']:.1f} s")
-  if 'wall_seconds' in results and 'evaluated' not in results:
-    figures.append(f"wall {results['wall_seconds']:.0f} s")
+  if run_seconds(results) is not None and 'evaluated' not in results:
+    figures.append(f'wall {run_seconds(results):.0f} s')
   return figures
+
+
+def epoch_time(history: Sequence[dict], reference_seconds: float = 0.0) -> Optional[str]:
+  """'Time an epoch: ...': the median of the epochs that waited for no compile (a process's first
+  epoch compiles the run's calls), beside the PyTorch reference's where known, then what the
+  epochs left out took; None without times."""
+  timed = [r for r in history if 'epoch_seconds' in r]
+  compiled = [r['epoch_seconds'] for r in timed if r.get('compile_seconds', 0.0) > 0.0]
+  steady = [r['epoch_seconds'] for r in timed if r.get('compile_seconds', 0.0) <= 0.0]
+  if not timed:
+    return None
+  against = f' (PyTorch reference: {reference_seconds:.1f} s)' if reference_seconds else ''
+  if not steady:
+    return (f'Time an epoch: {np.median(compiled):.2f} s median of '
+            f"{counted(len(compiled), 'epoch')}, compiling included{against}")
+  line = (f'Time an epoch: {np.median(steady):.2f} s median of '
+          f"{counted(len(steady), 'epoch')}{against}")
+  if compiled:
+    shown = ', '.join(f'{seconds:.1f} s' for seconds in compiled[:3])
+    line += (f"; {counted(len(compiled), 'epoch')} that compiled left out ({shown}"
+             f"{', ...' if len(compiled) > 3 else ''})")
+  return line
 
 
 def markdown(results: dict, history: Sequence[dict], per_class: dict,
@@ -189,18 +245,20 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
   """report.md: the run, its reference figures, per-class accuracy and the plots."""
   reference = results.get('reference', {})
   system = reference.get('system') or results['model']
-  epoch_times = [r['epoch_seconds'] for r in history if 'epoch_seconds' in r]
   lines = [
       f"# {system}: {results['model']} on CIFAR-10",
       '',
-      f"{results['parameters']:,} parameters; {len(history)} of {results['epochs']} epochs "
-      f"recorded; data: {results.get('data_source', '?')} images; "  # the source names the splits
+      f"{results['parameters']:,} parameters; {len(history)} of "
+      f"{counted(results['epochs'], 'epoch')} recorded; "
+      f"data: {results.get('data_source', '?')} images; "  # the source names the splits
       f"{results.get('device_count', '?')} x {results.get('device_kind', '?')}.",
       '',
   ]
   if 'compute_dtype' in results:
-    lines += [f"Ran in {results['compute_dtype']}, {results.get('steps_per_call', '?')} steps a "
-              f"compiled call, the training set on the {results.get('placement', '?')}, "
+    steps = results.get('steps_per_call')
+    lines += [f"Ran in {results['compute_dtype']}, "
+              f"{counted(steps, 'step') if steps else '? steps'} a compiled call, the training "
+              f"set on the {results.get('placement', '?')}, "
               f"BatchNorm statistics {results.get('batch_statistics', 'global')}.", '']
   timing = time_to_reference(results)
   if timing:
@@ -222,13 +280,12 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
       '',
   ]
   if results.get('best_val_accuracy') is not None:
-    lines += [f"Validation accuracy: final {_percent(results.get('final_val_accuracy'))}, best "
+    name = validation_name(bool(results.get('validates_on_test'))).capitalize()
+    lines += [f"{name} accuracy: final {_percent(results.get('final_val_accuracy'))}, best "
               f"{_percent(results['best_val_accuracy'])} (epoch {results.get('best_epoch')}).", '']
-  if epoch_times:
-    reference_epoch = reference.get('pytorch_epoch_seconds', 0.0)
-    against = f' (PyTorch reference: {reference_epoch:.1f} s)' if reference_epoch else ''
-    lines += ['; '.join([f'Time an epoch: {np.median(epoch_times):.2f} s median{against}',
-                         *_training_figures(results)]) + '.', '']
+  epoch_line = epoch_time(history, reference.get('pytorch_epoch_seconds', 0.0))
+  if epoch_line:
+    lines += ['; '.join([epoch_line, *_training_figures(results)]) + '.', '']
   if 'evaluated' in results:
     lines += [f"Scored {results['evaluated']} in {results.get('wall_seconds', 0):.0f} s.", '']
   if per_class:
@@ -269,7 +326,7 @@ def write_report(workdir: epath.PathLike, results: dict, history: Sequence[dict]
   written = dict(results, per_class_accuracy=per_class, confusion_matrix=confusion.tolist())
   if write_plots:
     if history:
-      plot_curves(history, workdir / CURVES_FILE)
+      plot_curves(history, workdir / CURVES_FILE, bool(results.get('validates_on_test')))
     plot_confusion(confusion, class_names, workdir / CONFUSION_FILE)
   files.write_atomic(workdir / REPORT_FILE, markdown(written, history, per_class, write_plots))
   # Last: a run's results.json says that it finished and that its report is there.

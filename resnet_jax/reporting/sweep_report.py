@@ -13,6 +13,7 @@ from typing import Sequence
 from matplotlib import figure
 import numpy as np
 
+from resnet_jax import defaults
 from resnet_jax import files
 from resnet_jax.reporting import report
 from resnet_jax.reporting import writers
@@ -51,7 +52,7 @@ def _cell(name: str, value) -> str:
 
 def validates_on_test(points: Sequence) -> bool:
   """Whether every point validates on the test set (config.data.validation='test')."""
-  return all(str(point.config.data.validation).strip() == 'test' for point in points)
+  return all(defaults.validates_on_test(point.config.data.validation) for point in points)
 
 
 def _markdown(rows: Sequence[dict], keys: Sequence[str], on_test: bool) -> str:
@@ -91,7 +92,7 @@ def plot_curves(points: Sequence, workdir: str, path: str) -> figure.Figure:
       ax.plot(epochs, 100 * np.asarray(accuracy), marker='.', label=point.name)
       drawn += 1
   report.epoch_axis(ax)
-  ax.set_ylabel('validation accuracy (%)')
+  ax.set_ylabel(f'{report.validation_name(validates_on_test(points))} accuracy (%)')
   ax.grid(alpha=0.3)
   if drawn and drawn <= 2 * MAX_SERIES:
     ax.legend(fontsize=7, loc='lower right')
@@ -129,7 +130,7 @@ def plot_accuracy_vs(points: Sequence, rows: Sequence[dict], key: str, path: str
   else:
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha='right')
   ax.set_xlabel(key)
-  ax.set_ylabel('best validation accuracy (%)')
+  ax.set_ylabel(f'best {report.validation_name(validates_on_test(points))} accuracy (%)')
   ax.grid(alpha=0.3)
   if as_lines and any(series):
     ax.legend(fontsize=7)
@@ -155,8 +156,10 @@ def write_summary(points: Sequence, rows: Sequence[dict], workdir: str, grid_key
   columns = ('test accuracy (validation is the test set) at the last epoch (final) and at the '
              'best epoch (best)' if on_test else 'validation and test accuracy at the last epoch '
              '(final) and at the best validation epoch (best)')
-  text = (f'# Sweep: {len(points)} points, {trained} trained\n\nAccuracy columns: {columns}.\n\n'
-          + _markdown(rows, keys, on_test) + '\n![validation curves](curves.png)\n\n'
+  text = (f"# Sweep: {report.counted(len(points), 'point')}, {trained} trained\n\n"
+          f'Accuracy columns: {columns}.\n\n'
+          + _markdown(rows, keys, on_test)
+          + f'\n![{report.validation_name(on_test)} curves](curves.png)\n\n'
           + ''.join(f'![accuracy against {key}]({plot})\n\n' for key, plot in zip(keys, plots)))
   files.write_atomic(os.path.join(workdir, 'sweep.md'), text)
   plot_curves(points, workdir, os.path.join(workdir, 'curves.png'))

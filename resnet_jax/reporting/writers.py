@@ -52,9 +52,15 @@ _TENSORBOARD_WITHOUT_TF = 'tensorboard.compat.notf'
 
 
 class TensorBoardWriter(metric_writers.MetricWriter):
-  """Writes TensorBoard event files with tensorboard's own event writer, never TensorFlow."""
+  """Writes TensorBoard event files with tensorboard's own event writer, never TensorFlow.
 
-  def __init__(self, logdir: str):
+  A resumed run (`after_step` given) first drops the events an earlier attempt wrote past the
+  step it resumes from: event files are append-only, so the events up to that step are copied
+  into this writer's new file and the old files deleted. TensorBoard then shows each step once,
+  whatever reads the folder (its purge of orphaned data covers only some of its readers).
+  """
+
+  def __init__(self, logdir: str, after_step: Optional[int] = None):
     super().__init__()
     sys.modules.setdefault(_TENSORBOARD_WITHOUT_TF, types.ModuleType(_TENSORBOARD_WITHOUT_TF))
     # pylint: disable=g-import-not-at-top
@@ -64,7 +70,35 @@ class TensorBoardWriter(metric_writers.MetricWriter):
     from tensorboard.summary.writer import event_file_writer
     # pylint: enable=g-import-not-at-top
     self._event_pb2, self._summary_pb2, self._text_summary = event_pb2, summary_pb2, text_summary
+    old_files = _event_files(logdir) if after_step is not None else []
     self._writer = event_file_writer.EventFileWriter(os.fspath(logdir))
+    if old_files:
+      self._keep_events_up_to(old_files, after_step)
+
+  def _keep_events_up_to(self, paths: list, step: int) -> None:
+    """Rewrites the events of paths up to step (each once) into this writer's file."""
+    # pylint: disable-next=g-import-not-at-top
+    from tensorboard.backend.event_processing import event_file_loader
+    kept, seen, dropped = [], set(), 0
+    for path in paths:
+      for record in event_file_loader.RawEventFileLoader(os.fspath(path)).Load():
+        event = self._event_pb2.Event.FromString(record)
+        if event.HasField('file_version') or record in seen:
+          continue  # The new file has its own version; a copy a crash left twice is kept once.
+        seen.add(record)
+        if event.step > step:
+          dropped += 1
+        else:
+          kept.append(event)
+    if not dropped:
+      return  # The old files stay as they are.
+    for event in kept:
+      self._writer.add_event(event)
+    self._writer.flush()
+    for path in paths:
+      path.unlink()
+    logging.warning('%s: dropped %d TensorBoard event(s) past step %d, written by an attempt '
+                    'that stopped before its next checkpoint', paths[0].parent, dropped, step)
 
   def _add(self, step: int, values: list) -> None:
     self._writer.add_event(self._event_pb2.Event(
@@ -135,19 +169,27 @@ class JsonLinesWriter(metric_writers.MetricWriter):
   Object stores (gs://) cannot append to a file, so the lines are kept in memory (a run writes a
   few thousand at most) and `flush` rewrites the whole file atomically (`files.write_atomic`): a
   crash mid-flush leaves the previous version. Lines already in it (the earlier part of a
-  resumed run) are kept; a torn line an older version's crash left is dropped, with one warning.
+  resumed run) are kept up to `after_step`, the global step the run resumes from: what an
+  attempt wrote past its last checkpoint is trained again, so it is dropped (each step is
+  recorded once). A torn line an older version's crash left is dropped too, with one warning.
   """
 
-  def __init__(self, path: epath.PathLike):
+  def __init__(self, path: epath.PathLike, after_step: Optional[int] = None):
     super().__init__()
     self._path = epath.Path(path)
     records, torn = parse_jsonl(self._path.read_text()) if self._path.exists() else ([], 0)
-    self._lines = [json.dumps(record) for record in records]
-    self._written = -1 if torn else len(self._lines)  # A repaired file is rewritten at once.
     if torn:
       logging.warning('%s: dropped %d torn line(s) left by an earlier crash; the %d whole '
                       'records are kept', self._path, torn, len(records))
-      self.flush()
+    kept = [r for r in records if after_step is None or r.get('step', 0) <= after_step]
+    if len(kept) < len(records):
+      logging.warning('%s: dropped %d record(s) past step %d, written by an attempt that stopped '
+                      'before its next checkpoint', self._path, len(records) - len(kept),
+                      after_step)
+    self._lines = [json.dumps(record) for record in kept]
+    # A repaired file is rewritten at once.
+    self._written = len(self._lines) if len(kept) == len(records) and not torn else -1
+    self.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {'step': int(step), 'time': time.time()}
@@ -231,9 +273,20 @@ def tensorboard_dir(workdir: epath.PathLike) -> str:
   return local
 
 
-def create_writer(workdir: Optional[epath.PathLike], *,
-                  is_main: bool) -> metric_writers.MetricWriter:
+def _event_files(logdir: str) -> list:
+  path = epath.Path(logdir)
+  return sorted(path.glob('*tfevents*')) if path.is_dir() else []
+
+
+def create_writer(workdir: Optional[epath.PathLike], *, is_main: bool,
+                  after_step: Optional[int] = None) -> metric_writers.MetricWriter:
   """TensorBoard events and metrics.jsonl on the main process; nothing on the others.
+
+  Args:
+    workdir: the run's folder.
+    is_main: whether this is the process that writes.
+    after_step: the global step the run starts from (its checkpoint's; 0 for a fresh start):
+      what an earlier attempt recorded past it is dropped from both. None keeps everything.
 
   No console writer: the trainer logs each progress and epoch line itself, in its own words, so
   clu's LoggingWriter would print every one of them a second time.
@@ -242,6 +295,6 @@ def create_writer(workdir: Optional[epath.PathLike], *,
   if is_main and workdir:
     path = files.as_path(workdir)
     path.mkdir(parents=True, exist_ok=True)
-    writers.append(TensorBoardWriter(tensorboard_dir(path)))
-    writers.append(JsonLinesWriter(path / METRICS_FILE))
+    writers.append(TensorBoardWriter(tensorboard_dir(path), after_step))
+    writers.append(JsonLinesWriter(path / METRICS_FILE, after_step))
   return metric_writers.MultiWriter(writers)

@@ -45,6 +45,8 @@ class CheckpointMeta:
     history: one record per finished epoch.
     run: the run's identity (`run_identity`), checked on resume.
     elapsed_seconds: the run's wall time so far, summed over the processes that trained it.
+    data: the source the run reads ({'source', 'data_dir'}, `auto` resolved), so that a command
+      reading the run later reads the same, whatever `auto` would find then.
   """
   epoch: int = 0
   step_in_epoch: int = 0
@@ -54,6 +56,7 @@ class CheckpointMeta:
   history: list = dataclasses.field(default_factory=list)
   run: dict = dataclasses.field(default_factory=dict)
   elapsed_seconds: float = 0.0
+  data: dict = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)

@@ -2,22 +2,25 @@
 the results fields every report of it has (`run_results`).
 
 `setup_run` is what every command does first (train, evaluate, inspect, benchmark); the `Run`
-record it returns is what they pass on. It never touches the workdir.
+record it returns is what they pass on. It never writes to the workdir.
 """
 
 import dataclasses
 import functools
 import hashlib
+import os
 from typing import Any, Optional
 
 import jax
 import ml_collections
 import numpy as np
 
+from resnet_jax import defaults
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import augment
 from resnet_jax.data import input_pipeline
+from resnet_jax.data import sources
 from resnet_jax.errors import UserError
 from resnet_jax.models import optim
 from resnet_jax.reporting import report
@@ -38,6 +41,7 @@ class Run:
   plan: feed.EpochPlan
   resident: bool  # the training set on the devices (feed.resident_placement)
   parameters: int  # the model's trainable parameters
+  data: dict = dataclasses.field(default_factory=dict)  # {'source', 'data_dir'} read ({}: given)
 
   @property
   def placement(self) -> str:
@@ -103,18 +107,68 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   optim.create_optimizer(config, 1)
 
 
+def recorded_data(config: ml_collections.ConfigDict, workdir: str) -> Optional[
+    ml_collections.ConfigDict]:
+  """config.data as the run in workdir read it, where config.data.source is 'auto' and the run's
+  checkpoint records what `auto` found then; else None (config.data is read as it is).
+
+  So a run is read with its own data even where `auto` would now find another copy (one
+  converted since, in another order). A config.data.data_dir given now says where it lies now.
+  """
+  if config.data.source != 'auto' or not workdir:
+    return None
+  try:
+    recorded = checkpoints.read_meta(workdir).data
+  except UserError:  # No checkpoint: a new run (or a damaged one, which its restore reports).
+    return None
+  if not recorded:  # A checkpoint of an older version.
+    return None
+  data_cfg = config.data.copy_and_resolve_references()
+  data_cfg.source = recorded['source']
+  data_cfg.data_dir = config.data.data_dir or recorded['data_dir']
+  return data_cfg
+
+
+def load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[
+    input_pipeline.Splits, dict]:
+  """The splits a command on workdir reads, and their source ({'source', 'data_dir'}).
+
+  Raises:
+    UserError: the data is missing or unreadable; for a run whose checkpoint records the source
+      `auto` found, a line saying the run cannot be read with its own data.
+  """
+  data_cfg = recorded_data(config, workdir)
+  if data_cfg is None:
+    data_cfg = sources.resolve_source(config.data)
+    splits = input_pipeline.load_splits(data_cfg, config.seed, config.model.num_classes)
+  else:
+    try:
+      splits = input_pipeline.load_splits(data_cfg, config.seed, config.model.num_classes)
+    except UserError as e:
+      raise UserError(f'the run in {workdir} trained on {data_cfg.source} data in '
+                      f"{data_cfg.data_dir or 'its default place'} (what config.data.source="
+                      f"'auto' found then), which cannot be read now ({e}); put it back, or give "
+                      'its new place as --config.data.data_dir') from e
+  data_dir = data_cfg.data_dir  # Recorded whole: a later command may run from elsewhere.
+  if data_dir and not files.is_url(data_dir):
+    data_dir = os.path.abspath(data_dir)
+  return splits, {'source': data_cfg.source, 'data_dir': data_dir}
+
+
 def setup_run(config: ml_collections.ConfigDict, workdir: str,
               splits: input_pipeline.Splits = None) -> Run:
   """Checks the config, loads the data and builds model and optimizer; UserError on mistakes.
 
-  `splits` skips loading the data again, e.g. for several benchmarks.
+  The data is `load_data`'s: a run in workdir is read with the data it trained on. `splits`
+  skips loading the data again, e.g. for several benchmarks. Nothing in workdir is written.
   """
   check_config(config)
   parameters = models.check_budget(config.model, config.data.image_size)
   mesh = feed.create_mesh()
   feed.check_batch_size(config.batch_size, mesh.devices.size)  # Before the data loads.
+  data = {}
   if splits is None:
-    splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
+    splits, data = load_data(config, workdir)
   plan = feed.epoch_plan(config, len(splits.train_labels), mesh.devices.size)
   optimizer = optim.create_optimizer(config, plan.steps)
   groups = mesh.devices.size if config.batch_statistics == 'per_device' else 1
@@ -124,7 +178,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str,
                           std=tuple(float(s) for s in splits.std), batch_groups=groups)
   resident = feed.resident_placement(config, splits.train_images, splits.val_images)
   return Run(config=config, workdir=workdir, ctx=ctx, optimizer=optimizer, splits=splits,
-             mesh=mesh, plan=plan, resident=resident, parameters=parameters)
+             mesh=mesh, plan=plan, resident=resident, parameters=parameters, data=data)
 
 
 def restore(run: Run, checkpoint: str = 'latest') -> tuple[steps.TrainState,
@@ -170,6 +224,7 @@ def run_results(run: Run, parameters: int, test: dict, command: Optional[str]) -
       'steps_per_call': run.plan.steps_per_call,
       'batch_statistics': config.batch_statistics,
       'data_source': splits.source,
+      'validates_on_test': defaults.validates_on_test(config.data.validation),
       'train_examples': len(splits.train_labels),
       'val_examples': len(splits.val_labels),
       'test_examples': len(splits.test_labels),

@@ -13,7 +13,6 @@ check and SIGTERM are `checkpoints`; the compiles ahead are `precompile`.
 import contextlib
 import dataclasses
 import functools
-import json
 import time
 from typing import Optional
 
@@ -123,8 +122,8 @@ class TrainLoop:
                resume_command: Optional[str] = None):
     self.run, self.clock = run, clock
     self.resume_command = resume_command
-    self.writer = writers.create_writer(run.workdir, is_main=jax.process_index() == 0)
-    stack.callback(self.writer.close)
+    self.stack = stack
+    self.writer = None  # made once the step the run starts from is known (`resume`)
     checkpoint_dir = files.as_path(run.workdir) / 'checkpoints'
     self.latest = checkpoints.checkpoint_manager(checkpoint_dir / 'latest')
     self.best = checkpoints.checkpoint_manager(checkpoint_dir / 'best')
@@ -143,17 +142,21 @@ class TrainLoop:
     self.best_state = None  # the best model's state on the devices, once this process saw it
     self.last_save = time.time()  # of the latest checkpoint
     self.last_epoch_read = time.perf_counter()
+    self.compile_read = 0.0  # the clock's compile_seconds then
     self.snapshot = jax.jit(lambda state: jax.tree.map(jnp.copy, state),
                             out_shardings=feed.replicated(run.mesh))
 
   def train(self) -> dict:
     """The phases in order; the results, or the stop's if a SIGTERM stopped the run."""
+    num_epochs = self.run.config.num_epochs
     with console_logs.phase('setting up (checkpoints, the data feed, the compiles)'):
       finished = self.resume()
       if finished is not None:
         return finished
+      if self.meta.epoch >= num_epochs:  # Finished, its results.json missing or torn.
+        self.prepare_scoring()
+        return self.finish(rebuilt=True)
       self.prepare()
-    num_epochs = self.run.config.num_epochs
     for epoch in range(self.meta.epoch, num_epochs):
       stopped = self.train_epoch(epoch)
       if stopped is not None:
@@ -176,26 +179,44 @@ class TrainLoop:
   def resume(self) -> Optional[dict]:
     """Restores the latest checkpoint, or starts fresh; a finished run's results."""
     run = self.run
-    self.meta = checkpoints.CheckpointMeta(run=run.identity)
+    self.meta = checkpoints.CheckpointMeta(run=run.identity, data=run.data)
     latest_step = checkpoints.process_zero_decides(self.latest.latest_step())
     if latest_step is None:
       self.state = feed.initial_state(run.ctx, run.config.data.image_size, run.mesh)
     else:
       state, meta = checkpoints.restore_checkpoint(self.latest, run.abstract_state(), latest_step,
                                                    identity=run.identity)
-      results_path = files.as_path(run.workdir) / report.RESULTS_FILE
-      if meta.epoch >= run.config.num_epochs and checkpoints.process_zero_decides(
-          int(results_path.exists())):
-        logging.info('%s has finished already; its results: %s', run.workdir, results_path)
-        return json.loads(results_path.read_text())
-      self.state, self.meta = state, dataclasses.replace(meta, run=run.identity)
-      logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
-                   self.latest.directory, meta.epoch + 1, meta.step_in_epoch, int(state.step))
+      if meta.epoch >= run.config.num_epochs:
+        results = report.read_results(run.workdir)
+        if checkpoints.process_zero_decides(int(results is not None)):
+          logging.info('%s has finished already; its results: %s', run.workdir,
+                       files.as_path(run.workdir) / report.RESULTS_FILE)
+          return results or report.read_results(run.workdir) or {}
+        logging.warning('%s has finished, but its %s is missing or torn: writing its results '
+                        'and report again from its final checkpoint', run.workdir,
+                        report.RESULTS_FILE)
+      else:
+        logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
+                     self.latest.directory, meta.epoch + 1, meta.step_in_epoch, int(state.step))
+      self.state, self.meta = state, dataclasses.replace(meta, run=run.identity, data=run.data)
     # Written once the run is accepted: a refused resume leaves the run's own config.json.
     if jax.process_index() == 0:
       run_config.write_config(run.workdir, run.config)
     self.elapsed_before = self.meta.elapsed_seconds
+    # What an earlier attempt recorded past this step is trained again: the writer drops it.
+    self.writer = writers.create_writer(run.workdir, is_main=jax.process_index() == 0,
+                                        after_step=int(self.state.step))
+    self.stack.callback(self.writer.close)
     return None
+
+  def prepare_scoring(self) -> None:
+    """The evaluator and the validation set."""
+    run = self.run
+    self.evaluator = evaluator.Evaluator(run.ctx, run.mesh, run.config.eval_batch_size,
+                                         call=functools.partial(self.compiler, 'eval'))
+    self.val_set = self.evaluator.eval_set(run.splits.val_images, run.splits.val_labels)
+    # Validation on the test set (seed 000's protocol): the last epoch's evaluation is the test's.
+    self.val_is_test = run.splits.val_labels is run.splits.test_labels
 
   def prepare(self) -> None:
     """The feed, the evaluation set, and every compile the run needs, started ahead."""
@@ -204,11 +225,7 @@ class TrainLoop:
     self.train_steps = feed.jit_train_steps(run.ctx, run.mesh, resident=run.resident)
     self.feed = feed.create_feed(config, run.plan, run.mesh, splits.train_images,
                                  splits.train_labels, resident=run.resident)
-    self.evaluator = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size,
-                                         call=functools.partial(compiler, 'eval'))
-    self.val_set = self.evaluator.eval_set(splits.val_images, splits.val_labels)
-    # Validation on the test set (seed 000's protocol): the last epoch's evaluation is the test's.
-    self.val_is_test = splits.val_labels is splits.test_labels
+    self.prepare_scoring()
     # The first call's shape compiles alone; every other shape the run needs, after it, while
     # the devices train.
     calls = run.plan.calls(self.meta.step_in_epoch) + run.plan.calls(0)
@@ -220,8 +237,9 @@ class TrainLoop:
     compiler.prepare('eval', self.evaluator.evaluate_fn, state.eval_variables(),
                      *self.val_set.arrays(), after=first)
     self.compiles_ahead = compiler.num_prepared - 1
-    logging.info('compiling the train call (%d steps of batch %d) and %d more shapes after it',
-                 calls[0][1], calls[0][2], self.compiles_ahead)
+    logging.info('compiling the train call (%s of batch %d) and %s more after it',
+                 report.counted(calls[0][1], 'step'), calls[0][2],
+                 report.counted(self.compiles_ahead, 'shape'))
     self.progress = progress.Progress(epoch_sums=self.meta.train_sums,
                                       last_log_step=int(state.step),
                                       large_on_cpu=progress.is_large_on_cpu(run.parameters))
@@ -313,7 +331,9 @@ class TrainLoop:
     record = {'epoch': end.epoch + 1, 'step': (end.epoch + 1) * plan.steps,
               **{f'train_{k}': v for k, v in steps.mean_of_sums(self.progress.epoch_sums).items()},
               'learning_rate': self.progress.learning_rate,
-              'epoch_seconds': now - self.last_epoch_read}
+              'epoch_seconds': now - self.last_epoch_read,
+              # What of it the host waited for compiles (a process's first epoch, mostly).
+              'compile_seconds': self.clock.compile_seconds - self.compile_read}
     self.progress.epoch_sums = {}
     state = end.snapshot
     if end.scoring is not None:
@@ -349,6 +369,7 @@ class TrainLoop:
     if end.save_latest:
       self.save_checkpoints(state, meta)
     self.last_epoch_read = time.perf_counter()
+    self.compile_read = self.clock.compile_seconds
 
   def save_checkpoints(self, state: steps.TrainState, meta: checkpoints.CheckpointMeta) -> None:
     """Saves a better model not saved yet to checkpoints/best, then the latest (both orbax's
@@ -371,8 +392,13 @@ class TrainLoop:
   # -------------------------------------------------------------------------------------------
   # The end: finished or stopped.
 
-  def finish(self) -> dict:
-    """Scores the test set (and the best checkpoint), writes the report; the results."""
+  def finish(self, rebuilt: bool = False) -> dict:
+    """Scores the test set (and the best checkpoint), writes the report; the results.
+
+    rebuilt: the run had finished (its results.json missing or torn): what is written comes from
+    its final checkpoint, and the speed figures of the processes that trained it, which no
+    checkpoint holds, are left empty (None) rather than this process's.
+    """
     run, meta, splits = self.run, self.meta, self.run.splits
     config, history = run.config, meta.history
     test_set = None
@@ -408,6 +434,10 @@ class TrainLoop:
         'eval_seconds': clock.eval_seconds,
         'images_per_second': clock.images_per_second,
     }
+    if rebuilt:
+      results.update(elapsed_seconds=meta.elapsed_seconds, **dict.fromkeys(
+          ('wall_seconds', 'compile_seconds', 'train_seconds', 'eval_seconds',
+           'images_per_second')))
     if self.val_is_test and config.reference.pytorch_final:
       # When validation (the test set) first scored the PyTorch reference's final accuracy.
       results['reference_reached'] = report.first_reaching(

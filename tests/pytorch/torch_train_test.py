@@ -69,9 +69,11 @@ def test_augment_crops_with_black_padding_flips_and_mixes():
 
 
 def test_a_short_run_reports_its_history(tmp_path):
-  config = smoke_config(num_epochs=2)
+  # ' test' validates on the test set, as everywhere (torch_train compared it unstripped).
+  config = smoke_config(num_epochs=2, **{'data.validation': ' test'})
   results = torch_train.train_and_evaluate(config, str(tmp_path), threads=1)
   assert [r['epoch'] for r in results['history']] == [1, 2]
+  assert results['best_test_accuracy'] == results['best_val_accuracy'] is not None
   assert results['parameters'] == 5_266 and results['framework'] == 'pytorch'
   assert 0 <= results['final_val_accuracy'] <= 1 and results['images_per_second'] > 0
   written = json.loads((tmp_path / torch_train.RESULTS_FILE).read_text())

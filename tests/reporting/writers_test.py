@@ -191,3 +191,49 @@ def test_check_writable_refuses_a_folder_it_cannot_write(tmp_path):
     tmp_path.chmod(0o500)
     with pytest.raises(UserError, match='cannot be written'):
       files.check_writable(tmp_path / 'run', '--workdir')
+
+
+def test_a_resume_drops_the_records_past_the_step_it_resumes_from(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  first = writers.JsonLinesWriter(path)
+  for step in (2, 4, 6, 8):  # A kill after step 8; the last checkpoint was at step 4.
+    first.write_scalars(step, {'loss': 1.0 / step})
+  first.close()
+  resumed = writers.JsonLinesWriter(path, after_step=4)
+  assert [r['step'] for r in writers.read_jsonl(path)] == [2, 4]  # Repaired on disk at once.
+  for step in (6, 8):
+    resumed.write_scalars(step, {'loss': 0.5 / step})
+  resumed.close()
+  records = writers.read_jsonl(path)
+  # Was [2, 4, 6, 8, 6, 8]: the steps trained again were recorded twice.
+  assert [(r['step'], r['loss']) for r in records] == [(2, 0.5), (4, 0.25), (6, 0.5 / 6),
+                                                       (8, 0.5 / 8)]
+
+
+def _raw_events(logdir) -> dict:
+  """tag -> [(step, value)] of every scalar event the folder's files hold, none purged."""
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={'scalars': 0},
+                                           purge_orphaned_data=False)
+  acc.Reload()
+  return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()['scalars']}
+
+
+def test_a_resume_drops_the_tensorboard_events_past_its_step(tmp_path):
+  logdir = tmp_path / 'tensorboard'
+  first = writers.TensorBoardWriter(str(logdir))
+  for step in (2, 4, 6, 8):
+    first.write_scalars(step, {'loss': 1.0 / step})
+  first.write_histograms(8, {'w': np.arange(10.0)})
+  first.close()
+  resumed = writers.TensorBoardWriter(str(logdir), after_step=4)
+  for step in (6, 8):
+    resumed.write_scalars(step, {'loss': 0.5 / step})
+  resumed.close()
+  # Was the old 6 and 8 as well, and the old histogram.
+  assert _raw_events(logdir) == {'loss': [(2, 0.5), (4, 0.25), (6, pytest.approx(0.5 / 6)),
+                                          (8, 0.0625)]}
+  assert len(list(logdir.iterdir())) == 1  # The kept events were copied into the new file.
+  again = writers.TensorBoardWriter(str(logdir), after_step=8)  # Nothing past it: kept as is.
+  again.close()
+  assert _raw_events(logdir)['loss'][-1] == (8, 0.0625)

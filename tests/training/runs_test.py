@@ -1,13 +1,14 @@
-"""runs: loop settings are checked, before any data is loaded; a reader's checkpoint is its run's."""
+"""runs: loop settings are checked before any data is loaded; a reader's checkpoint is its run's."""
 
 import json
 import pathlib
 import re
+import pickle
 import shutil
 
 import pytest
 
-from conftest import assert_user_error, smoke_config
+from conftest import assert_user_error, short_config, smoke_config
 from resnet_jax import defaults
 from resnet_jax import errors
 from resnet_jax.training import run_config
@@ -101,3 +102,34 @@ def test_best_of_a_run_that_keeps_none_says_so(smoke_run, tmp_path):
   assert_user_error(lambda: runs.restore(runs.setup_run(config, workdir), 'best'),
                     'keeps no best checkpoint (config.keep_best_checkpoint=False); use '
                     '--checkpoint=latest')
+
+
+def test_a_run_is_read_with_the_data_it_trained_on(cifar_batches_dir, tmp_path, monkeypatch):
+  from resnet_jax.training import train  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv('RESNET_JAX_DATA', raising=False)
+  then, now, workdir = tmp_path / 'then', tmp_path / 'now', str(tmp_path / 'run')
+  then.mkdir()
+  (then / 'data').symlink_to(cifar_batches_dir, target_is_directory=True)
+  config = short_config(cifar_batches_dir, num_epochs=1,
+                        **{'data.source': 'auto', 'data.data_dir': ''})
+  monkeypatch.chdir(then)  # `auto` finds ./data.
+  trained = train.train_and_evaluate(config, workdir)
+  # Later, ./data (from where the command runs now) holds another copy, in another order.
+  batches = now / 'data' / 'cifar-10-batches-py'
+  shutil.copytree(cifar_batches_dir / 'cifar-10-batches-py', batches)
+  with open(batches / 'test_batch', 'rb') as f:
+    test_batch = pickle.load(f, encoding='bytes')
+  for key in (b'data', b'labels'):
+    test_batch[key] = test_batch[key][::-1]
+  with open(batches / 'test_batch', 'wb') as f:
+    pickle.dump(test_batch, f)
+  monkeypatch.chdir(now)
+  run = runs.setup_run(config, workdir)
+  # Was the copy `auto` finds now, refused as another config's data.
+  assert run.splits.source.startswith(f'cifar_batches {then / "data"}')
+  assert run.splits.source.endswith(trained['data_source'].split(': ')[1])
+  runs.restore(run)
+  (then / 'data').unlink()
+  assert_user_error(lambda: runs.setup_run(config, workdir),
+                    f'the run in {workdir} trained on cifar_batches data in {then / "data"}',
+                    'which cannot be read now')

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from resnet_jax import errors
+from resnet_jax.reporting import report
 from resnet_jax.reporting import writers
 from resnet_jax.training import checkpoints
 from resnet_jax.training import evaluator
+from resnet_jax.training import feed
 from resnet_jax.training import precompile
 from resnet_jax.training import steps
 from resnet_jax.training import train
@@ -102,8 +104,8 @@ def writer_calling(at_step, action):
   """writers.create_writer, calling action() once the scalars of global step at_step are written."""
   create_writer = writers.create_writer
 
-  def create(workdir, *, is_main):
-    writer = create_writer(workdir, is_main=is_main)
+  def create(workdir, **kwargs):
+    writer = create_writer(workdir, **kwargs)
     write_scalars = writer.write_scalars
 
     def write(step, scalars):
@@ -254,7 +256,7 @@ def test_sigterm_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_
   resumed_params, resumed_meta, _ = restore_params(tmp_path, config)
   assert_trees_equal(resumed_params, params)
   # The resumed epochs' train metrics cover the whole epoch: the same as the uninterrupted run's.
-  timings = ('epoch_seconds', 'elapsed_seconds')
+  timings = ('epoch_seconds', 'elapsed_seconds', 'compile_seconds')
   without_time = lambda history: [{k: v for k, v in r.items() if k not in timings}
                                   for r in history]
   assert without_time(resumed_meta.history) == without_time(short_meta.history)
@@ -407,6 +409,59 @@ def test_a_finished_run_returns_its_results_without_retraining(short_run, cifar_
   monkeypatch.setattr(evaluator, 'dispatch',
                       lambda *args, **kwargs: pytest.fail('evaluated again'))
   assert train.train_and_evaluate(short_config(cifar_batches_dir), str(workdir)) == written
+
+
+def test_a_finished_run_rewrites_a_torn_results_json_from_its_checkpoint(
+    short_run, cifar_batches_dir, tmp_path, monkeypatch):
+  results, workdir, (_, meta, _), _ = short_run
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  (tmp_path / 'results.json').write_text((workdir / 'results.json').read_text()[:200])
+  (tmp_path / 'report.md').unlink()
+  monkeypatch.setattr(feed, 'jit_train_steps', lambda *args, **kwargs: pytest.fail('trained'))
+  # Was a JSONDecodeError traceback.
+  rebuilt = train.train_and_evaluate(short_config(cifar_batches_dir), str(tmp_path))
+  for key in ('final_test_accuracy', 'best_test_accuracy', 'final_val_accuracy',
+              'best_val_accuracy', 'best_epoch', 'steps', 'parameters', 'reference_reached'):
+    assert rebuilt[key] == results[key], key
+  # The run's time is its checkpoint's; the speed figures of the processes that trained it are
+  # in no checkpoint, and this one's would be false.
+  assert rebuilt['elapsed_seconds'] == meta.elapsed_seconds
+  assert rebuilt['images_per_second'] is None and rebuilt['compile_seconds'] is None
+  written = report.read_results(tmp_path)
+  assert written['final_test_accuracy'] == results['final_test_accuracy']
+  assert (tmp_path / 'report.md').is_file()
+
+
+class Killed(BaseException):
+  """A crash mid-run, as SIGKILL or a lost machine: no stop, no checkpoint of where it was."""
+
+
+def _raise_killed():
+  raise Killed
+
+
+def test_a_rerun_after_a_crash_records_each_step_once(short_run, cifar_batches_dir, tmp_path,
+                                                      monkeypatch):
+  _, workdir, _, _ = short_run
+  config = short_config(cifar_batches_dir)
+  # Killed at step 15 of 22; the last checkpoint is the first epoch's end (step 11).
+  monkeypatch.setattr(writers, 'create_writer', writer_calling(15, _raise_killed))
+  with pytest.raises(Killed):
+    train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.undo()
+  train.train_and_evaluate(config, str(tmp_path))
+  records = lambda run: [(r['step'], 'epoch' in r)
+                         for r in writers.read_jsonl(run / 'metrics.jsonl')]
+  assert records(tmp_path) == records(workdir)  # Was steps 13 and 15 twice.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top,line-too-long
+
+  def events(run):
+    acc = event_accumulator.EventAccumulator(str(run / 'tensorboard'), purge_orphaned_data=False,
+                                             size_guidance={'scalars': 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()['scalars']}
+
+  assert events(tmp_path) == events(workdir)
 
 
 # orbax's abandoned reads of the mismatched arrays are reported when collected; harmless.
