@@ -6,7 +6,8 @@ Every command calls `setup` once its flags are parsed (`cli.parse_flags`). Then:
 - every other record (orbax, jax, TFDS, clu, asyncio's unretrieved futures), Python's "Exception
   ignored in ..." reports (orbax's coroutines), threads' uncaught exceptions and all that C and
   C++ code writes to stderr (TensorFlow's absl::InitializeLog and oneDNN banners, XLA) go to the
-  log file `<workdir>/<command>.log` (or beside --output; a temporary folder without either);
+  log file `<workdir>/<command>.log` (or beside --output; a temporary folder without either;
+  process i > 0 of a multi-process run: `<command>.process<i>.log`);
 `--verbose` leaves everything on the console, as the libraries print it.
 
 A command that ends on a user error ends through `end_with` (`exit_on_user_error`): its
@@ -71,6 +72,7 @@ class LogFile(logging.Handler):
 
   def __init__(self, folder: str, command: str):
     super().__init__(logging.DEBUG)
+    self.command = command
     self.folder = folder if folder and not files.is_url(folder) else ''
     self.folder_existed = bool(self.folder) and os.path.exists(self.folder)
     self.problems = 0
@@ -84,11 +86,23 @@ class LogFile(logging.Handler):
     self.path = self._file.name
 
   @staticmethod
-  def _open(folder: str, command: str):
+  def _open(folder: str, command: str, process_index: int = 0):
     folder = folder or os.path.join(tempfile.gettempdir(), f'resnet_jax_{os.getpid()}')
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(os.path.abspath(folder), f'{command}.log')
+    name = f'{command}.process{process_index}.log' if process_index else f'{command}.log'
+    path = os.path.join(os.path.abspath(folder), name)
     return open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+
+  def name_for_process(self, process_index: int) -> None:
+    """Moves to process process_index's own file (`<command>.process<i>.log`; 0 keeps its own)."""
+    if not process_index:
+      return
+    previous = self._file
+    self._file = self._open(self.folder, self.command, process_index)
+    self.path = self._file.name
+    if self.console is not None:  # C and C++ output follows.
+      os.dup2(self._file.fileno(), 2)
+    previous.close()
 
   def emit(self, record: logging.LogRecord) -> None:
     try:
@@ -143,6 +157,13 @@ def log_path() -> str | None:
   """The command's log file (None with --verbose, or before `setup`)."""
   handler = _log_file()
   return handler.path if handler else None
+
+
+def name_log_for_process(process_index: int) -> None:
+  """Gives process process_index of a multi-process run its own log file (see LogFile)."""
+  handler = _log_file()
+  if handler:
+    handler.name_for_process(process_index)
 
 
 def setup(command: str, folder: str | None, verbose: bool = False) -> str | None:

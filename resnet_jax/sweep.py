@@ -398,8 +398,8 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
 
 def _run(sweep_cfg, workdir: str, process_index: int, process_count: int) -> None:
   files.check_writable(workdir, '--workdir')
-  cli.say_outputs(f'{workdir} (a workdir a point, sweep.md)')
   distributed.initialize_from_env()
+  cli.say_outputs(f'{workdir} (a workdir a point, sweep.md)')
   rows = run_sweep(sweep_cfg, workdir, process_index, process_count)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'sweep.md'), encoding='utf-8') as f:

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from resnet_jax import console_logs
 from resnet_jax.errors import UserError
 from resnet_jax.training import distributed
 
@@ -84,6 +85,31 @@ def test_partial_settings_name_what_is_missing():
     distributed.distributed_settings(dict(RESNET_JAX_COORDINATOR_ADDRESS='h:1'))
 
 
+def test_stop_timeout_seconds():
+  assert distributed.stop_timeout_seconds({}) == distributed.DEFAULT_STOP_TIMEOUT_SECONDS
+  assert distributed.stop_timeout_seconds({distributed.STOP_TIMEOUT: ' 90 '}) == 90.0
+  for bad in ('0', '-5', 'soon'):
+    with pytest.raises(UserError, match=f"^RESNET_JAX_STOP_TIMEOUT='{bad}' is not a number"):
+      distributed.stop_timeout_seconds({distributed.STOP_TIMEOUT: bad})
+
+
+def test_deadline_ends_a_process_that_outlasts_it_with_one_line():
+  with distributed.deadline(60, 'never printed'):
+    pass  # A block that finishes in time goes on.
+  waits_forever = ('import time\n'
+                   'from resnet_jax.training import distributed\n'
+                   "with distributed.deadline(0.5, 'stop: did not finish'):\n"
+                   '  time.sleep(60)\n'
+                   "print('not reached')\n")
+  start = time.perf_counter()
+  ended = subprocess.run([sys.executable, '-c', waits_forever], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=50, check=False)
+  assert time.perf_counter() - start < 40
+  assert ended.returncode == 1
+  assert ended.stderr.splitlines()[-1] == 'stop: did not finish'
+  assert 'not reached' not in ended.stdout
+
+
 def test_single_process_initialize_is_a_no_op(monkeypatch):
   for name in (*distributed.EXPLICIT_VARIABLES, distributed.DISTRIBUTED, 'SLURM_STEP_NUM_TASKS'):
     monkeypatch.delenv(name, raising=False)
@@ -142,6 +168,12 @@ def test_two_processes_initialize_and_exchange_data(tmp_path):
     np.testing.assert_array_equal(result['gathered'], [[1, 2], [11, 12]])
     # Device d of process p holds 10 * p + d + 1; the sum runs over all four devices.
     assert result['global_sum'] == 1 + 2 + 11 + 12
+    # Each process its own log file, side by side in the shared workdir.
+    log = 'main.log' if process_id == 0 else f'main.process{process_id}.log'
+    assert result['log_path'] == str(tmp_path / log)
+    assert (tmp_path / log).is_file()
+    # The persistent cache is off on CPU: the other processes never find process 0's entries.
+    assert result['compilation_cache'] is False
 
 
 @pytest.fixture(scope='module')
@@ -258,13 +290,16 @@ def _worker(mode: str, out_path: str, workdir: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if mode == 'collectives':  # initialize_from_env must turn CPU collectives on if they are off
     jax.config.update('jax_cpu_collectives_implementation', None)
+    console_logs.setup('main', workdir)  # as cli.parse_flags does, before the processes join
   distributed.initialize_from_env()
   distributed.initialize_from_env()  # a second call changes nothing
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   result = dict(process_index=jax.process_index(), process_count=jax.process_count(),
-                device_count=jax.device_count(), local_device_count=jax.local_device_count())
+                device_count=jax.device_count(), local_device_count=jax.local_device_count(),
+                log_path=console_logs.log_path(),
+                compilation_cache=jax.config.jax_enable_compilation_cache)
   if mode == 'collectives':
     mine = 10 * jax.process_index() + np.arange(1, LOCAL_DEVICES + 1)
     result['gathered'] = np.asarray(multihost_utils.process_allgather(mine))
