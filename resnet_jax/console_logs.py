@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Iterator
+from typing import Callable, Iterator
 
 from absl import logging as absl_logging
 
@@ -238,13 +238,20 @@ def phase(what: str, every_seconds: float = 10.0) -> Iterator[None]:
   loop with steps logs its own progress with an ETA (`training.progress`).
   """
   start = time.perf_counter()
-  done = threading.Event()
 
-  def beat():
+  def beat(done: threading.Event):
     while not done.wait(every_seconds):
       absl_logging.info('%s: %.0f s so far', what, time.perf_counter() - start)
 
-  thread = threading.Thread(target=beat, name='phase', daemon=True)
+  with watched(beat, 'phase'):
+    yield
+
+
+@contextlib.contextmanager
+def watched(watch: Callable[[threading.Event], None], name: str) -> Iterator[None]:
+  """Runs watch(done) on a daemon thread while the block runs; done is set as the block ends."""
+  done = threading.Event()
+  thread = threading.Thread(target=watch, args=(done,), name=name, daemon=True)
   thread.start()
   try:
     yield

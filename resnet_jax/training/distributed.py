@@ -35,7 +35,7 @@ PROCESS_ID = 'RESNET_JAX_PROCESS_ID'
 LOCAL_DEVICE_IDS = 'RESNET_JAX_LOCAL_DEVICE_IDS'
 DISTRIBUTED = 'RESNET_JAX_DISTRIBUTED'
 STOP_TIMEOUT = 'RESNET_JAX_STOP_TIMEOUT'
-DEFAULT_STOP_TIMEOUT_SECONDS = 600.0
+DEFAULT_STOP_TIMEOUT_SECONDS = 600
 EXPLICIT_VARIABLES = (COORDINATOR_ADDRESS, NUM_PROCESSES, PROCESS_ID)
 
 
@@ -132,25 +132,18 @@ def initialize_from_env() -> None:
   console_logs.name_log_for_process(jax.process_index())
   if jax.process_count() > 1 and jax.devices()[0].platform == 'cpu':
     # On CPU the persistent cache's key holds each process's own devices: process 0 reads the
-    # executables it wrote, every other process compiles its own, and from jax 0.12 the two
+    # executables it wrote, every other process compiles its own, and on jax 0.12 the two
     # kinds wait for each other forever in their first collective. Nothing is lost: only
     # process 0 could ever read the cache.
     jax.config.update('jax_enable_compilation_cache', False)
     logging.info('compilation cache off: a multi-process run on CPU compiles in every process')
 
 
-def stop_timeout_seconds(environ: Mapping[str, str]) -> float:
-  """How long a multi-process stop may take (`RESNET_JAX_STOP_TIMEOUT`, seconds)."""
-  value = environ.get(STOP_TIMEOUT, '').strip()
-  if not value:
+def stop_timeout_seconds(environ: Mapping[str, str]) -> int:
+  """How long a stop of several processes may take, in seconds (`RESNET_JAX_STOP_TIMEOUT`)."""
+  if not environ.get(STOP_TIMEOUT, '').strip():
     return DEFAULT_STOP_TIMEOUT_SECONDS
-  try:
-    seconds = float(value)
-  except ValueError:
-    seconds = 0.0
-  if not seconds > 0:
-    raise UserError(f'{STOP_TIMEOUT}={value!r} is not a number of seconds > 0: fix or unset it.')
-  return seconds
+  return _int_variable(environ, STOP_TIMEOUT, 1)
 
 
 @contextlib.contextmanager
@@ -161,17 +154,10 @@ def deadline(seconds: float, line: str) -> Iterator[None]:
   the others never enter): the process ends at once, without waiting for its threads or
   the computations in flight; checkpoints are written atomically, so the last one is kept.
   """
-  done = threading.Event()
-
-  def watch():
+  def watch(done: threading.Event):
     if not done.wait(seconds):
       print(line, file=sys.stderr, flush=True)
       os._exit(1)  # pylint: disable=protected-access  # The main thread may never return.
 
-  watcher = threading.Thread(target=watch, name='deadline', daemon=True)
-  watcher.start()
-  try:
+  with console_logs.watched(watch, 'deadline'):
     yield
-  finally:
-    done.set()
-    watcher.join()

@@ -271,7 +271,7 @@ class TrainLoop:
     signal_name = self.stop_signals.signal_name
     self.stack.enter_context(distributed.deadline(self.stop_timeout, (
         f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: the {jax.process_count()} '
-        f'processes did not finish the stop within {self.stop_timeout:.0f} s (one is gone, or '
+        f'processes did not finish the stop within {self.stop_timeout} s (one is gone, or '
         'waits in a collective the others never entered); stopped without saving: the last '
         f'checkpoint in {self.latest.directory} is kept, resume with the same command: '
         f'{self.resume_command} ({distributed.STOP_TIMEOUT} sets the limit in seconds)')))
