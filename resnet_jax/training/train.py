@@ -272,9 +272,9 @@ class TrainLoop:
     self.stack.enter_context(distributed.deadline(self.stop_timeout, (
         f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: the {jax.process_count()} '
         f'processes did not finish the stop within {self.stop_timeout} s (one is gone, or '
-        'waits in a collective the others never entered); stopped without saving: the last '
-        f'checkpoint in {self.latest.directory} is kept, resume with the same command: '
-        f'{self.resume_command} ({distributed.STOP_TIMEOUT} sets the limit in seconds)')))
+        'waits in a collective the others never entered); stopped without saving (the '
+        f'checkpoints already in {self.latest.directory} are kept); resume with the same '
+        f'command: {self.resume_command} ({distributed.STOP_TIMEOUT} sets the limit in seconds)')))
 
   def read_pending(self) -> Optional[int]:
     """Reads what was dispatched and not read, in order; the last call's global step."""
