@@ -23,7 +23,6 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from absl import logging
 import jax
 
 from resnet_jax import console_logs
@@ -136,7 +135,6 @@ def initialize_from_env() -> None:
     # kinds wait for each other forever in their first collective. Nothing is lost: only
     # process 0 could ever read the cache.
     jax.config.update('jax_enable_compilation_cache', False)
-    logging.info('compilation cache off: a multi-process run on CPU compiles in every process')
 
 
 def stop_timeout_seconds(environ: Mapping[str, str]) -> int:
