@@ -6,7 +6,8 @@ Every command calls `setup` once its flags are parsed (`cli.parse_flags`). Then:
 - every other record (orbax, jax, TFDS, clu, asyncio's unretrieved futures), Python's "Exception
   ignored in ..." reports (orbax's coroutines), threads' uncaught exceptions and all that C and
   C++ code writes to stderr (TensorFlow's absl::InitializeLog and oneDNN banners, XLA) go to the
-  log file `<workdir>/<command>.log` (or beside --output; a temporary folder without either);
+  log file `<workdir>/<command>.log` (or beside --output; a temporary folder without either;
+  process i > 0 of a multi-process run: `<command>.process<i>.log`);
 `--verbose` leaves everything on the console, as the libraries print it.
 
 A console that closes under a command (`main ... | tee log` loses its reader at Ctrl-C, when the
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Iterator
+from typing import Callable, Iterator
 
 from absl import logging as absl_logging
 
@@ -76,6 +77,7 @@ class LogFile(logging.Handler):
 
   def __init__(self, folder: str, command: str):
     super().__init__(logging.DEBUG)
+    self.command = command
     self.folder = folder if folder and not files.is_url(folder) else ''
     self.folder_existed = bool(self.folder) and os.path.exists(self.folder)
     self.problems = 0
@@ -89,11 +91,23 @@ class LogFile(logging.Handler):
     self.path = self._file.name
 
   @staticmethod
-  def _open(folder: str, command: str):
+  def _open(folder: str, command: str, process_index: int = 0):
     folder = folder or os.path.join(tempfile.gettempdir(), f'resnet_jax_{os.getpid()}')
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(os.path.abspath(folder), f'{command}.log')
+    name = f'{command}.process{process_index}.log' if process_index else f'{command}.log'
+    path = os.path.join(os.path.abspath(folder), name)
     return open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+
+  def name_for_process(self, process_index: int) -> None:
+    """Moves to process process_index's own file (`<command>.process<i>.log`; 0 keeps its own)."""
+    if not process_index:
+      return
+    previous = self._file
+    self._file = self._open(self.folder, self.command, process_index)
+    self.path = self._file.name
+    if self.console is not None:  # C and C++ output follows.
+      os.dup2(self._file.fileno(), 2)
+    previous.close()
 
   def emit(self, record: logging.LogRecord) -> None:
     try:
@@ -206,6 +220,13 @@ def log_path() -> str | None:
   return handler.path if handler else None
 
 
+def name_log_for_process(process_index: int) -> None:
+  """Gives process process_index of a multi-process run its own log file (see LogFile)."""
+  handler = _log_file()
+  if handler:
+    handler.name_for_process(process_index)
+
+
 def setup(command: str, folder: str | None, verbose: bool = False) -> str | None:
   """Splits what a command prints between the console and its log file; the log's path.
 
@@ -279,13 +300,20 @@ def phase(what: str, every_seconds: float = 10.0) -> Iterator[None]:
   loop with steps logs its own progress with an ETA (`training.progress`).
   """
   start = time.perf_counter()
-  done = threading.Event()
 
-  def beat():
+  def beat(done: threading.Event):
     while not done.wait(every_seconds):
       absl_logging.info('%s: %.0f s so far', what, time.perf_counter() - start)
 
-  thread = threading.Thread(target=beat, name='phase', daemon=True)
+  with watched(beat, 'phase'):
+    yield
+
+
+@contextlib.contextmanager
+def watched(watch: Callable[[threading.Event], None], name: str) -> Iterator[None]:
+  """Runs watch(done) on a daemon thread while the block runs; done is set as the block ends."""
+  done = threading.Event()
+  thread = threading.Thread(target=watch, args=(done,), name=name, daemon=True)
   thread.start()
   try:
     yield

@@ -112,8 +112,8 @@ def run_evaluation(config, workdir: str) -> None:
   if _TORCH_STATE_DICT.value:
     pytorch.require_torch('--torch_state_dict')
   source = 'torch' if _TORCH_STATE_DICT.value else CHECKPOINT.value
-  cli.say_outputs(OUTPUT_DIR.value or os.path.join(workdir, f'evaluate_{source}'))
   distributed.initialize_from_env()
+  cli.say_outputs(OUTPUT_DIR.value or os.path.join(workdir, f'evaluate_{source}'))
   with workdir_lock.hold(workdir, 'evaluate', cli.command_line()):  # Not while a run writes its checkpoints.
     config = run_config.load_run_config(workdir, config)
     if _MODEL.value:

@@ -122,8 +122,8 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
 
 def _run(config, workdir: str) -> None:
   cli.check_output_writable(workdir, _OUTPUT_DIR.value)
-  cli.say_outputs(_OUTPUT_DIR.value or os.path.join(workdir, 'inspect'))
   distributed.initialize_from_env()
+  cli.say_outputs(_OUTPUT_DIR.value or os.path.join(workdir, 'inspect'))
   with workdir_lock.hold(workdir, 'inspect', cli.command_line()):  # Not while a run writes its checkpoints.
     config = run_config.load_run_config(workdir, config)
     inspected = inspect_run(config, workdir, gradcam_layers=_GRADCAM_LAYERS.value,

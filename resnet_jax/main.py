@@ -19,8 +19,8 @@ from resnet_jax.training import train
 
 def run(config, workdir: str) -> None:
   files.check_writable(workdir, '--workdir')
-  cli.say_outputs(f'{workdir} (checkpoints, metrics, report.md)')
   distributed.initialize_from_env()
+  cli.say_outputs(f'{workdir} (checkpoints, metrics, report.md)')
   print(models.summary_table(config.model), flush=True)
   results = train.train_and_evaluate(config, workdir, resume_command=cli.command_line())
   if results.get('signal') == 'SIGINT':

@@ -400,8 +400,8 @@ def sweep_command(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index
                   process_count: int = 1) -> None:
   """The command: runs the sweep (`run_sweep`), prints sweep.md; exits 130 after a Ctrl-C."""
   files.check_writable(workdir, '--workdir')
-  cli.say_outputs(f'{workdir} (a workdir a point, sweep.md)')
   distributed.initialize_from_env()
+  cli.say_outputs(f'{workdir} (a workdir a point, sweep.md)')
   rows = run_sweep(sweep_cfg, workdir, process_index, process_count)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'sweep.md'), encoding='utf-8') as f:

@@ -109,6 +109,26 @@ def test_a_failed_first_command_leaves_no_workdir(tmp_path):
   assert not workdir.exists()
 
 
+def test_each_process_of_a_run_writes_its_own_log(tmp_path):
+  workdir = tmp_path / 'run'
+  result = run_python(f'''
+      import logging, os
+      from resnet_jax import console_logs
+      console_logs.setup('main', {str(workdir)!r})
+      logging.getLogger('jax').warning('before the processes joined')
+      console_logs.name_log_for_process(2)
+      logging.getLogger('orbax').warning('a record of process 2')
+      os.write(2, b'native output of process 2\\n')
+      print(console_logs.log_path())
+      ''', tmp_path)
+  assert result.returncode == 0, result.stderr
+  own = workdir / 'main.process2.log'
+  assert result.stdout.strip() == str(own)
+  assert 'a record of process 2' in own.read_text()
+  assert 'native output of process 2' in own.read_text()
+  assert 'process 2' not in (workdir / 'main.log').read_text()
+
+
 def test_a_phase_says_how_long_it_has_run():
   lines = []
   handler = logging.Handler()

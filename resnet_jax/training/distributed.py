@@ -11,14 +11,21 @@ One run may span several processes (hosts, or one process per GPU); each calls
   `launch/tpu_vm.sh` sets it; also SLURM, Open MPI, Kubernetes). `off`: one process, always.
 - Otherwise, inside a SLURM step (`srun`) of more than one task, JAX reads SLURM's variables.
 - Nothing of the above: one process, and `initialize_from_env()` does nothing.
+
+Each process of a multi-process run writes its own log file: process 0 `<command>.log`, process
+i `<command>.process<i>.log`, side by side in the workdir that all hosts share.
 """
 
+import contextlib
 import os
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 
+from resnet_jax import console_logs
 from resnet_jax.errors import UserError
 
 COORDINATOR_ADDRESS = 'RESNET_JAX_COORDINATOR_ADDRESS'
@@ -26,6 +33,8 @@ NUM_PROCESSES = 'RESNET_JAX_NUM_PROCESSES'
 PROCESS_ID = 'RESNET_JAX_PROCESS_ID'
 LOCAL_DEVICE_IDS = 'RESNET_JAX_LOCAL_DEVICE_IDS'
 DISTRIBUTED = 'RESNET_JAX_DISTRIBUTED'
+STOP_TIMEOUT = 'RESNET_JAX_STOP_TIMEOUT'
+DEFAULT_STOP_TIMEOUT_SECONDS = 600
 EXPLICIT_VARIABLES = (COORDINATOR_ADDRESS, NUM_PROCESSES, PROCESS_ID)
 
 
@@ -119,3 +128,34 @@ def initialize_from_env() -> None:
   if jax.config.jax_cpu_collectives_implementation is None:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**settings)
+  console_logs.name_log_for_process(jax.process_index())
+  if jax.process_count() > 1 and jax.devices()[0].platform == 'cpu':
+    # On CPU the persistent cache's key holds each process's own devices: process 0 reads the
+    # executables it wrote, every other process compiles its own, and on jax 0.12 the two
+    # kinds wait for each other forever in their first collective. Nothing is lost: only
+    # process 0 could ever read the cache.
+    jax.config.update('jax_enable_compilation_cache', False)
+
+
+def stop_timeout_seconds(environ: Mapping[str, str]) -> int:
+  """How long a stop of several processes may take, in seconds (`RESNET_JAX_STOP_TIMEOUT`)."""
+  if not environ.get(STOP_TIMEOUT, '').strip():
+    return DEFAULT_STOP_TIMEOUT_SECONDS
+  return _int_variable(environ, STOP_TIMEOUT, 1)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, line: str) -> Iterator[None]:
+  """Ends the process, printing `line` and exiting with status 1, if the block outlasts seconds.
+
+  For a wait on other processes that may never come (one died, or waits in a collective that
+  the others never enter): the process ends at once, without waiting for its threads or
+  the computations in flight; checkpoints are written atomically, so the last one is kept.
+  """
+  def watch(done: threading.Event):
+    if not done.wait(seconds):
+      print(line, file=sys.stderr, flush=True)
+      os._exit(1)  # pylint: disable=protected-access  # The main thread may never return.
+
+  with console_logs.watched(watch, 'deadline'):
+    yield

@@ -13,6 +13,7 @@ check and SIGTERM are `checkpoints`; the compiles ahead are `precompile`.
 import contextlib
 import dataclasses
 import functools
+import os
 import time
 from typing import Optional
 
@@ -30,6 +31,7 @@ from resnet_jax.reporting import gradcam
 from resnet_jax.reporting import report
 from resnet_jax.reporting import writers
 from resnet_jax.training import checkpoints
+from resnet_jax.training import distributed
 from resnet_jax.training import evaluator
 from resnet_jax.training import feed
 from resnet_jax.training import precompile
@@ -131,6 +133,10 @@ class TrainLoop:
       stack.callback(checkpoints.close, manager)
     self.stop_signals = checkpoints.StopSignals()
     stack.callback(self.stop_signals.restore)
+    self.stack = stack
+    # How long a stop of several processes may wait for the others (None: one process).
+    self.stop_timeout = (distributed.stop_timeout_seconds(os.environ)
+                         if jax.process_count() > 1 else None)
     self.compiler = precompile.Compiler()
     clock.compiler = self.compiler
     stack.callback(self.compiler.close)
@@ -262,6 +268,7 @@ class TrainLoop:
         progress.log_compile(self.clock.compile_seconds, self.compiles_ahead)
         self.compiles_ahead = None
       if not self.stop_after_epoch and self.stop_signals.should_stop():
+        self.bound_the_stop()
         # The call in flight is checked (its loss finite) before anything is saved.
         step = self.read_pending()
         if first + count == plan.steps:  # The epoch's last call: end the epoch, then stop.
@@ -273,6 +280,19 @@ class TrainLoop:
         self.save_checkpoints(self.state, self.meta)
         return self.stopped(epoch, first + count, step)
     return None
+
+  def bound_the_stop(self) -> None:
+    """Ends this process with one line and status 1 if the stop outlasts `stop_timeout`: on
+    several processes it waits for the others, which may be gone or stuck in a collective."""
+    if self.stop_timeout is None:
+      return
+    signal_name = self.stop_signals.signal_name
+    self.stack.enter_context(distributed.deadline(self.stop_timeout, (
+        f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: the {jax.process_count()} '
+        f'processes did not finish the stop within {self.stop_timeout} s (one is gone, or '
+        'waits in a collective the others never entered); stopped without saving (the '
+        f'checkpoints already in {self.latest.directory} are kept); resume with the same '
+        f'command: {self.resume_command} ({distributed.STOP_TIMEOUT} sets the limit in seconds)')))
 
   def read_pending(self) -> Optional[int]:
     """Reads what was dispatched and not read, in order; the last call's global step."""

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from resnet_jax import console_logs
 from resnet_jax.errors import UserError
 from resnet_jax.training import distributed
 
@@ -84,6 +85,31 @@ def test_partial_settings_name_what_is_missing():
     distributed.distributed_settings(dict(RESNET_JAX_COORDINATOR_ADDRESS='h:1'))
 
 
+def test_stop_timeout_seconds():
+  assert distributed.stop_timeout_seconds({}) == distributed.DEFAULT_STOP_TIMEOUT_SECONDS
+  assert distributed.stop_timeout_seconds({distributed.STOP_TIMEOUT: '90'}) == 90
+  for bad in ('0', '-5', 'soon'):
+    with pytest.raises(UserError, match=f"^RESNET_JAX_STOP_TIMEOUT='{bad}' is not an integer"):
+      distributed.stop_timeout_seconds({distributed.STOP_TIMEOUT: bad})
+
+
+def test_deadline_ends_a_process_that_outlasts_it_with_one_line():
+  with distributed.deadline(60, 'never printed'):
+    pass  # A block that finishes in time goes on.
+  waits_forever = ('import time\n'
+                   'from resnet_jax.training import distributed\n'
+                   "with distributed.deadline(0.5, 'stop: did not finish'):\n"
+                   '  time.sleep(60)\n'
+                   "print('not reached')\n")
+  start = time.perf_counter()
+  ended = subprocess.run([sys.executable, '-c', waits_forever], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=50, check=False)
+  assert time.perf_counter() - start < 40
+  assert ended.returncode == 1
+  assert ended.stderr.splitlines()[-1] == 'stop: did not finish'
+  assert 'not reached' not in ended.stdout
+
+
 def test_single_process_initialize_is_a_no_op(monkeypatch):
   for name in (*distributed.EXPLICIT_VARIABLES, distributed.DISTRIBUTED, 'SLURM_STEP_NUM_TASKS'):
     monkeypatch.delenv(name, raising=False)
@@ -102,14 +128,19 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_processes(mode: str, tmp_path: pathlib.Path, timeout: int) -> list[dict]:
-  """Runs `_worker(mode)` in two processes joined as the launch scripts join them."""
+def _start_processes(mode: str, tmp_path: pathlib.Path, timeout: int,
+                     **env_changes: str) -> tuple[list[int], list[str]]:
+  """Runs `_worker(mode)` in two processes joined as the launch scripts join them; their exit
+  statuses and the ends of their logs."""
   port = _free_port()
   base_env = {k: v for k, v in host_devices_env(LOCAL_DEVICES).items()
               if not k.startswith(('RESNET_JAX_', 'SLURM_'))}
   base_env.update(PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]),
                   RESNET_JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-                  RESNET_JAX_NUM_PROCESSES='2')
+                  RESNET_JAX_NUM_PROCESSES='2',
+                  # A stop stuck waiting for the other process ends it, saying so in its log.
+                  RESNET_JAX_STOP_TIMEOUT='200')
+  base_env.update(env_changes)
   processes = []
   for process_id in range(2):
     env = dict(base_env, RESNET_JAX_PROCESS_ID=str(process_id))
@@ -127,8 +158,14 @@ def _run_processes(mode: str, tmp_path: pathlib.Path, timeout: int) -> list[dict
         process.wait()
       log.close()
   logs = [(tmp_path / f'process{i}.log').read_text()[-3000:] for i in range(2)]
-  for (process, _), log in zip(processes, logs):
-    assert process.returncode == 0, log
+  return [process.returncode for process, _ in processes], logs
+
+
+def _run_processes(mode: str, tmp_path: pathlib.Path, timeout: int) -> list[dict]:
+  """Runs `_worker(mode)` in two processes; what each returned."""
+  statuses, logs = _start_processes(mode, tmp_path, timeout)
+  for status, log in zip(statuses, logs):
+    assert status == 0, log
   return [pickle.loads((tmp_path / f'out{i}.pkl').read_bytes()) for i in range(2)]
 
 
@@ -142,6 +179,12 @@ def test_two_processes_initialize_and_exchange_data(tmp_path):
     np.testing.assert_array_equal(result['gathered'], [[1, 2], [11, 12]])
     # Device d of process p holds 10 * p + d + 1; the sum runs over all four devices.
     assert result['global_sum'] == 1 + 2 + 11 + 12
+    # Each process its own log file, side by side in the shared workdir.
+    log = 'main.log' if process_id == 0 else f'main.process{process_id}.log'
+    assert result['log_path'] == str(tmp_path / log)
+    assert (tmp_path / log).is_file()
+    # The persistent cache is off on CPU: the other processes never find process 0's entries.
+    assert result['compilation_cache'] is False
 
 
 @pytest.fixture(scope='module')
@@ -179,6 +222,24 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resume_is_bitwise(two
         np.testing.assert_array_equal(leaf, expected)
 
 
+def test_a_stop_that_cannot_finish_ends_with_one_line_and_status_1(tmp_path):
+  start = time.perf_counter()
+  statuses, logs = _start_processes('stuck', tmp_path, timeout=300, RESNET_JAX_STOP_TIMEOUT='15')
+  assert time.perf_counter() - start < 250
+  # Process 0 waits for process 1 in the save, which process 1 never makes. The first whose
+  # limit comes ends with the line and status 1; the other then ends too: by its own limit, or
+  # on hearing that the first is gone (a failed collective, or the coordinator's word).
+  line = 'SIGTERM: the 2 processes did not finish the stop within 15 s'
+  ended_by_limit = [status == 1 and line in log for status, log in zip(statuses, logs)]
+  assert any(ended_by_limit), logs
+  for status, log in zip(statuses, logs):
+    assert status != 0, log
+    if line in log:
+      assert 'stopped without saving (the checkpoints already in' in log
+      assert 'resume with the same command' in log
+  assert not (tmp_path / 'out0.pkl').exists() and not (tmp_path / 'out1.pkl').exists()
+
+
 # What each process runs.
 
 
@@ -209,12 +270,13 @@ def _training_config():
   return config
 
 
-def _train(workdir: str, sigterm_process: int = -1) -> dict:
+def _train(workdir: str, sigterm_process: int = -1, stuck_process: int = -1) -> dict:
   """Trains, recording the examples this process fed and its last saved parameters.
 
   Process `sigterm_process` sends itself SIGTERM at its first batch (as a preemption notice
   reaching one host) and waits a few seconds, so that JAX's preemption service (which polls
-  for the signal) has told every process before training goes on.
+  for the signal) has told every process before training goes on. Process `stuck_process`
+  never makes its saves.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -239,6 +301,8 @@ def _train(workdir: str, sigterm_process: int = -1) -> dict:
       yield images, labels
 
   def recording_save(manager, state, meta):
+    if jax.process_index() == stuck_process:
+      time.sleep(3600)  # A process that never joins the save: the others wait for it.
     saved['params'] = [[np.asarray(shard.data) for shard in sorted(
         leaf.addressable_shards, key=lambda shard: shard.device.id)]
                        for leaf in jax.tree.leaves(state.params)]
@@ -258,13 +322,16 @@ def _worker(mode: str, out_path: str, workdir: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if mode == 'collectives':  # initialize_from_env must turn CPU collectives on if they are off
     jax.config.update('jax_cpu_collectives_implementation', None)
+    console_logs.setup('main', workdir)  # as cli.parse_flags does, before the processes join
   distributed.initialize_from_env()
   distributed.initialize_from_env()  # a second call changes nothing
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   result = dict(process_index=jax.process_index(), process_count=jax.process_count(),
-                device_count=jax.device_count(), local_device_count=jax.local_device_count())
+                device_count=jax.device_count(), local_device_count=jax.local_device_count(),
+                log_path=console_logs.log_path(),
+                compilation_cache=jax.config.jax_enable_compilation_cache)
   if mode == 'collectives':
     mine = 10 * jax.process_index() + np.arange(1, LOCAL_DEVICES + 1)
     result['gathered'] = np.asarray(multihost_utils.process_allgather(mine))
@@ -276,7 +343,8 @@ def _worker(mode: str, out_path: str, workdir: str) -> None:
     result['global_sum'] = int(np.asarray(total.addressable_data(0)))
   else:
     result.update(_train(os.path.join(workdir, 'run'),
-                         sigterm_process=1 if mode == 'preempt' else -1))
+                         sigterm_process=1 if mode in ('preempt', 'stuck') else -1,
+                         stuck_process=1 if mode == 'stuck' else -1))
   pathlib.Path(out_path).write_bytes(pickle.dumps(result))
 
 
