@@ -277,8 +277,7 @@ class TrainLoop:
                            float(result.learning_rate))
     step = call.epoch * plan.steps + call.first + call.count
     if self.progress.due(config, step, call.first + call.count == plan.steps):
-      progress.log_progress(self.writer, self.progress, self.clock, config, plan.steps,
-                            call.epoch, step)
+      progress.log_progress(self.writer, self.progress, config, plan.steps, call.epoch, step)
     return step
 
   def end_epoch(self, epoch: int) -> None:
