@@ -223,9 +223,10 @@ def test_same_seed_gives_identical_parameters(short_run, cifar_batches_dir, tmp_
 
 
 def test_sigterm_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_path,
-                                              monkeypatch, capsys):
+                                              monkeypatch, caplog):
   _, _, (params, short_meta, _), _ = short_run
   config = short_config(cifar_batches_dir)
+  caplog.set_level(logging.INFO)
   # Each SIGTERM is seen with the next call in flight; that call is finished (and its loss
   # checked) before the checkpoint. The first stop falls after the epoch's last call, so the
   # epoch is closed (evaluated, recorded) first; the second mid-way through the second epoch.
@@ -234,7 +235,8 @@ def test_sigterm_then_resume_is_bitwise_equal(short_run, cifar_batches_dir, tmp_
     monkeypatch.setattr(writers, 'create_writer', writer_sending_sigterm(sigterm_at))
     stopped = train.train_and_evaluate(config, str(tmp_path))
     assert stopped['preempted'] and stopped['step'] == saved_at
-    assert 'resume with the same command' in capsys.readouterr().out
+    assert 'resume with the same command' in caplog.text
+    caplog.clear()
     _, meta, step = restore_params(tmp_path, config)
     assert step == saved_at
     epoch, step_in_epoch = divmod(saved_at, SHORT_STEPS_AN_EPOCH)
