@@ -13,8 +13,9 @@ others run here; a PyTorch baseline of the same model (`torch_baseline`) last, w
 importable. Then the end-to-end row (`throughput.measure_end_to_end`): a short whole run of the
 config as given, timed over wall time, with its steps, its wall and its ratio to the
 steady-state row; its training's lines go to the log file, not among the rows. The JSON is
-rewritten after every variant, so that a run cut short keeps what it measured; the fastest JAX row of each batch size and dtype is marked, and each PyTorch row
-shows that row's speed-up over it. `--check_numerics` instead trains one epoch of each variant
+rewritten after every variant, so that a run cut short keeps what it measured; the fastest JAX
+row of each batch size and dtype is marked, and each PyTorch row shows that row's speed-up over
+it. `--check_numerics` instead trains one epoch of each variant
 on this machine against the config alone (`variants.check_numerics`).
 """
 

@@ -154,7 +154,7 @@ def log_start(run) -> None:
     logging.warning('%s', warning)
   if is_large_on_cpu(run.parameters):
     logging.warning('the model (%s parameters) is large for a CPU: an epoch may take hours; the '
-                    'first call measures how long', f'{run.parameters:,}')
+                    'calls after the first measure how long', f'{run.parameters:,}')
 
 
 def is_large_on_cpu(parameters: int) -> bool:

@@ -1,4 +1,4 @@
-"""progress: a progress line counts steps within its epoch; its speed and ETA leave out the first call."""
+"""progress: a progress line counts the steps of its epoch; its speed and ETA omit the first call."""
 
 import logging
 import time
