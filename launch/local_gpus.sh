@@ -53,22 +53,21 @@ done
 [[ -n $workdir ]] || { usage >&2; die "--workdir is required"; }
 
 main_command=("$python" -m resnet_jax.main "--config=$config" "--workdir=$workdir" "${main_flags[@]}")
+if $process_per_gpu; then
+  if [[ -z $num_gpus ]]; then
+    # A dry run too: it shows the commands for this machine's GPUs, never a count it guessed.
+    command -v nvidia-smi >/dev/null ||
+      die "nvidia-smi not found, so the GPUs cannot be counted: pass --num-gpus N"
+    num_gpus="$(nvidia-smi --list-gpus | wc -l)"
+  fi
+  [[ $num_gpus =~ ^[1-9][0-9]*$ ]] || die "--num-gpus must be a positive integer, not '$num_gpus'"
+fi
 require_gpu "$python"
 
 if ! $process_per_gpu; then
   if $dry_run; then print_command "${main_command[@]}"; exit 0; fi
   exec "${main_command[@]}"
 fi
-
-if [[ -z $num_gpus ]] && ! command -v nvidia-smi >/dev/null && $dry_run; then
-  # A dry run needs no GPU: it shows two, and says so.
-  echo "# nvidia-smi not found: showing 2 GPUs (pass --num-gpus N for another count)" >&2
-  num_gpus=2
-elif [[ -z $num_gpus ]]; then
-  command -v nvidia-smi >/dev/null || die "nvidia-smi not found: pass --num-gpus N"
-  num_gpus="$(nvidia-smi --list-gpus | wc -l)"
-fi
-[[ $num_gpus =~ ^[1-9][0-9]*$ ]] || die "--num-gpus must be a positive integer, not '$num_gpus'"
 
 pids=()
 for ((gpu = 0; gpu < num_gpus; gpu++)); do

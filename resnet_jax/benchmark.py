@@ -11,10 +11,11 @@ that set environment variables (XLA_FLAGS take effect only in a fresh process) r
 in a fresh process of this command restricted to it, before this process takes the device; the
 others run here; a PyTorch baseline of the same model (`torch_baseline`) last, where torch is
 importable. Then the end-to-end row (`throughput.measure_end_to_end`): a short whole run of the
-config as given, timed over wall time, with its ratio to the steady-state row. The JSON is
-rewritten after every variant, so that a run cut short keeps what it
-measured; the fastest JAX row of each batch size and dtype is marked, and each PyTorch row
-shows that row's speed-up over it. `--check_numerics` instead trains one epoch of each variant
+config as given, timed over wall time, with its steps, its wall and its ratio to the
+steady-state row; its training's lines go to the log file, not among the rows. The JSON is
+rewritten after every variant, so that a run cut short keeps what it measured; the fastest JAX
+row of each batch size and dtype is marked, and each PyTorch row shows that row's speed-up over
+it. `--check_numerics` instead trains one epoch of each variant
 on this machine against the config alone (`variants.check_numerics`).
 """
 
@@ -44,6 +45,9 @@ from resnet_jax.reporting import report
 
 # What the JSON says of the devices measured.
 DEVICE_KEYS = ('device_kind', 'platform', 'device_count')
+# Set in a variant's own process (`run_child`): the variants' environment is its own already.
+CHILD_ENV = 'RESNET_JAX_BENCHMARK_CHILD'
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,11 +130,11 @@ def run_child(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
   with tempfile.TemporaryDirectory() as folder:
     output = os.path.join(folder, 'child.json')
     command = [sys.executable, '-m', 'resnet_jax.benchmark', *options.argv,
-               f'--only_variants={variant.name}', '--env_applied', f'--extras={extras}',
-               '--torch_steps=0', f'--output={output}']
+               f'--only_variants={variant.name}', f'--extras={extras}', '--torch_steps=0',
+               f'--output={output}']
+    env = dict(variants_lib.environment(variant, os.environ), **{CHILD_ENV: '1'})
     with console_logs.phase(f'measuring {variant.name} in its own process (its environment)'):
-      result = subprocess.run(command, env=variants_lib.environment(variant, os.environ),
-                              capture_output=True, text=True, check=False)
+      result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode == 0:
       with open(output, encoding='utf-8') as f:
         written = json.load(f)
@@ -198,8 +202,10 @@ def finish(rows: Sequence[Measurement], device_kind: str,
 def _note(r: Measurement) -> str:
   if r.error:
     return f'error: {r.error}'
-  if r.of_steady_state:
-    return f'{r.of_steady_state:.2f} of steady state (the first row of its batch and dtype)'
+  if r.variant == throughput.END_TO_END:
+    ratio = (f': {r.of_steady_state:.2f} of steady state (the first row of its batch and dtype)'
+             if r.of_steady_state else '')
+    return f'{r.steps} steps in {r.wall_seconds:.1f} s{ratio}'
   if r.speedup:
     return f'fastest JAX is {r.speedup:.2f}x this'
   return '**fastest**' if r.fastest else ''
@@ -250,9 +256,13 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options,
     write(_result(config, splits, options, rows, device))
   if options.end_to_end_epochs and not options.env_applied:
     for cell in grid_configs(config, variants_lib.DEFAULT, options):
-      logging.info('end to end: %d epochs of batch %d in %s after a first',
-                   options.end_to_end_epochs, cell.batch_size, cell.model.dtype)
-      rows.append(throughput.measure_end_to_end(cell, splits, epochs=options.end_to_end_epochs))
+      # The training's own lines go to the log file: the console shows the rows.
+      with console_logs.phase(f'end to end: {options.end_to_end_epochs} epochs of batch '
+                              f'{cell.batch_size} in {cell.model.dtype} after a first',
+                              quiet=True):
+        rows.append(throughput.measure_end_to_end(cell, splits,
+                                                  epochs=options.end_to_end_epochs))
+      log_row(rows[-1])
       device = device or device_info()
       write(_result(config, splits, options, rows, device))
   if options.torch_steps and torch_baseline.unavailable():
@@ -304,8 +314,6 @@ _END_TO_END_EPOCHS = flags.DEFINE_integer(
     'end_to_end_epochs', 2, 'The end-to-end row: a whole run of this many epochs after a first '
     '(compiling) one, evaluation and checkpoints included, timed over wall time; 0: none.',
     lower_bound=0)
-_ENV_APPLIED = flags.DEFINE_bool(
-    'env_applied', False, "Internal: the variants' environment is this process's already.")
 
 
 def _check_numerics(config, variants: Sequence[variants_lib.Variant]) -> None:
@@ -315,13 +323,13 @@ def _check_numerics(config, variants: Sequence[variants_lib.Variant]) -> None:
     raise errors.UserError(f'an XLA flag of the variants is unknown to this jax: {flag_error}')
   splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
   checks = variants_lib.check_numerics(config, splits, variants, _DTYPES.value)
-  print(variants_lib.format_checks(checks))
+  logging.info('%s', variants_lib.format_checks(checks))
   files.write_atomic(_OUTPUT.value, json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
   failed = sorted({c.variant for c in checks if c.passed is False})
   if failed:
     raise errors.UserError(f"variants train other numbers than the config alone: "
                            f"{', '.join(failed)}")
-  print(f'wrote {_OUTPUT.value}')
+  logging.info('wrote %s', _OUTPUT.value)
 
 
 def _write(result: dict) -> None:
@@ -347,14 +355,14 @@ def main(argv):
     return
   modes = (torch_baseline.EAGER,) + ((torch_baseline.COMPILED,) if _TORCH_COMPILE.value else ())
   options = Options(batch_sizes=batch_sizes, dtypes=_DTYPES.value, calls=_CALLS.value,
-                    variants=selected, extras=_EXTRAS.value, env_applied=_ENV_APPLIED.value,
+                    variants=selected, extras=_EXTRAS.value,
+                    env_applied=os.environ.get(CHILD_ENV) == '1',
                     torch_steps=_TORCH_STEPS.value, torch_modes=modes, argv=sys.argv[1:],
                     end_to_end_epochs=_END_TO_END_EPOCHS.value)
   result = run_benchmark(config, options, write=_write)
-  print(f'{result["model"]} on {result["device_count"]} x {result["device_kind"]} '
-        f'({result["data_source"]})')
-  print(result['table'])
-  print(f'wrote {_OUTPUT.value}')
+  logging.info('%s on %s x %s (%s)\n%s', result['model'], result['device_count'],
+               result['device_kind'], result['data_source'], result['table'])
+  logging.info('wrote %s', _OUTPUT.value)
 
 
 if __name__ == '__main__':

@@ -44,7 +44,9 @@ CONFIG = config_flags.DEFINE_config_file(
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
 VERBOSE = flags.DEFINE_bool(
     'verbose', False, "Print libraries' lines (orbax, jax, TensorFlow, clu) on the console too, "
-    'not only in the log file <workdir>/<command>.log.')
+    "not only in the command's log file (its first line names it).")
+# absl's help flags (and -h, read as --help): their output, then exit status 0.
+HELP_FLAGS = ('help', '?', 'helpshort', 'helpfull', 'helpxml')
 
 # What a config file is for: `parse_flags(kind=...)`.
 RUN = 'run'
@@ -84,10 +86,9 @@ def output_flag(default: str | None, what: str) -> flags.FlagHolder:
   return _defined_once('output', define)
 
 
-def output_dir_flag() -> flags.FlagHolder:
-  """--output of evaluate and inspect: a folder, by default inside the workdir."""
-  return output_flag(None, 'Folder the outputs go to; default <workdir>/evaluate_<which> '
-                     '(evaluate), <workdir>/inspect (inspect).')
+def output_dir_flag(default: str) -> flags.FlagHolder:
+  """--output of evaluate and inspect: a folder, by default `default` (inside the workdir)."""
+  return output_flag(None, f'Folder the outputs go to; default {default}.')
 
 
 def check_output_writable(workdir: str, output_dir: str | None) -> None:
@@ -100,8 +101,9 @@ def check_output_writable(workdir: str, output_dir: str | None) -> None:
 
 def run(main: Callable[[list[str]], None], command: str, *, uses_config: bool = True,
         **parse_options) -> None:
-  """Runs a command's main as every command runs: its flags parsed, its console set, one line
-  for a user error (`console_logs`).
+  """Runs a command's main as every command runs: its flags parsed (--help, -h: its help, exit
+  status 0), its console set, one line for a user error (`console_logs`), never silent while it
+  works (`console_logs.watch_command`).
 
   Args:
     main: the command's main(argv).
@@ -115,7 +117,14 @@ def run(main: Callable[[list[str]], None], command: str, *, uses_config: bool = 
   for name in own:  # absl's --help lists the main module's key flags only.
     if name in flags.FLAGS:
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-  app.run(functools.partial(console_logs.exit_on_user_error, main),
+  def watched_main(argv: list[str]) -> None:
+    console_logs.watch_command(f'{command} running')
+    try:
+      main(argv)
+    finally:
+      console_logs.watch_command(None)
+
+  app.run(functools.partial(console_logs.exit_on_user_error, watched_main),
           flags_parser=functools.partial(parse_flags, command=command, **parse_options))
 
 
@@ -154,9 +163,10 @@ def parse_flags(argv: list[str], require_workdir: bool = True, require_config: b
   Returns:
     argv[:1]: the program (no command takes other arguments).
   """
+  argv = ['--help' if argument == '-h' else argument for argument in argv]
   try:
     check_config_argument(argv)
-    remaining = flags.FLAGS(argv)
+    remaining = _parse_or_help(argv)
     check_no_arguments(remaining)
     output = flags.FLAGS['output'].value if 'output' in flags.FLAGS else None
     beside_output = os.path.dirname(os.path.abspath(output)) if output else None
@@ -181,6 +191,16 @@ def check_no_arguments(remaining: list[str]) -> None:
     words = ' '.join(map(shlex.quote, remaining[1:]))
     raise UserError(f'unexpected argument{"s" * (len(remaining) > 2)} {words}: every option '
                     'is a flag, --name=value (a flag missing its --, or a value its =?)')
+
+
+def _parse_or_help(argv: list[str]) -> list[str]:
+  """absl's parse of argv; a help flag prints its help and exits 0 (absl's own exit is 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit as e:
+    asked_help = any(a.lstrip('-').split('=', 1)[0] in HELP_FLAGS for a in argv[1:]
+                     if a.startswith('-'))
+    sys.exit(0 if asked_help and e.code == 1 else e.code)
 
 
 def check_config_argument(argv: list[str]) -> None:
@@ -291,8 +311,10 @@ COMMANDS = ('main', 'evaluate', 'inspect', 'export', 'compare', 'sweep', 'benchm
 def console_main() -> None:
   """`resnet-jax <command> [flags]` (pyproject's console script): python -m resnet_jax.<command>."""
   if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    asked = sys.argv[1:2] in (['-h'], ['--help'])
     print(f'usage: resnet-jax {{{",".join(COMMANDS)}}} [flags]  (each takes --help)',
-          file=sys.stderr)
-    sys.exit(2)
+          file=sys.stdout if asked else sys.stderr)
+    sys.exit(0 if asked else 2)
+  console_logs.watch_start()
   command = sys.argv.pop(1)
   runpy.run_module(f'resnet_jax.{command}', run_name='__main__', alter_sys=True)

@@ -18,6 +18,7 @@ import statistics
 from typing import Sequence
 
 from absl import flags
+from absl import logging
 import matplotlib
 
 matplotlib.use('Agg')
@@ -242,12 +243,12 @@ def main(argv):
       seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else None
     except ValueError as e:
       raise errors.UserError(f'--seeds={",".join(_SEEDS.value)} must be integers') from e
-    cli.say_outputs(f'{workdir} (compare.md, a workdir a framework and seed)')
+    cli.say_outputs(f'{workdir} (compare.md; a run folder for each framework and seed)')
     summary = compare(config, workdir, seeds, _JAX_WORKDIR.value, _TORCH_THREADS.value)
     val = report.validation_name(defaults.validates_on_test(config.data.validation))
-    print(f"final {val} accuracy: JAX {summary['jax']['final'][0]:.2f}%, PyTorch "
-          f"{summary['torch']['final'][0]:.2f}% (gap {summary['gap']['final']:+.2f}); "
-          f'{workdir}/{MARKDOWN_FILE}', flush=True)
+    logging.info('final %s accuracy: JAX %.2f%%, PyTorch %.2f%% (gap %+.2f); %s/%s', val,
+                 summary['jax']['final'][0], summary['torch']['final'][0],
+                 summary['gap']['final'], workdir, MARKDOWN_FILE)
 
   run(cli.CONFIG.value, cli.WORKDIR.value)
 

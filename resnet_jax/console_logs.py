@@ -2,7 +2,8 @@
 
 Every command calls `setup` once its flags are parsed (`cli.parse_flags`). Then:
 - the console gets resnet-jax's own lines only, each `HH:MM:SS message` (a warning
-  `HH:MM:SS warning: message`), without absl's glog prefix;
+  `HH:MM:SS warning: message`; a table's further lines indented under its first), without
+  absl's glog prefix: results too, since every line is a log record that `stamped` formats;
 - every other record (orbax, jax, TFDS, clu, asyncio's unretrieved futures), Python's "Exception
   ignored in ..." reports (orbax's coroutines), threads' uncaught exceptions and all that C and
   C++ code writes to stderr (TensorFlow's absl::InitializeLog and oneDNN banners, XLA) go to the
@@ -19,6 +20,12 @@ A command that ends on a user error ends through `end_with` (`exit_on_user_error
 or from threads, goes to the log file), naming the log file where a library recorded errors there
 (not warnings, such as TFDS's on a folder without dataset_info.json). A workdir the failed command
 created, holding nothing but its lock and log, is removed.
+
+Never silent: the console says within `SILENCE_SECONDS` that a command still works. From the
+start of the process (`watch_start`, before the imports of jax and the config), through the
+command's work (`watch_command`), a silence of that long says `<what>: <n> s so far`, naming the
+innermost `phase` (a compile, a scoring, a benchmark cell); a loop that logs its own progress
+runs in a phase of its own cadence.
 """
 
 import contextlib
@@ -39,8 +46,12 @@ from resnet_jax import files
 from resnet_jax.errors import UserError
 
 PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
+# The longest the console stays silent while a command works.
+SILENCE_SECONDS = 10.0
 # The logger of what this module forwards for libraries (unraisable exceptions, threads' errors).
 _FORWARDED = 'resnet_jax.library'
+# The attribute of a phase's own `<what>: <n> s so far` records.
+_OWN_LINE = 'resnet_jax_phase_line'
 
 
 def from_this_package(record: logging.LogRecord) -> bool:
@@ -50,17 +61,33 @@ def from_this_package(record: logging.LogRecord) -> bool:
 
 
 def keep_record(record: logging.LogRecord) -> bool:
-  """The console filter: resnet_jax's own records; libraries' go to the log file."""
-  return from_this_package(record)
+  """The console filter: resnet_jax's own records; libraries' go to the log file, and so do
+  the lines said inside a quiet `phase`, but for its own."""
+  return from_this_package(record) and (not _WATCH.quiet or getattr(record, _OWN_LINE, False))
+
+
+def stamped(message: str, levelno: int = logging.INFO, created: float | None = None) -> str:
+  """A console line: `HH:MM:SS message`, a warning or an error saying so after the time; the
+  further lines of a message (a table) indented under its first."""
+  when = time.strftime('%H:%M:%S', time.localtime(time.time() if created is None else created))
+  level = '' if levelno < logging.WARNING else f'{logging.getLevelName(levelno).lower()}: '
+  first, *rest = message.split('\n')
+  return '\n'.join([f'{when} {level}{first}', *(' ' * (len(when) + 1) + line for line in rest)])
 
 
 class ShortFormatter(logging.Formatter):
-  """`HH:MM:SS message`; a warning or an error says so after the time."""
+  """The console's formatter: resnet-jax's records `stamped`; a library's (shown with
+  --verbose only) as absl formats it."""
+
+  def __init__(self):
+    super().__init__()
+    self._library = absl_logging.PythonFormatter()
 
   def format(self, record: logging.LogRecord) -> str:
-    when = time.strftime('%H:%M:%S', time.localtime(record.created))
-    level = '' if record.levelno < logging.WARNING else f'{record.levelname.lower()}: '
-    return f'{when} {level}{record.getMessage()}'
+    _WATCH.last_line = time.monotonic()
+    if not from_this_package(record):
+      return self._library.format(record)
+    return stamped(record.getMessage(), record.levelno, record.created)
 
 
 class LogFile(logging.Handler):
@@ -189,10 +216,11 @@ def say_at_once(line: str) -> None:
   """Writes line to the console from a signal handler; never raises.
 
   Straight to the file descriptor: the code the signal interrupted may be inside a write to the
-  console stream, holding its lock, and a second write through it would raise there.
+  console stream, holding its lock, and a second write through it would raise there. Stamped
+  as every console line is.
   """
   try:
-    os.write(sys.stderr.fileno(), f'{line}\n'.encode())
+    os.write(sys.stderr.fileno(), f'{stamped(line)}\n'.encode())
   except (OSError, ValueError, AttributeError):  # A console gone, or no file descriptor.
     pass
 
@@ -238,11 +266,12 @@ def setup(command: str, folder: str | None, verbose: bool = False) -> str | None
     verbose: True: everything on the console, as the libraries print it, and no log file.
   """
   _use_console_streams()
+  console = absl_logging.get_absl_handler()
+  console.setFormatter(ShortFormatter())
+  _WATCH.console_ready = True
   if verbose:
     return None
-  console = absl_logging.get_absl_handler()
   console.addFilter(keep_record)
-  console.setFormatter(ShortFormatter())
   handler = LogFile(folder or '', command)
   logging.root.addHandler(handler)
   logging.captureWarnings(True)
@@ -258,6 +287,7 @@ def end_with(line: str, status: int) -> None:
   The line names the log file where libraries recorded errors there. A workdir the
   command created that holds nothing but its lock and log is removed.
   """
+  watch_command(None)
   handler = _log_file()
   if handler and handler.problems:
     line = f'{line} (library messages in {handler.path})'
@@ -292,21 +322,113 @@ def exit_on_user_error(fn, *args, **kwargs):
     end_with('stopped (Ctrl-C)', 130)
 
 
-@contextlib.contextmanager
-def phase(what: str, every_seconds: float = 10.0) -> Iterator[None]:
-  """Says `<what>: <n> s so far` every every_seconds while the block runs: never silent.
+class _Phase:
+  """A wait the console names: what it is, since when, how long a silence it allows."""
 
-  For a wait whose progress cannot be read (a compile, one compiled call, a child process); a
-  loop with steps logs its own progress with an ETA (`training.progress`).
+  def __init__(self, what: str, every_seconds: float | None = None, quiet: bool = False):
+    self.what, self.quiet, self.start = what, quiet, time.monotonic()
+    self._every_seconds = every_seconds
+
+  @property
+  def every_seconds(self) -> float:
+    return SILENCE_SECONDS if self._every_seconds is None else self._every_seconds
+
+
+class _Watch:
+  """The thread that breaks a silence of the console (see the module docstring).
+
+  Attributes:
+    base: the command's phase (starting, then working), under the `phase` blocks; None: none.
+    phases: the `phase` blocks open, innermost last.
+    last_line: when the console last printed (monotonic).
+    console_ready: `setup` has set the console (else a line is written to stderr directly).
   """
-  start = time.perf_counter()
 
-  def beat(done: threading.Event):
-    while not done.wait(every_seconds):
-      absl_logging.info('%s: %.0f s so far', what, time.perf_counter() - start)
+  def __init__(self):
+    self.base: _Phase | None = None
+    self.phases: list[_Phase] = []
+    self.last_line = time.monotonic()
+    self.console_ready = False
+    self._changed = threading.Condition()
+    self._thread = None
 
-  with watched(beat, 'phase'):
+  @property
+  def quiet(self) -> bool:
+    return any(p.quiet for p in list(self.phases))
+
+  def innermost(self) -> _Phase | None:
+    """The phase a silence names: the innermost, or the outermost quiet one (what is inside it
+    is not shown)."""
+    phases = list(self.phases)
+    return next((p for p in phases if p.quiet), phases[-1] if phases else self.base)
+
+  def change(self, change) -> None:
+    """Makes a change of the phases, and wakes the thread (started on first use) to it."""
+    with self._changed:
+      change()
+      if self._thread is None:
+        self._thread = threading.Thread(target=self._run, name='console_watch', daemon=True)
+        self._thread.start()
+      self._changed.notify()
+
+  def _run(self) -> None:
+    while True:
+      with self._changed:
+        current = self.innermost()
+        if current is None:
+          self._changed.wait()
+          continue
+        due = max(self.last_line, current.start) + current.every_seconds
+        if time.monotonic() < due:  # Checked every second: SILENCE_SECONDS may change.
+          self._changed.wait(min(due - time.monotonic(), 1.0))
+          continue
+      # Said outside the lock: a logging handler's lock is taken while it is held elsewhere.
+      if current is self.innermost():
+        self.say(f'{current.what}: {time.monotonic() - current.start:.0f} s so far')
+
+  def say(self, line: str) -> None:
+    self.last_line = time.monotonic()
+    if self.console_ready:
+      absl_logging.info('%s', line, extra={_OWN_LINE: True})
+    else:  # Before `setup`: absl's handler would prefix a warning about flags not parsed yet.
+      print(stamped(line), file=sys.stderr, flush=True)
+
+
+_WATCH = _Watch()
+STARTING = 'starting (importing jax and the libraries, reading the config)'
+
+
+def watch_start() -> None:
+  """Called as a command's process starts (`python -m resnet_jax.<command>`, `resnet-jax`):
+  a slow start (the imports of jax, the config file) says so every SILENCE_SECONDS."""
+  if _WATCH.base is None:
+    _WATCH.change(lambda: setattr(_WATCH, 'base', _Phase(STARTING)))
+
+
+def watch_command(what: str | None) -> None:
+  """The command's phase from now on, under every `phase`: its silences say `<what>: <n> s
+  so far`; None: the command has ended, nothing is said any more."""
+  _WATCH.change(lambda: setattr(_WATCH, 'base',
+                                None if what is None else _Phase(what)))
+
+
+@contextlib.contextmanager
+def phase(what: str, every_seconds: float | None = None, quiet: bool = False) -> Iterator[None]:
+  """Names the wait the block is: once the console has been silent for every_seconds (default
+  SILENCE_SECONDS) within it, `<what>: <n> s so far` (n: the block's seconds), and again after
+  each such silence.
+
+  For a wait whose progress cannot be read (a compile, one compiled call, a child process). A
+  loop that logs its own progress runs in a phase of its cadence (every_seconds longer than
+  that), with phases of the default around its waits. quiet: the lines said inside the block
+  go to the log file only (its own still reach the console).
+  """
+  entry = _Phase(what, every_seconds, quiet)
+  _WATCH.change(lambda: _WATCH.phases.append(entry))
+  try:
     yield
+  finally:
+    _WATCH.change(lambda: _WATCH.phases.remove(entry))
 
 
 @contextlib.contextmanager

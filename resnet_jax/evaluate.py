@@ -18,6 +18,7 @@ import os
 import time
 
 from absl import flags
+from absl import logging
 import jax
 import ml_collections
 
@@ -36,7 +37,7 @@ from resnet_jax.training import runs
 from resnet_jax.training import workdir_lock
 
 CHECKPOINT = cli.checkpoint_flag(checkpoints.CHECKPOINTS)
-OUTPUT_DIR = cli.output_dir_flag()
+OUTPUT_DIR = cli.output_dir_flag('<workdir>/evaluate_<latest|best|torch>')
 _TORCH_STATE_DICT = flags.DEFINE_string(
     'torch_state_dict', None, 'Score this PyTorch state_dict (torch.save file: a state_dict or '
     "a training script's checkpoint, e.g. kuangliu's ckpt.pth) instead.")
@@ -120,9 +121,8 @@ def run_evaluation(config, workdir: str) -> None:
       config = with_named_model(config, _MODEL.value)
     results = evaluate_run(config, workdir, checkpoint=CHECKPOINT.value,
                            torch_state_dict=_TORCH_STATE_DICT.value, output_dir=OUTPUT_DIR.value)
-  print(f"test accuracy {100 * results['test_accuracy']:.2f}% "
-        f"({report.counted(results['test_examples'], 'image')}, {results['evaluated']})",
-        flush=True)
+  logging.info('test accuracy %.2f%% (%s, %s)', 100 * results['test_accuracy'],
+               report.counted(results['test_examples'], 'image'), results['evaluated'])
 
 
 def main(argv):

@@ -18,6 +18,7 @@ import io
 import os
 import pathlib
 
+from absl import logging
 import ml_collections
 
 from resnet_jax import cli
@@ -115,8 +116,8 @@ def main(argv):
     with workdir_lock.hold(workdir, 'export', cli.command_line()):  # Not while a run rotates its checkpoints.
       config = run_config.load_run_config(workdir, config)  # The run's own, by default.
       exported = export_run(config, workdir, _TO.value, _CHECKPOINT.value)
-    print(f"wrote {exported['path']} ({exported['keys']} tensors, epoch {exported['epoch']}) "
-          f"and its module {exported['definition']}", flush=True)
+    logging.info('wrote %s (%d tensors, epoch %s) and its module %s', exported['path'],
+                 exported['keys'], exported['epoch'], exported['definition'])
 
   run(cli.CONFIG.value, cli.WORKDIR.value)
 

@@ -20,12 +20,14 @@ import os
 from typing import Optional, Sequence
 
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_dict
 import numpy as np
 
 from resnet_jax import cli
+from resnet_jax import console_logs
 from resnet_jax import files
 from resnet_jax import models
 from resnet_jax.data import augment
@@ -43,7 +45,7 @@ GRADCAM_FILE = 'gradcam.png'
 SUMMARY_FILE = 'summary.txt'
 
 _CHECKPOINT = cli.checkpoint_flag(checkpoints.CHECKPOINTS)
-_OUTPUT_DIR = cli.output_dir_flag()
+_OUTPUT_DIR = cli.output_dir_flag('<workdir>/inspect')
 _GRADCAM_LAYERS = flags.DEFINE_list(
     'gradcam_layers', [], 'Layers to map: conv1, se, layer3_1, or layerL for the last block of '
     'residual layer L; default: the last block of every residual layer.')
@@ -98,8 +100,11 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
   gradcam.write_param_histograms(writer, int(state.step), variables['params'])
   writer.close()
 
-  test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size).score_split(
-      variables, splits.test_images, splits.test_labels)
+  with console_logs.phase(f'scoring {len(splits.test_labels):,} test images (compiling, then '
+                          'one call)'):
+    test, predictions = evaluator.Evaluator(run.ctx, run.mesh, config.eval_batch_size
+                                            ).score_split(variables, splits.test_images,
+                                                          splits.test_labels)
   confusion = report.confusion_matrix(splits.test_labels, predictions, config.model.num_classes)
   report.plot_confusion(confusion, splits.class_names,
                         os.path.join(output_dir, report.CONFUSION_FILE))
@@ -110,9 +115,10 @@ def inspect_run(config: config_dict.ConfigDict, workdir: str, *,
                                    jnp.float32)
   grad_cam = jax.jit(functools.partial(gradcam.grad_cam, model), static_argnames='layer')
   maps = {}
-  for layer in layers:
-    layer_maps, logits = grad_cam(variables, images, layer=layer)
-    maps[layer] = np.asarray(layer_maps)
+  with console_logs.phase(f'Grad-CAM of {len(layers)} layers (a compile each)'):
+    for layer in layers:
+      layer_maps, logits = grad_cam(variables, images, layer=layer)
+      maps[layer] = np.asarray(layer_maps)
   gradcam.save_gradcam_grid(os.path.join(output_dir, GRADCAM_FILE), images_u8, maps,
                             np.argmax(np.asarray(logits), axis=-1), splits.test_labels[chosen],
                             splits.class_names)
@@ -129,10 +135,10 @@ def _run(config, workdir: str) -> None:
     inspected = inspect_run(config, workdir, gradcam_layers=_GRADCAM_LAYERS.value,
                             num_images=_NUM_IMAGES.value, checkpoint=_CHECKPOINT.value,
                             output_dir=_OUTPUT_DIR.value)
-  print(inspected['summary'], flush=True)
-  print(f"step {inspected['step']}: test accuracy {100 * inspected['test_accuracy']:.2f}%; "
-        f"Grad-CAM of {', '.join(inspected['layers'])}; files in {inspected['output_dir']}",
-        flush=True)
+  logging.info('%s', inspected['summary'])
+  logging.info('step %d: test accuracy %.2f%%; Grad-CAM of %s; files in %s', inspected['step'],
+               100 * inspected['test_accuracy'], ', '.join(inspected['layers']),
+               inspected['output_dir'])
 
 
 def main(argv):

@@ -21,7 +21,7 @@ def run(config, workdir: str) -> None:
   files.check_writable(workdir, '--workdir')
   distributed.initialize_from_env()
   cli.say_outputs(f'{workdir} (checkpoints, metrics, report.md)')
-  print(models.summary_table(config.model), flush=True)
+  logging.info('%s', models.summary_table(config.model))
   results = train.train_and_evaluate(config, workdir, resume_command=cli.command_line())
   if results.get('signal') == 'SIGINT':
     sys.exit(130)  # Ctrl-C: saved, and says so; the shell's convention for an interrupted job.

@@ -7,6 +7,7 @@ r"""Says whether jax runs on the GPU or TPU this machine shows (`accelerators` d
 import os
 
 from absl import flags
+from absl import logging
 
 from resnet_jax import accelerators
 from resnet_jax import cli
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> None:
   del argv  # cli.run refuses positional arguments.
   line = check(EXPECT.value)
   if line:
-    print(line, flush=True)
+    logging.info('%s', line)
 
 
 if __name__ == '__main__':

@@ -386,7 +386,7 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
       logging.info('sweep point %d/%d: %s (%s parameters)', number, len(share), point.name,
                    f'{parameters:,}')
       statuses[point.name] = run_point(point, workdir)
-    print(f'[{number}/{len(share)}] {point.name}: {statuses[point.name]}', flush=True)
+    logging.info('[%d/%d] %s: %s', number, len(share), point.name, statuses[point.name])
     if statuses[point.name].startswith(PREEMPTED):
       break
   rows = summary_rows(points, workdir, statuses, counts)
@@ -401,16 +401,16 @@ def sweep_command(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index
   """The command: runs the sweep (`run_sweep`), prints sweep.md; exits 130 after a Ctrl-C."""
   files.check_writable(workdir, '--workdir')
   distributed.initialize_from_env()
-  cli.say_outputs(f'{workdir} (a workdir a point, sweep.md)')
+  cli.say_outputs(f'{workdir} (sweep.md; a run folder for each point)')
   rows = run_sweep(sweep_cfg, workdir, process_index, process_count)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'sweep.md'), encoding='utf-8') as f:
-      print(f.read(), flush=True)
+      logging.info('%s', f.read().rstrip())
   stopped = next((row['status'] for row in rows if row['status'].startswith(PREEMPTED)), None)
   if stopped:
     ctrl_c = 'SIGINT' in stopped
-    print(f"{'Ctrl-C (SIGINT)' if ctrl_c else 'SIGTERM'}: the sweep stopped, its point's "
-          f'checkpoint saved; resume the sweep with: {resume_command()}', flush=True)
+    logging.info("%s: the sweep stopped, its point's checkpoint saved; resume the sweep with: %s",
+                 'Ctrl-C (SIGINT)' if ctrl_c else 'SIGTERM', resume_command())
     if ctrl_c:
       sys.exit(130)  # The shell's convention for an interrupted job, as main's.
 

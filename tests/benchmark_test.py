@@ -86,7 +86,10 @@ def test_command_line_measures_variants_in_one_table_and_json(tmp_path):
   assert all(r['error'] is None and r['memory_gib'] > 0 for r in rows)
   # A whole run of the config as given (evaluation and checkpoints included) against its
   # steady-state row.
-  assert (end_to_end['variant'], end_to_end['batch_size']) == ('end to end', 32)
+  # Measured by its own run: its epoch's steps (512 images at batch 32) over its own wall.
+  assert (end_to_end['variant'], end_to_end['batch_size'], end_to_end['steps']) == (
+      'end to end', 32, 16)
+  assert end_to_end['train_images_per_second'] == pytest.approx(512 / end_to_end['wall_seconds'])
   assert end_to_end['of_steady_state'] == pytest.approx(
       end_to_end['train_images_per_second'] / rows[0]['train_images_per_second'])
   assert not end_to_end['fastest']
@@ -95,7 +98,16 @@ def test_command_line_measures_variants_in_one_table_and_json(tmp_path):
   assert rows[0]['eval_images_per_second'] and not rows[1]['eval_images_per_second']
   assert rows[0]['hlo']['kernels'] > 0 and rows[1]['hlo'] is None  # the one-step call's HLO
   assert len({r['train_gflop_per_image'] for r in rows}) == 1
-  assert written['table'] in result.stdout
+  # The console: a line a row as each is measured, then the table; the end-to-end run's own
+  # lines (its epochs and progress) are in the log file only.
+  console = [line[9:] for line in result.stderr.splitlines()]
+  table = written['table'].splitlines()
+  assert console[-len(table) - 1:-1] == table and console[-1] == f'wrote {output}'
+  assert console[-len(table) - 3].startswith('| end to end | 32 | float32 | 1 | device |')
+  assert console[-len(table) - 3].endswith(' | 16 steps in '
+                                           f"{end_to_end['wall_seconds']:.1f} s |")
+  assert not [line for line in console if line.startswith('epoch ')], result.stderr
+  assert 'epoch 2/2 step 16/16' in (tmp_path / 'benchmark.log').read_text()
   assert [v['name'] for v in written['variants']] == ['default', 'steps_2', 'lhs']
   assert written['versions']['jax'] and written['device_count'] == 1
 

@@ -25,8 +25,9 @@ COMMAND_FLAGS = {
     'sweep': _RUN | {'process_index', 'process_count'},
     'benchmark': {'config', 'verbose', 'output', 'batch_sizes', 'dtypes', 'steps_per_call',
                   'calls', 'variants', 'only_variants', 'check_numerics', 'torch_steps',
-                  'torch_compile', 'extras', 'env_applied', 'end_to_end_epochs'},
+                  'torch_compile', 'extras', 'end_to_end_epochs'},
     'platform_check': {'expect', 'verbose'},
+    'models': {'name', 'verbose'},
 }
 
 
@@ -114,18 +115,41 @@ def test_the_command_line_is_what_was_typed(monkeypatch):
 
 
 @pytest.fixture(scope='module')
-def helps() -> dict[str, str]:
-  """Every command's --help, run side by side."""
-  processes = {command: subprocess.Popen([sys.executable, '-m', f'resnet_jax.{command}', '--help'],
-                                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         text=True) for command in COMMAND_FLAGS}
-  return {command: process.communicate(timeout=240)[0] for command, process in processes.items()}
+def helps() -> dict[str, tuple[int, str]]:
+  """Every command's --help (-h for one): its exit status and output, run side by side."""
+  processes = {command: subprocess.Popen(
+      [sys.executable, '-m', f'resnet_jax.{command}', '-h' if command == 'models' else '--help'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for command in COMMAND_FLAGS}
+  outputs = {command: process.communicate(timeout=240)[0]
+             for command, process in processes.items()}
+  return {command: (processes[command].returncode, outputs[command]) for command in outputs}
 
 
 @pytest.mark.parametrize('command', COMMAND_FLAGS)
-def test_every_commands_help_lists_its_own_flags(helps, command):
-  listed = set(re.findall(r'^  --(?:\[no\])?(\w+)', helps[command], re.M))
-  assert listed == COMMAND_FLAGS[command], helps[command]
+def test_every_commands_help_lists_its_own_flags_and_exits_0(helps, command):
+  status, text = helps[command]
+  listed = set(re.findall(r'^  --(?:\[no\])?(\w+)', text, re.M))
+  assert status == 0 and listed == COMMAND_FLAGS[command], text
+  assert 'usage: __main__' not in text and 'Internal' not in text
+  if command in ('platform_check', 'models'):  # No workdir: the log goes elsewhere.
+    assert 'workdir' not in text, text
+
+
+def test_each_reading_command_gives_its_own_default_output(helps):
+  assert 'default <workdir>/inspect.' in helps['inspect'][1]
+  assert 'evaluate' not in helps['inspect'][1]
+  assert 'default <workdir>/evaluate_<latest|best|torch>.' in helps['evaluate'][1]
+
+
+@pytest.mark.parametrize('argv, status', [(['--help'], 0), (['-h'], 0), ([], 2), (['train'], 2)])
+def test_the_console_script_says_its_commands(monkeypatch, capsys, argv, status):
+  monkeypatch.setattr(sys, 'argv', ['resnet-jax', *argv])
+  with pytest.raises(SystemExit) as info:
+    cli.console_main()
+  out, err = capsys.readouterr()
+  assert info.value.code == status
+  assert (out if status == 0 else err).startswith('usage: resnet-jax {main,evaluate,')
 
 
 @pytest.mark.parametrize('command', ['main', 'platform_check'])  # Every command parses in cli.run.
@@ -136,7 +160,8 @@ def test_a_stray_argument_is_one_line_exit_2_and_leaves_no_workdir(tmp_path, com
   result = subprocess.run([sys.executable, '-m', f'resnet_jax.{command}', *arguments], cwd=REPO,
                           capture_output=True, text=True, timeout=240)
   assert result.returncode == 2
-  assert result.stdout + result.stderr == (
-      'error: unexpected argument extra: every option is a flag, --name=value (a flag missing '
-      'its --, or a value its =?)\n')
+  lines = (result.stdout + result.stderr).splitlines()
+  assert lines[-1] == ('error: unexpected argument extra: every option is a flag, --name=value '
+                       '(a flag missing its --, or a value its =?)')
+  assert all(line.endswith('s so far') for line in lines[:-1]), lines  # a slow start says so
   assert not workdir.exists()

@@ -42,9 +42,14 @@ def test_the_console_keeps_resnet_jax_records_only():
 
 
 def test_lines_are_short_and_timestamped():
-  line = console_logs.ShortFormatter().format(record(logging.WARNING, 'x.py'))
+  ours = os.path.join(console_logs.PACKAGE_DIR, 'evaluate.py')
+  line = console_logs.ShortFormatter().format(record(logging.WARNING, ours))
   assert TIMESTAMPED.match(line) and line.endswith(' warning: a line')
-  assert console_logs.ShortFormatter().format(record(logging.INFO, 'x.py'))[8:] == ' a line'
+  assert console_logs.ShortFormatter().format(record(logging.INFO, ours))[8:] == ' a line'
+  # A table: stamped once, its further lines under its first.
+  table = console_logs.stamped('| a | b |\n|---|---|\n| 1 | 2 |').splitlines()
+  assert TIMESTAMPED.match(table[0]) and table[0][9:] == '| a | b |'
+  assert table[1:] == [' ' * 9 + '|---|---|', ' ' * 9 + '| 1 | 2 |']
 
 
 def test_a_smoke_runs_console_is_short_and_quiet_and_the_rest_is_in_its_log(tmp_path):
@@ -129,24 +134,6 @@ def test_each_process_of_a_run_writes_its_own_log(tmp_path):
   assert 'process 2' not in (workdir / 'main.log').read_text()
 
 
-def test_a_phase_says_how_long_it_has_run():
-  lines = []
-  handler = logging.Handler()
-  handler.emit = lambda r: lines.append(r.getMessage())
-  logger = logging.getLogger('absl')
-  level = logger.level
-  logger.addHandler(handler)
-  logger.setLevel(logging.INFO)
-  try:
-    with console_logs.phase('compiling', every_seconds=0.05):
-      import time  # pylint: disable=g-import-not-at-top
-      time.sleep(0.3)
-  finally:
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-  assert len([line for line in lines if re.fullmatch(r'compiling: \d+ s so far', line)]) >= 2
-
-
 def test_a_closed_console_never_fails_a_write_and_what_it_is_given_goes_to_the_log(tmp_path):
   # `main ... 2>&1 | tee log`, then Ctrl-C: the shell's SIGINT ends tee, and the console is a pipe
   # whose reader is gone. Before: the next write raised BrokenPipeError.
@@ -188,3 +175,51 @@ def test_library_warnings_leave_a_failed_first_commands_workdir_to_be_removed(tm
   assert result.returncode == 2
   assert result.stderr == 'error: config.batch_size=0 is invalid\n'
   assert not workdir.exists()
+
+
+def test_a_phase_speaks_after_a_silence_only_naming_the_innermost_and_a_quiet_one_its_own(
+    tmp_path):
+  result = run_python(f'''
+      import time
+      from absl import logging
+      from resnet_jax import cli, console_logs
+      logging.use_absl_handler()  # as absl.app does
+      logging.set_verbosity(logging.INFO)
+      console_logs.setup('main', {str(tmp_path)!r})
+      with console_logs.phase('outer', every_seconds=0.5):
+        with console_logs.phase('compiling', every_seconds=0.5):
+          for _ in range(15):  # a line every 0.1 s: never silent, nothing to say
+            cli.say_outputs('busy')
+            time.sleep(0.1)
+          time.sleep(1.4)  # silent: said at 2 s and 2.5 s, perhaps 3
+      with console_logs.phase('end to end', every_seconds=0.5, quiet=True):
+        cli.say_outputs('a training line')  # to the log file only
+        time.sleep(0.8)
+      ''', tmp_path)
+  assert result.returncode == 0, result.stderr
+  said = [line.split(' ', 1)[1] for line in result.stderr.splitlines()
+          if TIMESTAMPED.match(line) and 'busy' not in line]
+  assert said[:2] == ['compiling: 2 s so far', 'compiling: 2 s so far'], result.stderr
+  assert set(said[2:-1]) <= {'compiling: 3 s so far'}
+  assert re.fullmatch(r'end to end: [01] s so far', said[-1]), result.stderr
+  assert 'a training line' in (tmp_path / 'main.log').read_text()
+
+
+def test_a_slow_start_says_so_and_the_error_is_still_the_last_line(tmp_path):
+  config = tmp_path / 'slow_config.py'
+  config.write_text(textwrap.dedent('''
+      import time
+      from resnet_jax import console_logs
+      console_logs.SILENCE_SECONDS = 0.5  # instead of a 10 s import of jax on a loaded machine
+      time.sleep(2.5)
+      def get_config():
+        return {'seed': 0}
+      '''))
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', f'--config={config}',
+                           f'--workdir={tmp_path / "run"}'], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  lines = result.stderr.splitlines()
+  assert result.returncode == 2, result.stderr
+  assert lines[-1].startswith(f'error: --config={config}: get_config() returned dict')
+  said = {re.sub(r'\d+ s', 'n s', line[9:]) for line in lines[:-1]}
+  assert said == {f'{console_logs.STARTING}: n s so far'} and TIMESTAMPED.match(lines[0])

@@ -130,7 +130,7 @@ def test_local_process_per_gpu_numbers_processes_and_gpus():
                        '--workdir=/runs/x', '&']
 
 
-def test_local_process_per_gpu_dry_run_needs_no_nvidia_smi(tmp_path):
+def test_local_process_per_gpu_dry_run_counts_gpus_or_is_told_never_guesses(tmp_path):
   # PATH without nvidia-smi: bash and the core tools only.
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
@@ -138,12 +138,17 @@ def test_local_process_per_gpu_dry_run_needs_no_nvidia_smi(tmp_path):
     found = shutil.which(tool)
     if found:
       (bin_dir / tool).symlink_to(found)
-  result = subprocess.run(['bash', str(LAUNCH / 'local_gpus.sh'), '--dry-run', '--process-per-gpu',
-                           '--workdir=w'], env=dict(PATH=str(bin_dir)), capture_output=True,
-                          text=True, timeout=60)
-  assert result.returncode == 0, result.stderr
-  assert 'nvidia-smi not found: showing 2 GPUs' in result.stderr
-  assert len([line for line in result.stdout.splitlines() if 'RESNET_JAX_PROCESS_ID=' in line]) == 2
+  command = ['bash', str(LAUNCH / 'local_gpus.sh'), '--dry-run', '--process-per-gpu',
+             '--workdir=w']
+  result = subprocess.run(command, env=dict(PATH=str(bin_dir)), capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 2 and not result.stdout
+  assert result.stderr.splitlines() == [
+      'local_gpus.sh: nvidia-smi not found, so the GPUs cannot be counted: pass --num-gpus N']
+  told = subprocess.run(command + ['--num-gpus=3'], env=dict(PATH=str(bin_dir)),
+                        capture_output=True, text=True, timeout=60)
+  assert told.returncode == 0, told.stderr
+  assert len([line for line in told.stdout.splitlines() if 'RESNET_JAX_PROCESS_ID=' in line]) == 3
 
 
 def test_local_requires_workdir_and_a_gpu_count():

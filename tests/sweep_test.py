@@ -3,6 +3,7 @@
 import csv
 import importlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -130,15 +131,16 @@ def test_second_invocation_skips_finished_points(tiny_sweep, monkeypatch):
   assert _mtimes(workdir) == before
 
 
-def test_a_process_runs_its_share_of_the_points(tiny_sweep, monkeypatch, capsys):
+def test_a_process_runs_its_share_of_the_points(tiny_sweep, monkeypatch, caplog):
   workdir = tiny_sweep[0]
   _forbid_training(monkeypatch)
+  caplog.set_level(logging.INFO)
   rows = sweep.run_sweep(_tiny_config(), str(workdir), process_index=1, process_count=2)
   # Its share is points 1 and 3; the others are read from their folders.
   assert [row['status'] for row in rows] == ['done', 'skipped (done)', 'done', 'skipped (done)']
-  printed = capsys.readouterr().out
-  assert f'[1/2] {TINY_POINTS[1]}: skipped (done)' in printed
-  assert TINY_POINTS[0] not in printed.split('# Sweep')[0]
+  said = [record.getMessage() for record in caplog.records]
+  assert f'[1/2] {TINY_POINTS[1]}: skipped (done)' in said
+  assert not [line for line in said if TINY_POINTS[0] in line]
   with pytest.raises(UserError, match='--process_index=2'):
     sweep.run_sweep(_tiny_config(), str(workdir), process_index=2, process_count=2)
 
@@ -187,7 +189,9 @@ def test_command_line_reports_over_budget_points_skipped(tiny_sweep):
   assert not any((workdir / row['point']).exists() for row in over)
   assert [row['status'] for row in table if row not in over] == ['skipped (done)'] * 4
   assert _mtimes(workdir) == before
-  assert '| 64x128 | 0.05 |' in result.stdout  # the Markdown table is printed
+  assert '| 64x128 | 0.05 |' in result.stderr  # the Markdown table is printed
+  assert result.stderr.splitlines()[0].split(' ', 1)[1].startswith(
+      f'outputs: {workdir} (sweep.md; a run folder for each point)')
 
 
 def test_failed_points_are_reported_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -282,7 +286,7 @@ def test_the_table_shows_a_point_finished_meanwhile_as_done(tiny_sweep, tmp_path
 
 
 def test_ctrl_c_stops_the_sweep_with_130_and_its_own_resume_command(tmp_path, monkeypatch,
-                                                                   capsys):
+                                                                   caplog):
   told = []
 
   def interrupted(config, workdir, resume_command=None):
@@ -290,6 +294,7 @@ def test_ctrl_c_stops_the_sweep_with_130_and_its_own_resume_command(tmp_path, mo
     return {'preempted': True, 'signal': 'SIGINT'}
 
   monkeypatch.setattr(train, 'train_and_evaluate', interrupted)
+  caplog.set_level(logging.INFO)
   monkeypatch.setattr(sys, 'argv', ['sweep.py', '--config=configs/sweeps/tiny.py',
                                     f'--workdir={tmp_path}'])
   with pytest.raises(SystemExit) as info:
@@ -297,7 +302,7 @@ def test_ctrl_c_stops_the_sweep_with_130_and_its_own_resume_command(tmp_path, mo
   assert info.value.code == 130  # Was 0.
   command = f'python -m resnet_jax.sweep --config=configs/sweeps/tiny.py --workdir={tmp_path}'
   assert told == [command]  # What the point's own stop line says, not `main`'s command.
-  last = capsys.readouterr().out.strip().splitlines()[-1]
+  last = caplog.records[-1].getMessage()
   assert last.startswith('Ctrl-C (SIGINT): the sweep stopped') and last.endswith(command)
 
 

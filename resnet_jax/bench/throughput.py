@@ -58,8 +58,11 @@ class Measurement:
   fastest: bool = False      # the fastest JAX row of its batch size and dtype
   speedup: Optional[float] = None  # PyTorch rows: the fastest JAX row's rate over this one's
   error: Optional[str] = None
-  # The end-to-end row: its rate over the steady-state rate of the same batch size and dtype.
+  # The end-to-end row: its rate over the steady-state rate of the same batch size and dtype,
+  # and the steps and wall seconds of its timed epochs (the rate is their images over that wall).
   of_steady_state: Optional[float] = None
+  steps: Optional[int] = None
+  wall_seconds: Optional[float] = None
   hlo: Optional[dict] = None  # the one-step call's HLO in numbers (`hlo.summarize`), first variant
 
 
@@ -200,9 +203,10 @@ def measure_end_to_end(config: ml_collections.ConfigDict, splits, *, epochs: int
                if 'epoch' in r]
   wall = history[-1]['elapsed_seconds'] - history[0]['elapsed_seconds']
   images = epochs * results['train_examples']
+  steps = history[-1]['step'] - history[0]['step']
   return Measurement(batch_size=config.batch_size, dtype=results['compute_dtype'],
                      steps_per_call=results['steps_per_call'],
                      compile_seconds=results['compile_seconds'],
                      train_images_per_second=images / wall, eval_images_per_second=None,
                      train_gflop_per_image=None, mfu=None, memory_gib=None, variant=END_TO_END,
-                     placement=results['placement'])
+                     placement=results['placement'], steps=steps, wall_seconds=wall)

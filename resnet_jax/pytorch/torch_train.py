@@ -18,6 +18,7 @@ import platform
 import time
 from typing import Any
 
+from absl import logging
 import ml_collections
 import numpy as np
 import torch
@@ -292,9 +293,9 @@ def _epoch(run: _Training, config: ml_collections.ConfigDict, epoch: int,
   if run.scheduler is not None and not run.per_step and not run.plateau:
     run.scheduler.step()
   record['elapsed_seconds'] = time.time() - start
-  print(f"torch epoch {epoch + 1}/{config.num_epochs}: loss {record['train_loss']:.4f}, "
-        f"validation accuracy {100 * record.get('val_accuracy', float('nan')):.2f}%",
-        flush=True)
+  logging.info('torch epoch %d/%d: loss %.4f, validation accuracy %.2f%%', epoch + 1,
+               config.num_epochs, record['train_loss'],
+               100 * record.get('val_accuracy', float('nan')))
   return record, seen, train_seconds
 
 

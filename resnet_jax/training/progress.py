@@ -2,8 +2,11 @@
 
 The console gets, in order: what runs where (`log_start`), when the first compile starts and
 ends, a progress line right after the first call and then every config.log_every_steps steps or
-config.log_every_seconds seconds (images/s, ETA of the epoch and of the run), one line an epoch,
-and the final results (`log_results`).
+config.log_every_seconds seconds (the step within its epoch; images/s and the ETA of the epoch
+and of the run, from the calls since the last line), one line an epoch, and the final results.
+The first call of a process is not timed: it pays for what a compile leaves to the first
+execution (loading the program, allocating, the other shapes compiling beside it), and an ETA
+from it would say several times the run's time.
 """
 
 import dataclasses
@@ -55,6 +58,9 @@ class Progress:
     mark: when the train time was last counted (perf_counter).
     compile_mark: the clock's compile_seconds then (compile waits are not train time).
     learning_rate: of the last step read back.
+    timed_seconds, timed_images: the train time and images of the window's calls, the first
+      call of the process left out (the speed of the next line).
+    calls: calls read by this process.
   """
   epoch_sums: dict
   last_log_step: int
@@ -63,7 +69,11 @@ class Progress:
   compile_mark: float = 0.0
   learning_rate: float = float('nan')
   last_log_time: float = 0.0  # perf_counter of the last progress line (0: none yet)
-  large_on_cpu: bool = False  # the first line's ETA is then also a warning
+  large_on_cpu: bool = False  # the first ETA is then also a warning
+  timed_seconds: float = 0.0
+  timed_images: int = 0
+  calls: int = 0
+  warned: bool = False  # the large_on_cpu warning was given
 
   def due(self, config: ml_collections.ConfigDict, step: int, end_of_epoch: bool) -> bool:
     """Whether a progress line is due after the call that ended at global step `step`."""
@@ -75,9 +85,14 @@ class Progress:
                learning_rate: float) -> None:
     """Counts a finished call: its train time and images on the clock, its sums in both windows."""
     now = time.perf_counter()
-    clock.train_seconds += now - self.mark - (clock.compile_seconds - self.compile_mark)
+    seconds = now - self.mark - (clock.compile_seconds - self.compile_mark)
+    clock.train_seconds += seconds
     self.mark, self.compile_mark = now, clock.compile_seconds
     clock.train_images += images
+    if self.calls:
+      self.timed_seconds += seconds
+      self.timed_images += images
+    self.calls += 1
     sums = steps.metric_sums(summed)
     self.epoch_sums = steps.add_sums(self.epoch_sums, sums)
     self.window = steps.add_sums(self.window, sums)
@@ -90,28 +105,33 @@ def format_seconds(seconds: float) -> str:
   return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
 
 
-def log_progress(writer, progress: Progress, clock: RunClock, config: ml_collections.ConfigDict,
+def log_progress(writer, progress: Progress, config: ml_collections.ConfigDict,
                  steps_an_epoch: int, epoch: int, step: int) -> None:
-  """The progress line (and its scalars): epoch, step, loss, accuracy, lr, images/s, ETAs."""
+  """The progress line (and its scalars) after global step `step` of epoch `epoch` (0-based):
+  epoch, step within it, loss, accuracy, lr; images/s and ETAs where calls were timed."""
   computed = steps.mean_of_sums(progress.window)
-  total_steps = steps_an_epoch * config.num_epochs
-  images_per_second = clock.images_per_second
-  seconds_a_step = config.batch_size / max(images_per_second, 1e-9)
-  epoch_left = (epoch + 1) * steps_an_epoch - step
-  learning_rate = progress.learning_rate
-  writer.write_scalars(step, {'train_loss': computed['loss'],
-                              'train_accuracy': computed['accuracy'],
-                              'learning_rate': learning_rate,
-                              'images_per_second': images_per_second})
-  logging.info('epoch %d/%d step %d/%d: loss %.4f acc %.2f%% lr %.4g, %.0f images/s, '
-               'ETA epoch %s, run %s', epoch + 1, config.num_epochs, step, total_steps,
-               computed['loss'], 100 * computed['accuracy'], learning_rate, images_per_second,
-               format_seconds(epoch_left * seconds_a_step),
-               format_seconds((total_steps - step) * seconds_a_step))
-  if progress.large_on_cpu and not progress.last_log_time:
-    logging.warning('measured on the first call, this run would take %s on this CPU; %s',
-                    format_seconds((total_steps - step) * seconds_a_step), ELSEWHERE)
+  scalars = {'train_loss': computed['loss'], 'train_accuracy': computed['accuracy'],
+             'learning_rate': progress.learning_rate}
+  line = (f'epoch {epoch + 1}/{config.num_epochs} step {step - epoch * steps_an_epoch}/'
+          f'{steps_an_epoch}: loss {computed["loss"]:.4f} acc {100 * computed["accuracy"]:.2f}% '
+          f'lr {progress.learning_rate:.4g}')
+  if progress.timed_seconds > 0:
+    scalars['images_per_second'] = progress.timed_images / progress.timed_seconds
+    seconds_a_step = progress.timed_seconds * config.batch_size / progress.timed_images
+    run_left = format_seconds((steps_an_epoch * config.num_epochs - step) * seconds_a_step)
+    line += (f', {scalars["images_per_second"]:.0f} images/s, ETA epoch '
+             f'{format_seconds(((epoch + 1) * steps_an_epoch - step) * seconds_a_step)}, run '
+             f'{run_left}')
+  else:
+    line += '; images/s and ETA from the next line (the first call is not timed)'
+  writer.write_scalars(step, scalars)
+  logging.info('%s', line)
+  if progress.large_on_cpu and progress.timed_seconds > 0 and not progress.warned:
+    logging.warning('measured on the calls after the first, this run would take %s on this '
+                    'CPU; %s', run_left, ELSEWHERE)
+    progress.warned = True
   progress.window, progress.last_log_step = {}, step
+  progress.timed_seconds, progress.timed_images = 0.0, 0
   progress.last_log_time = time.perf_counter()
 
 
@@ -134,7 +154,7 @@ def log_start(run) -> None:
     logging.warning('%s', warning)
   if is_large_on_cpu(run.parameters):
     logging.warning('the model (%s parameters) is large for a CPU: an epoch may take hours; the '
-                    'first call measures how long', f'{run.parameters:,}')
+                    'calls after the first measure how long', f'{run.parameters:,}')
 
 
 def is_large_on_cpu(parameters: int) -> bool:

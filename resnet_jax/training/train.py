@@ -163,16 +163,19 @@ class TrainLoop:
         self.prepare_scoring()
         return self.finish(rebuilt=True)
       self.prepare()
-    for epoch in range(self.meta.epoch, num_epochs):
-      stopped = self.train_epoch(epoch)
-      if stopped is not None:
-        return stopped
-      self.end_epoch(epoch)
-      if self.stop_after_epoch or self.run.optimizer.on_epoch_end is not None:
-        self.read_pending()
-      if self.stop_after_epoch and epoch + 1 < num_epochs:
-        return self.stopped(epoch + 1, 0, (epoch + 1) * self.run.plan.steps)
-    self.read_pending()
+    # The loop logs its progress every log_every_seconds; a wait for the devices says so sooner.
+    with console_logs.phase('training', every_seconds=self.run.config.log_every_seconds
+                            + console_logs.SILENCE_SECONDS):
+      for epoch in range(self.meta.epoch, num_epochs):
+        stopped = self.train_epoch(epoch)
+        if stopped is not None:
+          return stopped
+        self.end_epoch(epoch)
+        if self.stop_after_epoch or self.run.optimizer.on_epoch_end is not None:
+          self.read_pending()
+        if self.stop_after_epoch and epoch + 1 < num_epochs:
+          return self.stopped(epoch + 1, 0, (epoch + 1) * self.run.plan.steps)
+      self.read_pending()
     return self.finish()
 
   def elapsed(self) -> float:
@@ -298,12 +301,21 @@ class TrainLoop:
     """Reads what was dispatched and not read, in order; the last call's global step."""
     step = None
     for item in self.pending:
-      if isinstance(item, InFlight):
-        step = self.finish_call(item)
-      else:
-        self.close_epoch(item)
+      with console_logs.phase(self.waiting_for(item)):
+        if isinstance(item, InFlight):
+          step = self.finish_call(item)
+        else:
+          self.close_epoch(item)
     self.pending = []
     return step
+
+  def waiting_for(self, item) -> str:
+    """What reading a pending item waits for, in words."""
+    epoch = f'epoch {item.epoch + 1}/{self.run.config.num_epochs}'
+    if isinstance(item, InFlight):
+      return (f'training {epoch}, steps {item.first + 1}-{item.first + item.count} of '
+              f'{self.run.plan.steps} (a compiled call)')
+    return f'ending {epoch} (validation, checkpoints)'
 
   def finish_call(self, call: InFlight) -> int:
     """Reads a finished call's results: checks its loss, adds them up, logs; its last global step."""
@@ -315,8 +327,7 @@ class TrainLoop:
                            float(result.learning_rate))
     step = call.epoch * plan.steps + call.first + call.count
     if self.progress.due(config, step, call.first + call.count == plan.steps):
-      progress.log_progress(self.writer, self.progress, self.clock, config, plan.steps,
-                            call.epoch, step)
+      progress.log_progress(self.writer, self.progress, config, plan.steps, call.epoch, step)
     return step
 
   def end_epoch(self, epoch: int) -> None:
@@ -476,8 +487,9 @@ class TrainLoop:
     signal_name = self.stop_signals.signal_name
     resume = (f'resume with the same command: {self.resume_command}' if self.resume_command else
               'resume by training the same config in the same workdir again')
-    print(f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: saved a checkpoint at epoch '
-          f'{epoch + 1}, step {step_in_epoch} of it (global step {step}); {resume}', flush=True)
+    logging.info('%s: saved a checkpoint at epoch %d, step %d of it (global step %d); %s',
+                 'Ctrl-C' if signal_name == 'SIGINT' else signal_name, epoch + 1, step_in_epoch,
+                 step, resume)
     return {'preempted': True, 'epoch': epoch, 'step': step, 'signal': signal_name}
 
 

@@ -91,7 +91,8 @@ def test_a_ctrl_c_during_a_console_write_is_not_lost(monkeypatch, tmp_path):
     stop_signals.restore()
   console.flush()
   assert stop_signals.should_stop() and stop_signals.signal_name == 'SIGINT'
-  assert (tmp_path / 'console').read_text().splitlines() == [
+  lines = (tmp_path / 'console').read_text().splitlines()
+  assert [lines[0][9:], lines[1]] == [  # The handler's line stamped `HH:MM:SS `.
       'Ctrl-C: stopping; the compiled call in flight (and the one queued behind it) must finish '
       'before a checkpoint is saved, which can take a minute on a CPU (Ctrl-C again stops at '
       'once, without saving)',
