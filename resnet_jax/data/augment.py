@@ -14,6 +14,9 @@ off is skipped at trace time and costs nothing):
 
 Randomness is per example, from one key per op split off the step's key, so turning one op on or
 off leaves the draws of the others unchanged.
+
+The crop does not loop: XLA:TPU runs a gather that slices each image at its own offset (a vmap
+of dynamic_slice) as a while loop over the images, so the crop selects among static shifts.
 """
 
 import math
@@ -71,11 +74,26 @@ def normalize(x, mean, std):
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def _shift_window(x, offset, padding: int, axis: int, unit: int):
+  """Each example's window of x along axis, zero-padded by padding * unit on both sides, starting
+  at offset * unit: a select among the 2 * padding + 1 static windows, as a gather (a vmap of
+  dynamic_slice) compiles to a loop over the examples on a TPU."""
+  size = x.shape[axis]
+  pads = [(0, 0)] * x.ndim
+  pads[axis] = (padding * unit, padding * unit)
+  padded = jnp.pad(x, pads)
+  out = lax.slice_in_dim(padded, 0, size, axis=axis)
+  for shift in range(1, 2 * padding + 1):
+    window = lax.slice_in_dim(padded, shift * unit, shift * unit + size, axis=axis)
+    out = jnp.where(_per_example(offset == shift, x), window, out)
+  return out
+
+
 def crop(images, offsets, padding: int):
-  """Crops each zero-padded image at its offset.
+  """Crops each zero-padded image at its offset, without a loop over the images.
 
   Args:
-    images: (B, H, W, C).
+    images: (B, H, W, C), any dtype.
     offsets: int (B, 2), the (row, column) of each crop's corner in the padded image, each in
       [0, 2 * padding].
     padding: zero padding on every side.
@@ -83,10 +101,13 @@ def crop(images, offsets, padding: int):
   Returns:
     (B, H, W, C), image b = pad(images[b])[rows oy:oy+H, columns ox:ox+W].
   """
-  _, height, width, channels = images.shape
-  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  return jax.vmap(lambda image, offset: lax.dynamic_slice(
-      image, (offset[0], offset[1], 0), (height, width, channels)))(padded, offsets)
+  batch, height, width, channels = images.shape
+  # As rows (B, H, W * C), a column shift moves whole pixels along the minor axis; columns go
+  # first, on the unpadded rows (XLA:CPU runs the other order ~20x slower).
+  rows = images.reshape(batch, height, width * channels)
+  rows = _shift_window(rows, offsets[:, 1], padding, axis=2, unit=channels)
+  rows = _shift_window(rows, offsets[:, 0], padding, axis=1, unit=1)
+  return rows.reshape(images.shape)
 
 
 def random_crop(key, images, padding: int):

@@ -1,14 +1,17 @@
 """Tests for augment: exact pins where an op is deterministic, statistics where it is random."""
 
 import colorsys
+import os
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from resnet_jax import defaults
+from resnet_jax.bench import hlo
 from resnet_jax.data import augment
 from resnet_jax.errors import UserError
 
@@ -32,6 +35,25 @@ def position_images(batch, size=32):
   rows, cols = np.meshgrid(np.arange(size) + 1, np.arange(size) + 1, indexing='ij')
   image = np.stack([rows, cols, np.full_like(rows, 7)], axis=-1).astype(np.uint8)
   return np.broadcast_to(image, (batch, size, size, 3))
+
+
+def dynamic_slice_crop(images, offsets, padding):
+  """The straightforward crop (a vmap of dynamic_slice: a loop over the images on a TPU)."""
+  _, height, width, channels = images.shape
+  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  return jax.vmap(lambda image, offset: lax.dynamic_slice(
+      image, (offset[0], offset[1], 0), (height, width, channels)))(padded, offsets)
+
+
+@pytest.mark.parametrize('dtype', [np.uint8, np.float32])
+def test_crop_is_bitwise_the_dynamic_slice_crop_at_every_offset(dtype):
+  for padding, size, seed in ((4, 32, 0), (2, 7, 1)):
+    span = np.arange(2 * padding + 1)
+    offsets = np.stack(np.meshgrid(span, span, indexing='ij'), axis=-1).reshape(-1, 2)
+    images = random_images((len(offsets), size, size, 3), seed).astype(dtype)
+    out = jax.jit(augment.crop, static_argnums=2)(images, offsets, padding)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, dynamic_slice_crop(images, offsets, padding))
 
 
 def test_crop_at_known_offsets_equals_slicing():
@@ -246,3 +268,32 @@ def test_mixup_in_groups_pairs_only_within_each_part():
   # One group is the ungrouped mixup, draw for draw.
   np.testing.assert_array_equal(augment.mixup(jax.random.key(0), x, targets, 0.4, 1)[1],
                                 augment.mixup(jax.random.key(0), x, targets, 0.4)[1])
+
+
+@pytest.fixture(scope='module')
+def tpu_chip():
+  """One v5e chip of libtpu's deviceless topology, to compile for (not run on) a TPU."""
+  pytest.importorskip('libtpu', reason='libtpu (the [tpu] extra) is not installed: no TPU '
+                      'compiler to check the augmentation with')
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # Other test processes may hold it.
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  return topologies.get_topology_desc(topology_name='v5e:1x1', platform='tpu',
+                                      chips_per_host_bounds=(1, 1, 1)).devices[0]
+
+
+def test_augmentation_compiles_without_a_loop_for_a_tpu(tpu_chip):
+  sharding = jax.sharding.SingleDeviceSharding(tpu_chip)
+  args = [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in
+          (((), jax.random.key(0).dtype), ((16, 32, 32, 3), jnp.uint8), ((16,), jnp.int32))]
+  everything = augment_config(crop_padding=4, hflip=0.5, vflip=0.5, rotation_degrees=15,
+                              brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1,
+                              erasing_prob=0.5, cutout_size=8, noise_std=0.1)
+
+  def while_loops(fn):
+    return hlo.summarize(jax.jit(fn).lower(*args).compile().as_text())['while_loops']
+
+  assert while_loops(lambda key, images, labels: augment.train_preprocess(
+      key, images, labels, everything, MEAN, STD, 10, jnp.bfloat16)) == 0
+  # XLA:TPU makes a loop over the images of the dynamic_slice crop.
+  assert while_loops(lambda key, images, labels: dynamic_slice_crop(
+      images, jax.random.randint(key, (16, 2), 0, 9), 4)) == 1
