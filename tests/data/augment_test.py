@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy import stats
 
 from resnet_jax import defaults
 from resnet_jax.bench import hlo
@@ -192,6 +193,20 @@ def test_gaussian_noise():
   assert abs(noise.std() - 0.3) < 0.01 and abs(noise.mean()) < 0.01
 
 
+@pytest.mark.parametrize('alpha', [0.2, 1.0, 3.0])
+def test_random_beta_is_beta_distributed_without_a_loop(alpha):
+  sample = jax.jit(augment.random_beta, static_argnums=(1, 2))
+  values = np.asarray(sample(jax.random.key(0), alpha, (40_000,)), np.float64)
+  assert np.all((values >= 0) & (values <= 1))
+  # The empirical CDF against scipy's inside (0, 1) (float32 rounds a small alpha's tails onto 0
+  # and 1): 40,000 draws put it within 0.01 with probability above 0.99.
+  grid = np.linspace(0.01, 0.99, 99)
+  empirical = np.mean(values[:, None] <= grid, axis=0)
+  assert np.abs(empirical - stats.beta(alpha, alpha).cdf(grid)).max() < 0.01
+  assert 'while' not in str(jax.make_jaxpr(lambda key: augment.random_beta(key, alpha))(
+      jax.random.key(0)))
+
+
 def test_mixup_targets_follow_the_mixed_images():
   batch = 16
   # Image i is one-hot at pixel i, label i: the mix of images reveals lambda and the partner.
@@ -287,7 +302,7 @@ def test_augmentation_compiles_without_a_loop_for_a_tpu(tpu_chip):
           (((), jax.random.key(0).dtype), ((16, 32, 32, 3), jnp.uint8), ((16,), jnp.int32))]
   everything = augment_config(crop_padding=4, hflip=0.5, vflip=0.5, rotation_degrees=15,
                               brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1,
-                              erasing_prob=0.5, cutout_size=8, noise_std=0.1)
+                              erasing_prob=0.5, cutout_size=8, noise_std=0.1, mixup_alpha=0.2)
 
   def while_loops(fn):
     return hlo.summarize(jax.jit(fn).lower(*args).compile().as_text())['while_loops']
