@@ -8,7 +8,10 @@ HLO after XLA's passes, as an `--xla_dump_to` dump shows it):
   BatchNorm's statistics are global;
 - float32 buffers the size of a batch of activations (rank 4, the batch leading) in a bfloat16
   step: each is an upcast the step pays for in memory bandwidth;
-- kernels (fusions, convolutions, custom calls) and command buffers (CUDA graphs, on a GPU).
+- kernels (fusions, convolutions, custom calls) and command buffers (CUDA graphs, on a GPU);
+- while loops: a multi-step call's scan is one; any other runs its body one iteration after
+  another (XLA:TPU makes one of a gather that slices each example at its own offset), and XLA's
+  cost analysis counts a loop's body once, whatever its trip count.
 The benchmark records it for the first variant's one-step call; tests use it to hold the step
 to what it should cost.
 """
@@ -46,10 +49,12 @@ def summarize(hlo_text: str, *, parameter_shapes: Iterable[tuple[int, ...]] = ()
       counts[base] += 1
     if base in KERNELS:
       counts['kernels'] += 1
+    if opcode == 'while':
+      counts['while_loops'] += 1
     if (dtype == 'f32' and batch_size and len(shape) == 4 and shape[0] == batch_size):
       counts['f32_activation_buffers'] += 1
   counts['command_buffers'] = len(re.findall(r'^\s*%?command_buffer\S*\s.*\{\s*$', hlo_text,
                                              re.MULTILINE))
   keys = ('copies', 'parameter_sized_copies', *COLLECTIVES, 'kernels', 'f32_activation_buffers',
-          'command_buffers')
+          'command_buffers', 'while_loops')
   return {key: counts[key] for key in keys}

@@ -1,14 +1,18 @@
 """Tests for augment: exact pins where an op is deterministic, statistics where it is random."""
 
 import colorsys
+import os
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy import stats
 
 from resnet_jax import defaults
+from resnet_jax.bench import hlo
 from resnet_jax.data import augment
 from resnet_jax.errors import UserError
 
@@ -32,6 +36,25 @@ def position_images(batch, size=32):
   rows, cols = np.meshgrid(np.arange(size) + 1, np.arange(size) + 1, indexing='ij')
   image = np.stack([rows, cols, np.full_like(rows, 7)], axis=-1).astype(np.uint8)
   return np.broadcast_to(image, (batch, size, size, 3))
+
+
+def dynamic_slice_crop(images, offsets, padding):
+  """The straightforward crop (a vmap of dynamic_slice: a loop over the images on a TPU)."""
+  _, height, width, channels = images.shape
+  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  return jax.vmap(lambda image, offset: lax.dynamic_slice(
+      image, (offset[0], offset[1], 0), (height, width, channels)))(padded, offsets)
+
+
+@pytest.mark.parametrize('dtype', [np.uint8, np.float32])
+def test_crop_is_bitwise_the_dynamic_slice_crop_at_every_offset(dtype):
+  for padding, size, seed in ((4, 32, 0), (2, 7, 1)):
+    span = np.arange(2 * padding + 1)
+    offsets = np.stack(np.meshgrid(span, span, indexing='ij'), axis=-1).reshape(-1, 2)
+    images = random_images((len(offsets), size, size, 3), seed).astype(dtype)
+    out = jax.jit(augment.crop, static_argnums=2)(images, offsets, padding)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, dynamic_slice_crop(images, offsets, padding))
 
 
 def test_crop_at_known_offsets_equals_slicing():
@@ -170,6 +193,20 @@ def test_gaussian_noise():
   assert abs(noise.std() - 0.3) < 0.01 and abs(noise.mean()) < 0.01
 
 
+@pytest.mark.parametrize('alpha', [0.2, 1.0, 3.0])
+def test_random_beta_is_beta_distributed_without_a_loop(alpha):
+  sample = jax.jit(augment.random_beta, static_argnums=(1, 2))
+  values = np.asarray(sample(jax.random.key(0), alpha, (40_000,)), np.float64)
+  assert np.all((values >= 0) & (values <= 1))
+  # The empirical CDF against scipy's inside (0, 1) (float32 rounds a small alpha's tails onto 0
+  # and 1): 40,000 draws put it within 0.01 with probability above 0.99.
+  grid = np.linspace(0.01, 0.99, 99)
+  empirical = np.mean(values[:, None] <= grid, axis=0)
+  assert np.abs(empirical - stats.beta(alpha, alpha).cdf(grid)).max() < 0.01
+  assert 'while' not in str(jax.make_jaxpr(lambda key: augment.random_beta(key, alpha))(
+      jax.random.key(0)))
+
+
 def test_mixup_targets_follow_the_mixed_images():
   batch = 16
   # Image i is one-hot at pixel i, label i: the mix of images reveals lambda and the partner.
@@ -246,3 +283,32 @@ def test_mixup_in_groups_pairs_only_within_each_part():
   # One group is the ungrouped mixup, draw for draw.
   np.testing.assert_array_equal(augment.mixup(jax.random.key(0), x, targets, 0.4, 1)[1],
                                 augment.mixup(jax.random.key(0), x, targets, 0.4)[1])
+
+
+@pytest.fixture(scope='module')
+def tpu_chip():
+  """One v5e chip of libtpu's deviceless topology, to compile for (not run on) a TPU."""
+  pytest.importorskip('libtpu', reason='libtpu (the [tpu] extra) is not installed: no TPU '
+                      'compiler to check the augmentation with')
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # Other test processes may hold it.
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  return topologies.get_topology_desc(topology_name='v5e:1x1', platform='tpu',
+                                      chips_per_host_bounds=(1, 1, 1)).devices[0]
+
+
+def test_augmentation_compiles_without_a_loop_for_a_tpu(tpu_chip):
+  sharding = jax.sharding.SingleDeviceSharding(tpu_chip)
+  args = [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in
+          (((), jax.random.key(0).dtype), ((16, 32, 32, 3), jnp.uint8), ((16,), jnp.int32))]
+  everything = augment_config(crop_padding=4, hflip=0.5, vflip=0.5, rotation_degrees=15,
+                              brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1,
+                              erasing_prob=0.5, cutout_size=8, noise_std=0.1, mixup_alpha=0.2)
+
+  def while_loops(fn):
+    return hlo.summarize(jax.jit(fn).lower(*args).compile().as_text())['while_loops']
+
+  assert while_loops(lambda key, images, labels: augment.train_preprocess(
+      key, images, labels, everything, MEAN, STD, 10, jnp.bfloat16)) == 0
+  # XLA:TPU makes a loop over the images of the dynamic_slice crop.
+  assert while_loops(lambda key, images, labels: dynamic_slice_crop(
+      images, jax.random.randint(key, (16, 2), 0, 9), 4)) == 1
