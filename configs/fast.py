@@ -25,12 +25,13 @@ one SE block after the stem), in bfloat16. Only the recipe changes; every choice
   airbench94 (`tta_level` >= 1) evaluate; validation (the test set, seed 000's protocol) and the
   final test score are both flip-averaged, so time-to-accuracy is measured the same way.
 - bfloat16 compute (parameters and BatchNorm statistics stay float32): the fast trainers run in
-  half precision; REFERENCE.md measures the bf16 step at about twice the float32 step.
+  half precision; docs/reference.md measures the bf16 step at about twice the float32 step.
 - BatchNorm: PyTorch's defaults (momentum 0.1, eps 1e-5) kept. airbench94 and hlb-CIFAR10 raise
   the running-average momentum to 0.4 for 10-epoch runs of a few hundred steps; at 97 steps an
   epoch, 0.1 already averages the last ~10 steps before each evaluation.
-- 32 epochs: a first guess, not measured. At REFERENCE.md's ~50,000 bf16 training images a second
-  for this network, 32 epochs are about 35 s of training on one H100, inside the issue's 60 s.
+- 32 epochs: a first guess, not measured. At ~50,000 bf16 training images a second for this
+  network (docs/reference.md), 32 epochs are about 35 s of training on one H100, inside the 60 s
+  target of docs/fast.md.
 
 Not adopted, as they change the network: airbench's whitened first layer, frozen BatchNorm
 scales, scaled BatchNorm-bias rates and max-pool stages. Flip TTA, label smoothing and cutout are

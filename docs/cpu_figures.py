@@ -3,11 +3,19 @@ r"""Re-measures every CPU figure that README.md and docs/ quote, with the comman
     python docs/cpu_figures.py                      # all of them: about 45 minutes on 2 cores
     python docs/cpu_figures.py --only quick_start,smoke
 
-Each figure runs its documented command in a scratch folder, exactly as printed beside it, and
-records what it measured in docs/cpu_figures.json (machine, versions, date, command, figures);
-the images the docs show are copied to docs/images/. tests/docs_test.py checks that the README
-and docs quote the figures of that file, so a figure can only change with a new measurement.
-Accuracies are deterministic on one machine and version set; wall times depend on its load.
+Each figure runs its documented command in a scratch folder, exactly as printed beside it (from
+the repository root, as the README's commands run, with whatever data `auto` finds there), and
+records what it measured in docs/cpu_figures.json: the command, the figures, the date, the machine,
+the versions and the data (the fingerprint a run's checkpoint records of its images and labels).
+The images the docs show are copied to docs/images/. tests/docs_test.py checks that the README and
+docs quote the figures of that file with their date, machine and versions, so a figure can only
+change with a new measurement.
+
+Accuracies repeat exactly for the same data, versions, CPU model and core count; wall times depend
+on the machine's load. XLA:CPU compiles for the CPU's vector instructions (AVX2, AVX-512) and
+splits its work over the cores it may use, so another CPU sums floats in another order, and a
+15-epoch run's accuracy moves by up to about a point. Run it on a machine without an accelerator
+(or with JAX_PLATFORMS=cpu, as jax's default backend must be the CPU).
 """
 
 import argparse
@@ -67,11 +75,19 @@ def run(command: str, workdir: pathlib.Path) -> float:
   args = [sys.executable if a == 'python' else a
           for a in shlex.split(command.replace(' W', f' {workdir}'))]
   start = time.time()
-  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=False,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=False)
   if result.returncode:
     sys.exit(f'{command}\nfailed:\n{result.stderr[-3000:]}')
   return time.time() - start
+
+
+def data_identity(workdir: pathlib.Path) -> str:
+  """The data fingerprint recorded in the checkpoint of the (first) run under workdir."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.ERROR)  # orbax's notes on opening a checkpoint read-only
+  run_dir = min(path.parent for path in workdir.rglob('checkpoints'))
+  return checkpoints.read_meta(str(run_dir)).run[checkpoints.DATA_KEY]
 
 
 def training_figures(name: str, scratch: pathlib.Path) -> dict:
@@ -79,7 +95,8 @@ def training_figures(name: str, scratch: pathlib.Path) -> dict:
   wall = run(COMMANDS[name], workdir)
   results = json.loads((workdir / 'results.json').read_text())
   figures = {'final_test_accuracy': round(100 * results['final_test_accuracy'], 2),
-             'test_examples': results['test_examples'], 'wall_seconds': round(wall)}
+             'test_examples': results['test_examples'], 'wall_seconds': round(wall),
+             'data_source': results['data_source']}
   if name == 'smoke':
     shutil.copyfile(workdir / 'curves.png', DOCS / 'images' / 'smoke_curves.png')
     shutil.copyfile(workdir / 'confusion.png', DOCS / 'images' / 'smoke_confusion.png')
@@ -138,7 +155,32 @@ MEASURE = {
 def versions() -> dict:
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  return {'jax': jax.__version__, 'flax': flax.__version__, 'python': platform.python_version()}
+  import PIL  # pylint: disable=g-import-not-at-top  # Its libjpeg decodes the JPEG copy.
+  return {'jax': jax.__version__, 'flax': flax.__version__, 'python': platform.python_version(),
+          'pillow': PIL.__version__}
+
+
+def machine() -> str:
+  """The CPU: the cores this process may use, its model and its widest vector instructions."""
+  model, flags = platform.processor() or platform.machine(), set()
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      fields = dict(map(str.strip, line.split(':', 1)) for line in f if ':' in line)
+    model = ' '.join(fields['model name'].replace('(R)', '').replace('(TM)', '').split())
+    flags = set(fields['flags'].split())
+  except (OSError, KeyError, ValueError):
+    pass
+  vector = ('AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else
+            platform.machine())
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return f'{cores}-core {model} ({vector})'
+
+
+def provenance(entry: dict) -> str:
+  """How the docs name a figure's measurement: its date, machine and versions."""
+  v = entry['versions']
+  return (f"{entry['measured']}, {entry['machine']}, jax {v['jax']}, flax {v['flax']}, "
+          f"Python {v['python']}")
 
 
 def main():
@@ -149,16 +191,23 @@ def main():
   unknown = sorted(set(names) - set(MEASURE))
   if unknown:
     sys.exit(f'error: no figure named {", ".join(unknown)}; the figures: {", ".join(MEASURE)}')
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != 'cpu':
+    sys.exit(f'error: these are CPU figures, and jax runs on {jax.default_backend()} here; run '
+             'with JAX_PLATFORMS=cpu, or on a machine without an accelerator')
   record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
   with tempfile.TemporaryDirectory(prefix='resnet_jax_figures_') as folder:
     for name in names:
       print(f'{name}: {COMMANDS[name]}', flush=True)
-      figures = MEASURE[name](pathlib.Path(folder))
+      scratch = pathlib.Path(folder)
+      figures = MEASURE[name](scratch)
       record[name] = {'command': COMMANDS[name], 'figures': figures,
-                      'measured': datetime.date.today().isoformat(),
-                      'machine': f'{os.cpu_count()}-core CPU ({platform.machine()})',
-                      'versions': versions()}
-      print(f'  {json.dumps(figures)}', flush=True)
+                      'measured': datetime.date.today().isoformat(), 'machine': machine(),
+                      # The machine's load as the command ended: what its wall time says.
+                      'load_average': round(os.getloadavg()[0], 1), 'versions': versions()}
+      if (scratch / name).is_dir():
+        record[name]['data_fingerprint'] = data_identity(scratch / name)
+      print(f'  {json.dumps(figures)}\n  {provenance(record[name])}', flush=True)
       RECORD.write_text(json.dumps(record, indent=2) + '\n')
   print(f'wrote {RECORD}')
 

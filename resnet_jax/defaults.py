@@ -139,7 +139,7 @@ def schedule_config() -> config_dict.ConfigDict:
 
 
 def reference_config(**overrides) -> config_dict.ConfigDict:
-  """What the report sets the run beside (REFERENCE.md and the seed papers); 0 = none known."""
+  """What the report sets the run beside (docs/reference.md); 0 = none known."""
   cfg = config_dict.ConfigDict(dict(
       system='',                  # e.g. "seed 000 best model"
       paper_accuracy=0.0,         # the seed paper's own reported test accuracy (%)
@@ -153,7 +153,7 @@ def reference_config(**overrides) -> config_dict.ConfigDict:
 
 
 def seed000_reference(system: str = 'seed 000 best model') -> config_dict.ConfigDict:
-  """REFERENCE.md's PyTorch run of seed 000's recipe on the JPEG copy, and its paper's figure.
+  """docs/reference.md's PyTorch run of seed 000's recipe on the JPEG copy, and its paper's figure.
 
   200 epochs on an H100: 92.38% final, 92.43% best, about 4.5 s an epoch (about 15 minutes).
   """

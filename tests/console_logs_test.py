@@ -21,7 +21,7 @@ SMOKE_RUN = [f'--config={REPO / "configs" / "smoke.py"}', '--config.data.source=
              '--config.augment.crop_padding=0', '--config.augment.hflip=0',
              '--config.optim.lookahead_k=0', '--config.optim.clip_mode=none',
              '--config.write_plots=False']
-# What the console of issue 23 showed, none of which a console may show now.
+# What an earlier version's console showed, none of which a console may show now.
 NOISE = ('absl::InitializeLog', 'oneDNN', 'dataset_info.json', 'Unable to initialize backend',
          'orbax', 'logging_writer.py', 'Exception ignored')
 GLOG_PREFIX = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ ')

@@ -1,9 +1,13 @@
-"""The CPU figures README.md and docs/ quote are the ones docs/cpu_figures.py last measured.
+"""The docs speak to a user, and the CPU figures they quote are the ones last measured.
 
-docs/cpu_figures.json records, for each figure, the documented command it ran and what it
-measured; a figure in the docs changes only with a new measurement (`python docs/cpu_figures.py`).
+docs/cpu_figures.json records, for each figure, the documented command it ran, what it measured,
+when, on which machine and with which versions; a figure in the docs changes only with a new
+measurement (`python docs/cpu_figures.py`), and is quoted with its date, machine and versions.
+The user docs cite only files of the repository and name no harness of the project's own
+development machines.
 """
 
+import importlib.util
 import json
 import re
 
@@ -14,6 +18,11 @@ from conftest import REPO  # pylint: disable=g-bad-import-order
 RECORD = json.loads((REPO / 'docs' / 'cpu_figures.json').read_text())
 README = (REPO / 'README.md').read_text()
 COMPARE = (REPO / 'docs' / 'compare.md').read_text()
+USER_DOCS = sorted([REPO / 'README.md', REPO / 'launch' / 'README.md',
+                    *(REPO / 'docs').rglob('*.md')])
+_spec = importlib.util.spec_from_file_location('cpu_figures', REPO / 'docs' / 'cpu_figures.py')
+cpu_figures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cpu_figures)
 
 
 def flat(text: str) -> str:
@@ -42,6 +51,21 @@ def test_readme_training_figures_are_the_measured_ones():
           f"test images, {smoke['wall_seconds']} s wall") in flat(README)
 
 
+@pytest.mark.parametrize('name,doc', [
+    ('quick_start', README), ('smoke', README), ('sweep_tiny', README),
+    ('compare_smoke', COMPARE), ('compare_narrow', COMPARE)], ids=lambda value: value[:20])
+def test_every_figure_names_its_date_machine_and_versions(name, doc):
+  assert cpu_figures.provenance(RECORD[name]) in flat(doc), name
+
+
+def test_the_readme_figures_read_one_data_copy():
+  """The README's figures are of one data copy (the JPEG copy), whichever file `auto` read."""
+  sources = {RECORD[name]['figures']['data_source'].split(':')[0].split()[0]
+             for name in ('quick_start', 'smoke')}
+  assert sources <= {'jpeg_npz', 'cifar_batches'}, sources
+  assert 'Which data a figure is of' in README
+
+
 def test_readme_sweep_table_is_the_measured_one():
   for point in RECORD['sweep_tiny']['figures']['points']:
     row = (f"| {point['model.channels']} | {point['optim.learning_rate']} | "
@@ -56,6 +80,10 @@ def test_compare_figures_are_the_measured_ones():
       mean, std = figures[framework]['final']
       row = f'| {label} | {mean:.2f} ± {std:.2f} |'
       assert row in COMPARE, (name, row)
+  narrow = RECORD['compare_narrow']['figures']
+  summary = (f"JAX {narrow['jax']['final'][0]:.2f} ± {narrow['jax']['final'][1]:.2f}%, PyTorch "
+             f"{narrow['torch']['final'][0]:.2f} ± {narrow['torch']['final'][1]:.2f}%")
+  assert summary in flat(README), summary
 
 
 @pytest.mark.parametrize('name', ['cpu_smoke', 'cpu_best', 'cpu_smoke_variants'])
@@ -69,3 +97,30 @@ def test_benchmark_tables_are_the_measured_ones(name):
 def test_every_benchmark_is_printed_with_its_command(name):
   benchmarks = (REPO / 'docs' / 'benchmarks.md').read_text()
   assert re.search(command_pattern(RECORD[name]['command']), flat(benchmarks)), name
+
+
+# What only the project's own development harness has: a user has none of it.
+HARNESS_WORDS = (r'\$OUT\b', r'\bcarry\b', r'\.device/', r'\brun\.sh\b', r'\btimeout_s\b',
+                 r'prepare\.sh', r'REFERENCE\.md', r'\bissue \d+', r'\blent\b', r'\bsessions?\b')
+
+
+@pytest.mark.parametrize('doc', USER_DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_user_docs_name_no_development_harness(doc):
+  text = doc.read_text()
+  found = [m.group(0) for word in HARNESS_WORDS for m in re.finditer(word, text)]
+  assert not found, found
+  # ../shared exists on the development machines only: docs may name it as one place the JPEG
+  # copy of CIFAR-10 lies, nothing else.
+  shared = re.findall(r'\.\./shared\S*', text)
+  assert all(path.startswith('../shared/data/cifar10_jpeg') for path in shared), shared
+
+
+@pytest.mark.parametrize('doc', USER_DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_user_docs_cite_only_files_of_the_repository(doc):
+  text = doc.read_text()
+  links = [link.split('#')[0] for link in re.findall(r'\]\(([^)\s]+)\)', text)
+           if not re.match(r'[a-z]+://|#', link)]
+  missing = [link for link in links if not (doc.parent / link).exists()]
+  paths = re.findall(r'`((?:docs|configs|resnet_jax|launch|tests)/[\w./-]*\w)', text)
+  missing += [path for path in paths if not (REPO / path).exists()]
+  assert not missing, missing

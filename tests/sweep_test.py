@@ -367,7 +367,7 @@ def test_block_order_sweep_varies_the_residual_block():
   assert [p.config.model.block_order for p in points] == ['original', 'preact', 'bn_after_add']
   counts = sweep.parameter_counts(points)
   original, preact, bn_after_add = (counts[p.name][0] for p in points)
-  assert original == bn_after_add == 4_935_242  # seed 004's ResNet24 (REFERENCE.md)
+  assert original == bn_after_add == 4_935_242  # seed 004's ResNet24 (docs/reference.md)
   assert preact != original  # its BNs sit on the blocks' inputs, and one more before the pool
 
 

@@ -1,9 +1,10 @@
 """The configurable ResNet of the seed papers, its named models, parameter budget and summary.
 
-One Flax module covers every knob of `defaults.model_config()`. The layout follows REFERENCE.md:
-convs without bias and symmetric padding k // 2 (as PyTorch pads), a stem conv (stride 1) + BN +
-activation, residual layers whose first block strides 2 (all but the first layer), a KxK conv + BN
-shortcut only where the stride or the width changes, then pooling and a dense head.
+One Flax module covers every knob of `defaults.model_config()`. The layout follows
+docs/reference.md: convs without bias and symmetric padding k // 2 (as PyTorch pads), a stem conv
+(stride 1) + BN + activation, residual layers whose first block strides 2 (all but the first
+layer), a KxK conv + BN shortcut only where the stride or the width changes, then pooling and a
+dense head.
 
 Module names follow the PyTorch code the seeds build on (kuangliu/pytorch-cifar): `conv1`, `bn1`,
 `se`, `layer{L}_{i}` (block i of layer L, 1-based L), `linear`; `torch_import` derives the PyTorch
@@ -46,7 +47,7 @@ def _layout(num_blocks, channels, **overrides) -> dict:
   return {**layout, **overrides}
 
 
-# Every row of REFERENCE.md's table: name -> overrides of `defaults.model_config()`.
+# Every row of docs/reference.md's table: name -> overrides of `defaults.model_config()`.
 PRESETS = {
     # Seed 000's best model (96.04% in its paper); its pool 8 is global on 32x32 input.
     'best': _layout((4, 4, 3), (64, 128, 256), se='stem', se_reduction=16),
@@ -76,7 +77,7 @@ PRESETS = {
 
 
 def preset(name: str) -> config_dict.ConfigDict:
-  """The model config of a named model (a row of REFERENCE.md)."""
+  """The model config of a named model (a row of docs/reference.md)."""
   if name not in PRESETS:
     raise UserError(f"unknown model name {name!r}; choose one of {', '.join(PRESETS)}")
   return defaults.model_config(name=name, **PRESETS[name])

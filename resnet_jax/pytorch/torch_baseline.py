@@ -1,6 +1,6 @@
 """The PyTorch baseline: the same model's training step in PyTorch, timed on the same device.
 
-What REFERENCE.md's PyTorch rows time: forward, backward and an SGD step (momentum 0.9, weight
+What docs/reference.md's PyTorch rows time: forward, backward and an SGD step (momentum 0.9, weight
 decay 5e-4) of `torch_resnet.TorchResNet(config.model)` on synthetic images already on the device
 (no input pipeline), channels_last, bf16 autocast for the bfloat16 dtype (TF32 for float32 on a
 GPU), eager and, where it works, torch.compile'd. Optional: torch is imported only here, and only

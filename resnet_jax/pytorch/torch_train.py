@@ -41,7 +41,7 @@ OPTIMIZERS = ('sgd', 'adam', 'adamw')
 
 class Lookahead:
   """Seed 000's Lookahead around a torch optimizer: slow weights taken after step 1, then every
-  k steps slow += alpha * (fast - slow) and fast = slow (REFERENCE.md)."""
+  k steps slow += alpha * (fast - slow) and fast = slow (docs/reference.md)."""
 
   def __init__(self, optimizer: torch.optim.Optimizer, k: int, alpha: float):
     self.optimizer, self.k, self.alpha = optimizer, k, alpha

@@ -10,7 +10,7 @@ import pytest
 from resnet_jax import models
 from resnet_jax.errors import UserError
 
-# REFERENCE.md's table: the seed papers' own counts.
+# docs/reference.md's table: the seed papers' own counts.
 REFERENCE_COUNTS = {
     'best': 4_697_742,
     'resnet18': 11_173_962,
