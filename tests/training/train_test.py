@@ -465,7 +465,10 @@ def test_a_rerun_after_a_crash_records_each_step_once(short_run, cifar_batches_d
     acc = event_accumulator.EventAccumulator(str(run / 'tensorboard'), purge_orphaned_data=False,
                                              size_guidance={'scalars': 0})
     acc.Reload()
-    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()['scalars']}
+    # images/s is left out of a process's first call (compile time), so the resumed run has none
+    # at its first step; every other scalar is recorded at the same steps, once.
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()['scalars']
+            if tag != 'images_per_second'}
 
   assert events(tmp_path) == events(workdir)
 
@@ -476,7 +479,8 @@ def test_incompatible_checkpoint_is_a_user_error(short_run, cifar_batches_dir, t
   _, workdir, _, _ = short_run
   shutil.copytree(workdir / 'checkpoints', tmp_path / 'checkpoints')
   config = short_config(cifar_batches_dir, **{'model.channels': (8, 32)})
-  with pytest.raises(errors.UserError, match='cannot be restored into this config'):
+  with pytest.raises(errors.UserError, match=r'was trained with config.model.channels = \(8, 16\), '
+                     r'the config gives \(8, 32\)'):
     train.train_and_evaluate(config, str(tmp_path))
 
 
