@@ -17,6 +17,7 @@ import numpy as np
 from resnet_jax import cli
 from resnet_jax import files
 from resnet_jax import models
+from resnet_jax import platforms
 from resnet_jax.data import augment
 from resnet_jax.data import input_pipeline
 from resnet_jax.errors import UserError
@@ -39,6 +40,7 @@ class Run:
   plan: feed.EpochPlan
   resident: bool  # the training set on the devices (feed.resident_placement)
   parameters: int  # the model's trainable parameters
+  platform: platforms.Platform  # the mesh's devices, which every platform decision reads
 
   @property
   def placement(self) -> str:
@@ -50,7 +52,12 @@ class Run:
   @functools.cached_property
   def identity(self) -> dict:
     """What a checkpoint of this run must share with a run resuming it."""
-    return checkpoints.run_identity(self.config, data_fingerprint(self.splits), self.plan.steps)
+    return checkpoints.run_identity(self.config, data_fingerprint(self.splits), self.plan.steps,
+                                    self.compute_dtype)
+
+  @property
+  def compute_dtype(self) -> str:
+    return models.compute_dtype(self.config.model, self.platform)
 
 
 def data_fingerprint(splits: input_pipeline.Splits) -> str:
@@ -103,26 +110,30 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str,
-              splits: input_pipeline.Splits = None) -> Run:
+              splits: input_pipeline.Splits = None, devices=None) -> Run:
   """Checks the config, loads the data and builds model and optimizer; UserError on mistakes.
 
-  `splits` skips loading the data again, e.g. for several benchmarks.
+  `splits` skips loading the data again, e.g. for several benchmarks. `devices`: the mesh's
+  (default: every device of every process, `jax.devices()`), e.g. a TPU topology's to compile
+  for; the platform decisions are theirs (`platforms.Platform`).
   """
   check_config(config)
   parameters = models.check_budget(config.model, config.data.image_size)
   if splits is None:
     splits = input_pipeline.load_splits(config.data, config.seed, config.model.num_classes)
-  mesh = feed.create_mesh()
-  plan = feed.epoch_plan(config, len(splits.train_labels), mesh.devices.size)
+  mesh = feed.create_mesh(jax.devices() if devices is None else devices)
+  platform = platforms.Platform.of(list(mesh.devices.flat))
+  plan = feed.epoch_plan(config, len(splits.train_labels), platform)
   optimizer = optim.create_optimizer(config, plan.steps)
-  groups = mesh.devices.size if config.batch_statistics == 'per_device' else 1
-  ctx = steps.StepContext(model=models.build_model(config.model, bn_groups=groups),
+  groups = platform.device_count if config.batch_statistics == 'per_device' else 1
+  ctx = steps.StepContext(model=models.build_model(config.model, groups, platform),
                           tx=optimizer.tx, learning_rate=optimizer.learning_rate, config=config,
                           mean=tuple(float(m) for m in splits.mean),
-                          std=tuple(float(s) for s in splits.std), batch_groups=groups)
-  resident = feed.resident_placement(config, splits.train_images, splits.val_images)
+                          std=tuple(float(s) for s in splits.std), platform=platform,
+                          batch_groups=groups)
+  resident = feed.resident_placement(config, splits.train_images, splits.val_images, platform)
   return Run(config=config, workdir=workdir, ctx=ctx, optimizer=optimizer, splits=splits,
-             mesh=mesh, plan=plan, resident=resident, parameters=parameters)
+             mesh=mesh, plan=plan, resident=resident, parameters=parameters, platform=platform)
 
 
 def restore(run: Run, checkpoint: str = 'latest') -> tuple[steps.TrainState,
@@ -151,20 +162,19 @@ def check_recorded_run(run: Run, meta: checkpoints.CheckpointMeta,
 
 def run_results(run: Run, parameters: int, test: dict) -> dict:
   """The results fields every report has: the system, its test score, data and machine."""
-  config, splits = run.config, run.splits
-  device = jax.devices()[0]
+  config, splits, platform = run.config, run.splits, run.platform
   return {
       'model': config.model.name,
       'parameters': parameters,
       'epochs': config.num_epochs,
       'final_test_accuracy': test['accuracy'],
       'final_test_loss': test['loss'],
-      'device_kind': device.device_kind,
-      'platform': device.platform,
-      'device_count': jax.device_count(),
-      'process_count': jax.process_count(),
+      'device_kind': platform.device_kind,
+      'platform': platform.name,
+      'device_count': platform.device_count,
+      'process_count': platform.process_count,
       'placement': run.placement,
-      'compute_dtype': models.compute_dtype(config.model),
+      'compute_dtype': run.compute_dtype,
       'steps_per_call': run.plan.steps_per_call,
       'batch_statistics': config.batch_statistics,
       'data_source': splits.source,

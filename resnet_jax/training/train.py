@@ -222,9 +222,9 @@ class TrainLoop:
     self.compiles_ahead = compiler.num_prepared - 1
     logging.info('compiling the train call (%d steps of batch %d) and %d more shapes after it',
                  calls[0][1], calls[0][2], self.compiles_ahead)
-    self.progress = progress.Progress(epoch_sums=self.meta.train_sums,
-                                      last_log_step=int(state.step),
-                                      large_on_cpu=progress.is_large_on_cpu(run.parameters))
+    self.progress = progress.Progress(
+        epoch_sums=self.meta.train_sums, last_log_step=int(state.step),
+        large_on_cpu=progress.is_large_on_cpu(run.parameters, run.platform))
     self.last_epoch_read = time.perf_counter()
 
   # -------------------------------------------------------------------------------------------
