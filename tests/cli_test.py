@@ -27,6 +27,7 @@ COMMAND_FLAGS = {
                   'calls', 'variants', 'only_variants', 'check_numerics', 'torch_steps',
                   'torch_compile', 'extras', 'env_applied', 'end_to_end_epochs'},
     'platform_check': {'expect', 'verbose'},
+    'compile_check': {'config', 'verbose', 'output', 'topology', 'gpu', 'gpus'},
 }
 
 

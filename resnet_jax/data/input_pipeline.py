@@ -38,7 +38,7 @@ class Splits(NamedTuple):
 # Splits and normalisation.
 
 
-def _validation_fraction(validation) -> float | None:
+def validation_fraction(validation) -> float | None:
   """None for 'test' (the test set validates), else the held-out fraction of train."""
   text = str(validation).strip()
   if text == 'test':
@@ -127,7 +127,7 @@ def load_splits(data_cfg, seed: int, num_classes: int = 0) -> Splits:
       raise UserError(f'config.data.{key}={data_cfg[key]} must be >= 0 (0 = all)')
   if data_cfg.image_size <= 0:
     raise UserError(f'config.data.image_size={data_cfg.image_size} must be positive')
-  fraction = _validation_fraction(data_cfg.validation)
+  fraction = validation_fraction(data_cfg.validation)
   loaded = sources.load_source(data_cfg)
   classes = min(num_classes or len(loaded.class_names), len(loaded.class_names))
   train_x, train_y = _checked(loaded.train, 'train_subset', data_cfg, classes)
