@@ -19,7 +19,9 @@ import math
 import os
 import re
 
-from resnet_jax.errors import UserError
+import jax
+
+from resnet_jax.errors import UserError, one_line
 
 INSTALL_TPU = "pip install 'jax[tpu]' (the [tpu] extra: pip install -e '.[tpu]')"
 INSTALL_CUDA = ("pip install 'jax[cuda12]' (the [cuda12] extra: pip install -e '.[cuda12]'); "
@@ -167,8 +169,12 @@ def gpus(gpu: str, count: int) -> Target:
   # The plugin checks the CUDA libraries against a driver; compiling needs none.
   os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  devices = tuple(topologies.get_topology_desc(
-      'gpu', 'cuda', target_config=gpu_target_config(gpu), topology=f'1x1x{count}').devices)
+  try:
+    devices = tuple(topologies.get_topology_desc(
+        'gpu', 'cuda', target_config=gpu_target_config(gpu), topology=f'1x1x{count}').devices)
+  except (jax.errors.JaxRuntimeError, ValueError) as e:
+    raise UserError(f"jax's CUDA plugin could not make a target of {count} x "
+                    f"{GPU_SPECS[gpu]['name']}: {one_line(e)}") from e
   return Target(name=gpu, devices=devices, hosts=1,
                 description=f'{count} x {GPU_SPECS[gpu]["name"]}, 1 host')
 
