@@ -296,7 +296,14 @@ class Check:
 def check(config: ml_collections.ConfigDict, target: targets.Target) -> Check:
   """Sets the run up as `main` does on the target's devices, and compiles its calls."""
   run = runs.setup_run(config, '', splits=splits_without_data(config), devices=target.devices)
-  calls, one_step = compile_calls(run)
+  # Executables for devices this process does not hold cannot be loaded back from the persistent
+  # compilation cache (a warning, then a compile again): they stay out of it.
+  cached = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  try:
+    calls, one_step = compile_calls(run)
+  finally:
+    jax.config.update('jax_enable_compilation_cache', cached)
   batch = run.plan.batch_size
   # A call that failed to compile leaves nothing to estimate from (its error ends the command).
   step = one_step.get(('train', batch)) or Call(kind='train', steps=1, batch=batch)
