@@ -60,6 +60,8 @@ TRAIN_EXAMPLES, TEST_EXAMPLES = 50_000, 10_000
 UNCOSTED_CUSTOM_CALLS = ('ConcatBitcast',)
 # Below this share of the chips' peak FLOP/s (XLA's estimate), a slice is mostly idle.
 MOSTLY_IDLE = 0.3
+# Fewer images a chip than this: a larger batch is the first thing to try.
+LARGE_PER_CHIP = 64
 ESTIMATE_LABEL = "XLA's cost-model estimate"
 
 
@@ -381,11 +383,13 @@ def summary_lines(result: Check) -> list[str]:
     lines.append(f'{ESTIMATE_LABEL}: the chips compute at {utilisation:.1%} of their '
                  f'{run.compute_dtype} peak')
     if utilisation < MOSTLY_IDLE:
+      larger = (f'a larger batch with a recipe made for it (configs/fast.py: batch 512, '
+                f'{512 // platform.device_count} images a chip here), or '
+                if per_chip < LARGE_PER_CHIP else '')
       lines.append(
-          f'mostly idle: {per_chip} images a chip leave the chips waiting; train a larger '
-          'batch (configs/fast.py: batch 512 and its recipe) or several runs at once (e.g. a '
-          'sweep, each point on its own smaller slice) rather than one small batch on '
-          f'{platform.device_count} chips')
+          f'mostly idle: with {per_chip} images a chip the chips wait on collectives and small '
+          f'kernels most of a step; {larger}several runs at once (a sweep\'s points, seeds), '
+          f'each on a smaller slice, use {platform.device_count} chips better than this one run')
   return lines
 
 

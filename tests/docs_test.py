@@ -6,6 +6,7 @@ measured; a figure in the docs changes only with a new measurement (`python docs
 
 import json
 import re
+import runpy
 
 import pytest
 
@@ -69,3 +70,12 @@ def test_benchmark_tables_are_the_measured_ones(name):
 def test_every_benchmark_is_printed_with_its_command(name):
   benchmarks = (REPO / 'docs' / 'benchmarks.md').read_text()
   assert re.search(command_pattern(RECORD[name]['command']), flat(benchmarks)), name
+
+
+def test_tpu_table_is_the_compiled_one():
+  tpu_figures = runpy.run_path(str(REPO / 'docs' / 'tpu_figures.py'))
+  records = sorted((REPO / 'docs' / 'tpu').glob('*.json'))
+  assert records
+  text = (REPO / 'docs' / 'tpu.md').read_text()
+  for path in records:
+    assert tpu_figures['row'](json.loads(path.read_text())) in text, path.name
