@@ -36,6 +36,7 @@ from resnet_jax import cli
 from resnet_jax import console_logs
 from resnet_jax import errors
 from resnet_jax import files
+from resnet_jax import platforms
 from resnet_jax.bench import throughput
 from resnet_jax.bench import variants as variants_lib
 from resnet_jax.bench.throughput import Measurement
@@ -226,10 +227,11 @@ def format_table(rows: Sequence[Measurement]) -> str:
 
 
 def device_info() -> dict:
-  """This process's devices (starts its backend: on a GPU, takes most of its memory)."""
-  device = jax.devices()[0]
-  return {'device_kind': device.device_kind, 'platform': device.platform,
-          'device_count': jax.device_count()}
+  """The devices a run of this process uses (starts its backend: on a GPU, takes most of its
+  memory), as `runs.setup_run` sees them."""
+  platform = platforms.Platform.of(jax.devices())
+  return {'device_kind': platform.device_kind, 'platform': platform.name,
+          'device_count': platform.device_count}
 
 
 def run_benchmark(config: ml_collections.ConfigDict, options: Options,

@@ -305,7 +305,7 @@ def _where(error: BaseException) -> str:
 
 
 COMMANDS = ('main', 'evaluate', 'inspect', 'export', 'compare', 'sweep', 'benchmark',
-            'platform_check', 'models')
+            'platform_check', 'compile_check', 'models')
 
 
 def console_main() -> None:

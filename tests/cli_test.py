@@ -28,6 +28,7 @@ COMMAND_FLAGS = {
                   'torch_compile', 'extras', 'end_to_end_epochs'},
     'platform_check': {'expect', 'verbose'},
     'models': {'name', 'verbose'},
+    'compile_check': {'config', 'verbose', 'output', 'topology', 'gpu', 'gpus'},
 }
 
 

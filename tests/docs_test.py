@@ -10,6 +10,7 @@ development machines.
 import importlib.util
 import json
 import re
+import runpy
 
 import pytest
 
@@ -124,3 +125,12 @@ def test_user_docs_cite_only_files_of_the_repository(doc):
   paths = re.findall(r'`((?:docs|configs|resnet_jax|launch|tests)/[\w./-]*\w)', text)
   missing += [path for path in paths if not (REPO / path).exists()]
   assert not missing, missing
+
+
+def test_tpu_table_is_the_compiled_one():
+  tpu_figures = runpy.run_path(str(REPO / 'docs' / 'tpu_figures.py'))
+  records = sorted((REPO / 'docs' / 'tpu').glob('*.json'))
+  assert records
+  text = (REPO / 'docs' / 'tpu.md').read_text()
+  for path in records:
+    assert tpu_figures['row'](json.loads(path.read_text())) in text, path.name

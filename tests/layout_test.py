@@ -1,8 +1,8 @@
 """The package's floors: every import of resnet_jax runs down (or within a folder), never up.
 
-Ground level (errors, defaults, files, accelerators, compile_cache, console_logs, cli) serves all; data, models
-and reporting stand on it; training and pytorch on those; bench on training; the commands at the
-top import anything. Reporting receives what it reports and imports nothing of training.
+Ground level (errors, defaults, files, accelerators, platforms, targets, compile_cache,
+console_logs, cli) serves all; data, models and reporting stand on it; training and pytorch on
+those; bench on training; the commands at the top import anything. Reporting receives what it reports and imports nothing of training.
 """
 
 import ast
@@ -11,7 +11,8 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'resnet_jax'
-GROUND = ('errors', 'defaults', 'files', 'accelerators', 'compile_cache', 'console_logs', 'cli')
+GROUND = ('errors', 'defaults', 'files', 'accelerators', 'platforms', 'targets', 'compile_cache',
+          'console_logs', 'cli')
 FLOORS = {
     'ground': 0,
     'data': 1, 'models': 1, 'reporting': 1,
@@ -20,7 +21,7 @@ FLOORS = {
     'commands': 4,
 }
 COMMANDS = ('main', 'evaluate', 'inspect', 'export', 'compare', 'sweep', 'benchmark',
-            'platform_check')
+            'platform_check', 'compile_check')
 
 
 def room(module: str) -> str:

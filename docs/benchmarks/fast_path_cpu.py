@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-impo
 
 from resnet_jax import defaults  # noqa: E402  pylint: disable=g-import-not-at-top
 from resnet_jax import models  # noqa: E402  pylint: disable=g-import-not-at-top
+from resnet_jax import platforms  # noqa: E402  pylint: disable=g-import-not-at-top
 from resnet_jax.bench import hlo  # noqa: E402  pylint: disable=g-import-not-at-top
 from resnet_jax.models import optim  # noqa: E402  pylint: disable=g-import-not-at-top
 from resnet_jax.reporting import report  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -49,7 +50,8 @@ def lookahead_copies() -> dict:
     optimizer = optim.create_optimizer(config, 10)
     ctx = steps.StepContext(model=models.build_model(config.model), tx=optimizer.tx,
                             learning_rate=optimizer.learning_rate, config=config,
-                            mean=(0.5,) * 3, std=(0.25,) * 3)
+                            mean=(0.5,) * 3, std=(0.25,) * 3,
+                            platform=platforms.Platform.of(jax.devices()))
     state = jax.eval_shape(lambda ctx=ctx: steps.create_train_state(ctx, 32))
     images, labels = jax.numpy.zeros((8, 32, 32, 3), np.uint8), jax.numpy.zeros(8, np.int32)
     call = lambda s, ctx=ctx: jax.lax.scan(
@@ -67,8 +69,10 @@ def train_shapes() -> dict:
   for batch_size in (128, 512):
     config = defaults.base_config()
     config.batch_size = batch_size
-    config.steps_per_call = feed.default_steps_per_call(50_000 // batch_size, backend='gpu')
-    plan = feed.epoch_plan(config, 50_000, num_devices=1)
+    gpu = platforms.Platform(name='gpu', device_kind='GPU', device_count=1, process_count=1,
+                             memory_bytes=None)
+    config.steps_per_call = feed.default_steps_per_call(50_000 // batch_size, gpu)
+    plan = feed.epoch_plan(config, 50_000, gpu)
     shapes[f'batch {batch_size}'] = sorted({(count, size) for _, count, size in plan.calls(0)})
   return shapes
 

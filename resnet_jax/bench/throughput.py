@@ -17,7 +17,6 @@ import jax
 import ml_collections
 
 from resnet_jax import files
-from resnet_jax import models
 from resnet_jax.bench import hlo
 from resnet_jax.reporting import writers
 from resnet_jax.training import evaluator
@@ -173,7 +172,7 @@ def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_cal
   eval_rate = (_eval_rate(run, holder['state'].eval_variables(), eval_repeats)
                if eval_repeats else None)
   gflop_per_image = None if flops_per_step is None else flops_per_step / batch_size / 1e9
-  return Measurement(batch_size=batch_size, dtype=models.compute_dtype(config.model),
+  return Measurement(batch_size=batch_size, dtype=run.compute_dtype,
                      steps_per_call=steps,
                      compile_seconds=compile_seconds, train_images_per_second=train_rate,
                      eval_images_per_second=eval_rate, train_gflop_per_image=gflop_per_image,

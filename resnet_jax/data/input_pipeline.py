@@ -41,7 +41,7 @@ class Splits(NamedTuple):
 # Splits and normalisation.
 
 
-def _validation_fraction(validation) -> float | None:
+def validation_fraction(validation) -> float | None:
   """None for 'test' (the test set validates), else the held-out fraction of train."""
   if defaults.validates_on_test(validation):
     return None
@@ -122,7 +122,7 @@ def check_config(data_cfg) -> None:
       raise UserError(f'config.data.{key}={data_cfg[key]} must be >= 0 (0 = all)')
   if data_cfg.image_size <= 0:
     raise UserError(f'config.data.image_size={data_cfg.image_size} must be positive')
-  _validation_fraction(data_cfg.validation)
+  validation_fraction(data_cfg.validation)
 
 
 def load_splits(data_cfg, seed: int, num_classes: int = 0) -> Splits:
@@ -142,7 +142,7 @@ def load_splits(data_cfg, seed: int, num_classes: int = 0) -> Splits:
       class count than num_classes.
   """
   check_config(data_cfg)
-  fraction = _validation_fraction(data_cfg.validation)
+  fraction = validation_fraction(data_cfg.validation)
   loaded = sources.load_source(data_cfg)
   classes = min(num_classes or len(loaded.class_names), len(loaded.class_names))
   train_x, train_y = _checked(loaded.train, 'train_subset', data_cfg, classes)

@@ -23,6 +23,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from resnet_jax import defaults
+from resnet_jax import platforms
 from resnet_jax.errors import UserError
 
 BLOCKS = ('basic', 'bottleneck')
@@ -32,7 +33,8 @@ INITS = ('pytorch', 'he', 'xavier', 'normal', 'orthogonal')
 BLOCK_ORDERS = ('original', 'preact', 'bn_after_add', 'preact_kuangliu')
 PREACT_ORDERS = ('preact', 'preact_kuangliu')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# config.model.dtype='auto': bfloat16 on a GPU or TPU, float32 on a CPU (`compute_dtype`).
+# config.model.dtype='auto': bfloat16 on a GPU or TPU, float32 on a CPU (`compute_dtype`, from
+# the run's `platforms.Platform`).
 AUTO_DTYPE = 'auto'
 BN_DTYPES = ('float32', 'compute')
 LAYER_KEYS = ('num_blocks', 'channels', 'kernel_sizes', 'shortcut_kernel_sizes')
@@ -395,27 +397,31 @@ def validate(model_cfg: config_dict.ConfigDict):
     _check_choice(key, model_cfg[key], choices)
 
 
-def compute_dtype(model_cfg: config_dict.ConfigDict, backend: str | None = None) -> str:
-  """The compute dtype a run uses: config.model.dtype, with 'auto' chosen for the platform.
+def compute_dtype(model_cfg: config_dict.ConfigDict,
+                  platform: platforms.Platform | None) -> str:
+  """The compute dtype a run uses: config.model.dtype, with 'auto' chosen for the run's devices.
 
   'auto' is bfloat16 on a GPU or TPU (the fast path; parameters, BatchNorm statistics and the loss
-  stay float32) and float32 on a CPU, where bfloat16 is slower and only emulated.
+  stay float32) and float32 on a CPU, where bfloat16 is slower and only emulated, or without a
+  platform (a model built for its shapes alone).
   """
   if model_cfg.dtype != AUTO_DTYPE:
     return model_cfg.dtype
-  return 'float32' if (backend or jax.default_backend()) == 'cpu' else 'bfloat16'
+  return 'float32' if platform is None or platform.is_cpu else 'bfloat16'
 
 
-def build_model(model_cfg: config_dict.ConfigDict, bn_groups: int = 1) -> ResNet:
+def build_model(model_cfg: config_dict.ConfigDict, bn_groups: int = 1,
+                platform: platforms.Platform | None = None) -> ResNet:
   """The ResNet that `config.model` describes; raises UserError for an invalid config.
 
   bn_groups: parts of a training batch that BatchNorm normalises apart (`BatchNorm.groups`).
+  platform: the run's devices, which decide model.dtype='auto' (`compute_dtype`).
   """
   validate(model_cfg)
   as_is = ('block', 'expansion', 'stem_channels', 'stem_kernel_size', 'pool', 'se',
            'se_reduction', 'activation', 'block_order', 'num_classes')
   rates = ('block_dropout', 'layer_dropout', 'head_dropout', 'leaky_relu_slope')
-  dtype = DTYPES[compute_dtype(model_cfg)]
+  dtype = DTYPES[compute_dtype(model_cfg, platform)]
   return ResNet(
       **{key: model_cfg[key] for key in as_is},
       **{key: float(model_cfg[key]) for key in rates},

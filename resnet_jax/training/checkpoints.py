@@ -24,7 +24,6 @@ import orbax.checkpoint as ocp
 
 from resnet_jax import console_logs
 from resnet_jax import files
-from resnet_jax import models
 from resnet_jax.errors import UserError, one_line
 from resnet_jax.training import run_config
 from resnet_jax.training import steps
@@ -229,17 +228,18 @@ def missing_checkpoint(workdir: str, checkpoint: str, keeps_best: bool = True) -
 
 
 def run_identity(config: ml_collections.ConfigDict, data_fingerprint: str,
-                 steps_an_epoch: int) -> dict:
+                 steps_an_epoch: int, compute_dtype: str) -> dict:
   """What a checkpoint's run must share with a run resuming it (saved in its meta, flat JSON).
 
   Every config key but `run_config.RESUMABLE_KEYS`, the data the run trains and validates on
   (a fingerprint of its images and labels: the same size is not the same data), the steps an
-  epoch, and the compute dtype (`model.dtype='auto'` is bfloat16 on a GPU, float32 on a CPU).
+  epoch, and the compute dtype (`models.compute_dtype`: model.dtype='auto' is bfloat16 on a
+  GPU, float32 on a CPU).
   """
   identity = {f'config.{key}': value for key, value in run_config.flat_json(config).items()
               if not run_config.is_free(key, run_config.RESUMABLE_KEYS)}
   return identity | {DATA_KEY: data_fingerprint, STEPS_KEY: steps_an_epoch,
-                     DTYPE_KEY: models.compute_dtype(config.model)}
+                     DTYPE_KEY: compute_dtype}
 
 
 DATA_KEY = 'data (a fingerprint of its images and labels)'

@@ -34,13 +34,28 @@ class EvalSet:
     return self.images, self.labels, self.mask
 
 
+def batches(size: int, batch_size: int, num_devices: int) -> tuple[int, int]:
+  """(batches, batch size) a split of `size` is scored in: config.eval_batch_size (at most the
+  split) rounded up to a multiple of the devices, the last batch padded."""
+  batch_size = -(-min(batch_size, size) // num_devices) * num_devices
+  return -(-size // batch_size), batch_size
+
+
+def eval_set_specs(size: int, batch_size: int, image_size: int,
+                   mesh: jax.sharding.Mesh) -> tuple:
+  """The evaluate call's arguments after the variables (`EvalSet.arrays`), as shapes."""
+  num_batches, batch_size = batches(size, batch_size, mesh.devices.size)
+  sharding = feed.batch_sharded(mesh)
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct((num_batches, batch_size) + shape, dtype,
+                                                   sharding=sharding)
+  return spec((image_size * image_size * 3,), np.uint8), spec((), np.int32), spec((), np.bool_)
+
+
 def make_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int,
                   mesh: jax.sharding.Mesh) -> EvalSet:
   """Pads a split to a whole number of batches (mask 0 on padding) and puts it on the devices."""
-  num_devices = mesh.devices.size
   size = len(labels)
-  batch_size = -(-min(batch_size, size) // num_devices) * num_devices
-  num_batches = -(-size // batch_size)
+  num_batches, batch_size = batches(size, batch_size, mesh.devices.size)
   padding = num_batches * batch_size - size
 
   def stack(array):

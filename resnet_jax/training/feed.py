@@ -11,7 +11,7 @@ train like one. An epoch is planned as optimizer steps grouped into compiled cal
 
 import dataclasses
 import functools
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Callable, Iterator, Protocol
 
 import jax
 from jax import lax
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from resnet_jax import platforms
 from resnet_jax.data import input_pipeline
 from resnet_jax.errors import UserError
 from resnet_jax.training import steps
@@ -35,8 +36,9 @@ MAX_STEPS_PER_CALL = 128
 CallBatches = Callable[[int, int, int], tuple]
 
 
-def create_mesh() -> jax.sharding.Mesh:
-  return jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
+def create_mesh(devices) -> jax.sharding.Mesh:
+  """The run's 1-D mesh over `devices` (every device of every process, in jax's order)."""
+  return jax.sharding.Mesh(np.asarray(devices), ('data',))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -135,9 +137,10 @@ def check_batch_size(batch_size: int, num_devices: int) -> None:
                     f'{num_devices} devices')
 
 
-def epoch_plan(config: ml_collections.ConfigDict, size: int, num_devices: int) -> EpochPlan:
+def epoch_plan(config: ml_collections.ConfigDict, size: int,
+               platform: platforms.Platform) -> EpochPlan:
   """Steps of an epoch; the last partial batch (cut to a multiple of the devices) is trained."""
-  batch_size = config.batch_size
+  batch_size, num_devices = config.batch_size, platform.device_count
   check_batch_size(batch_size, num_devices)
   num_steps = input_pipeline.steps_per_epoch(size, batch_size, config.drop_remainder,
                                              multiple_of=num_devices)
@@ -146,14 +149,14 @@ def epoch_plan(config: ml_collections.ConfigDict, size: int, num_devices: int) -
                     'training examples: lower it, or unset config.drop_remainder')
   num_full = size // batch_size
   partial = (size % batch_size) // num_devices * num_devices if num_steps > num_full else 0
-  steps_per_call = config.steps_per_call or default_steps_per_call(num_full)
+  steps_per_call = config.steps_per_call or default_steps_per_call(num_full, platform)
   return EpochPlan(size=size, batch_size=batch_size, steps=num_steps, partial=partial,
                    steps_per_call=max(1, min(steps_per_call, num_full)),
                    num_devices=num_devices, seed=config.seed,
                    drop_remainder=config.drop_remainder)
 
 
-def default_steps_per_call(num_full: int, backend: Optional[str] = None) -> int:
+def default_steps_per_call(num_full: int, platform: platforms.Platform) -> int:
   """Steps a compiled call fuses when config.steps_per_call is 0: 1 on a CPU (`steps.scan`).
 
   On an accelerator, the full steps of an epoch split into calls of ONE shape wherever they can
@@ -163,7 +166,7 @@ def default_steps_per_call(num_full: int, backend: Optional[str] = None) -> int:
   else all of them where there are fewer than AUTO_STEPS_PER_CALL / 2, else AUTO_STEPS_PER_CALL
   (two shapes).
   """
-  if (backend or jax.default_backend()) == 'cpu':
+  if platform.is_cpu:
     return 1
   candidates = [*range(AUTO_STEPS_PER_CALL, AUTO_STEPS_PER_CALL // 2 - 1, -1),
                 *range(AUTO_STEPS_PER_CALL + 1, MAX_STEPS_PER_CALL + 1)]
@@ -202,19 +205,19 @@ def resident_bytes(train_images: np.ndarray, eval_images: np.ndarray) -> int:
 
 
 def resident_placement(config: ml_collections.ConfigDict, train_images: np.ndarray,
-                       eval_images: np.ndarray) -> bool:
+                       eval_images: np.ndarray, platform: platforms.Platform) -> bool:
   """Whether the training set goes on the device (config.data.placement).
 
   `auto`: where the training and evaluation sets take at most a quarter of a device's memory
-  (and MAX_RESIDENT_BYTES), counted as the device holds them (`resident_bytes`).
+  (`platform.memory_bytes`; unknown: MAX_RESIDENT_BYTES) and MAX_RESIDENT_BYTES, counted as the
+  device holds them (`resident_bytes`).
   """
   placement = config.data.placement
   if placement not in ('auto', 'device', 'host'):
     raise UserError(f'config.data.placement={placement!r} is not one of auto, device, host')
   if placement != 'auto':
     return placement == 'device'
-  memory = jax.local_devices()[0].memory_stats() or {}
-  limit = memory.get('bytes_limit', MAX_RESIDENT_BYTES * 4) // 4
+  limit = (platform.memory_bytes or MAX_RESIDENT_BYTES * 4) // 4
   return resident_bytes(train_images, eval_images) <= min(limit, MAX_RESIDENT_BYTES)
 
 
@@ -224,6 +227,29 @@ def put_train_set(train_images: np.ndarray, train_labels: np.ndarray,
   every device; the compiled step gathers a batch's rows and reshapes them."""
   return (put_global(np.asarray(steps.image_rows(train_images)), replicated(mesh)),
           put_global(train_labels.astype(np.int32), replicated(mesh)))
+
+
+def train_set_specs(size: int, image_size: int, mesh: jax.sharding.Mesh) -> tuple:
+  """The resident training set's arrays (`put_train_set`) as shapes, for compiling ahead."""
+  return (jax.ShapeDtypeStruct((size, image_size * image_size * 3), jnp.uint8,
+                               sharding=replicated(mesh)),
+          jax.ShapeDtypeStruct((size,), jnp.int32, sharding=replicated(mesh)))
+
+
+def batch_specs(count: int, batch_size: int, mesh: jax.sharding.Mesh, *, resident: bool,
+                train_size: int, image_size: int) -> tuple:
+  """A train call's (abstract) batch arguments after the state, for `count` steps of a batch.
+
+  Resident: the indices [steps, batch] and the whole set (`train_set_specs`); streamed: the
+  stacked images [steps, batch, H, W, 3] and labels [steps, batch].
+  """
+  sharding = batch_sharded(mesh)
+  if resident:
+    indices = jax.ShapeDtypeStruct((count, batch_size), jnp.int32, sharding=sharding)
+    return indices, *train_set_specs(train_size, image_size, mesh)
+  images = jax.ShapeDtypeStruct((count, batch_size, image_size, image_size, 3), jnp.uint8,
+                                sharding=sharding)
+  return images, jax.ShapeDtypeStruct((count, batch_size), jnp.int32, sharding=sharding)
 
 
 class Feed(Protocol):
@@ -243,15 +269,14 @@ class ResidentFeed:
 
   def __init__(self, plan: EpochPlan, mesh: jax.sharding.Mesh, train_images: np.ndarray,
                train_labels: np.ndarray):
-    self._plan, self._mesh = plan, mesh
+    self._plan, self._mesh, self._image_size = plan, mesh, train_images.shape[1]
     self.train_set = put_train_set(train_images, train_labels, mesh)
     self._take = jax.jit(functools.partial(lax.dynamic_slice_in_dim, axis=0), static_argnums=2,
                          out_shardings=batch_sharded(mesh))
 
   def batch_specs(self, count: int, batch_size: int) -> tuple:
-    indices = jax.ShapeDtypeStruct((count, batch_size), jnp.int32,
-                                   sharding=batch_sharded(self._mesh))
-    return indices, *self.train_set
+    return batch_specs(count, batch_size, self._mesh, resident=True,
+                       train_size=self._plan.size, image_size=self._image_size)
 
   def epoch(self, epoch: int, start_step: int) -> CallBatches:
     """The epoch's batch indices go to the devices once; each call takes its rows there."""
@@ -281,10 +306,8 @@ class StreamedFeed:
     self._host_batcher, self._image_size = host_batcher, image_size
 
   def batch_specs(self, count: int, batch_size: int) -> tuple:
-    sharding, size = batch_sharded(self._mesh), self._image_size
-    images = jax.ShapeDtypeStruct((count, batch_size, size, size, 3), jnp.uint8,
-                                  sharding=sharding)
-    return images, jax.ShapeDtypeStruct((count, batch_size), jnp.int32, sharding=sharding)
+    return batch_specs(count, batch_size, self._mesh, resident=False,
+                       train_size=self._plan.size, image_size=self._image_size)
 
   def host_call_batches(self, epoch: int,
                         start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -14,11 +14,10 @@ import time
 from typing import Optional
 
 from absl import logging
-import jax
 import ml_collections
 
 from resnet_jax import accelerators
-from resnet_jax import models
+from resnet_jax import platforms
 from resnet_jax.training import precompile
 from resnet_jax.training import steps
 
@@ -141,25 +140,24 @@ def log_start(run) -> None:
   Args:
     run: the `runs.Run` about to train.
   """
-  config, plan, splits = run.config, run.plan, run.splits
-  device = jax.devices()[0]
+  plan, splits, platform = run.plan, run.splits, run.platform
   logging.info('data: %s images; %s placement', splits.source, run.placement)
   logging.info('running on %d x %s (%s), %d process%s; %s, batch %d (%d a device), %d steps an '
-               'epoch, up to %d a compiled call', jax.device_count(), device.device_kind,
-               device.platform, jax.process_count(), '' if jax.process_count() == 1 else 'es',
-               models.compute_dtype(config.model), plan.batch_size, plan.batch_size // plan.num_devices,
-               plan.steps, plan.steps_per_call)
-  warning = accelerators.accelerator_warning()
+               'epoch, up to %d a compiled call', platform.device_count, platform.device_kind,
+               platform.name, platform.process_count,
+               '' if platform.process_count == 1 else 'es', run.compute_dtype, plan.batch_size,
+               plan.batch_size // plan.num_devices, plan.steps, plan.steps_per_call)
+  warning = accelerators.accelerator_warning(platform.name)
   if warning:
     logging.warning('%s', warning)
-  if is_large_on_cpu(run.parameters):
+  if is_large_on_cpu(run.parameters, platform):
     logging.warning('the model (%s parameters) is large for a CPU: an epoch may take hours; the '
                     'calls after the first measure how long', f'{run.parameters:,}')
 
 
-def is_large_on_cpu(parameters: int) -> bool:
+def is_large_on_cpu(parameters: int, platform: platforms.Platform) -> bool:
   """Whether a model of this size runs on a CPU here, where it would take hours."""
-  return jax.devices()[0].platform == 'cpu' and parameters > LARGE_FOR_A_CPU
+  return platform.is_cpu and parameters > LARGE_FOR_A_CPU
 
 
 def log_compile(seconds: float, more: int) -> None:

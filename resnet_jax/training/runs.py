@@ -18,6 +18,7 @@ import numpy as np
 from resnet_jax import defaults
 from resnet_jax import files
 from resnet_jax import models
+from resnet_jax import platforms
 from resnet_jax.data import augment
 from resnet_jax.data import input_pipeline
 from resnet_jax.data import sources
@@ -41,6 +42,7 @@ class Run:
   plan: feed.EpochPlan
   resident: bool  # the training set on the devices (feed.resident_placement)
   parameters: int  # the model's trainable parameters
+  platform: platforms.Platform  # the mesh's devices, which every platform decision reads
   data: dict = dataclasses.field(default_factory=dict)  # {'source', 'data_dir'} read ({}: given)
 
   @property
@@ -53,7 +55,12 @@ class Run:
   @functools.cached_property
   def identity(self) -> dict:
     """What a checkpoint of this run must share with a run resuming it."""
-    return checkpoints.run_identity(self.config, data_fingerprint(self.splits), self.plan.steps)
+    return checkpoints.run_identity(self.config, data_fingerprint(self.splits), self.plan.steps,
+                                    self.compute_dtype)
+
+  @property
+  def compute_dtype(self) -> str:
+    return models.compute_dtype(self.config.model, self.platform)
 
 
 def data_fingerprint(splits: input_pipeline.Splits) -> str:
@@ -156,29 +163,34 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str,
-              splits: input_pipeline.Splits = None) -> Run:
+              splits: input_pipeline.Splits = None, devices=None) -> Run:
   """Checks the config, loads the data and builds model and optimizer; UserError on mistakes.
 
   The data is `load_data`'s: a run in workdir is read with the data it trained on. `splits`
   skips loading the data again, e.g. for several benchmarks. Nothing in workdir is written.
+  `devices`: the mesh's (default: every device of every process, `jax.devices()`), e.g. a TPU
+  topology's to compile for; the platform decisions are theirs (`platforms.Platform`).
   """
   check_config(config)
   parameters = models.check_budget(config.model, config.data.image_size)
-  mesh = feed.create_mesh()
-  feed.check_batch_size(config.batch_size, mesh.devices.size)  # Before the data loads.
+  mesh = feed.create_mesh(jax.devices() if devices is None else devices)
+  platform = platforms.Platform.of(list(mesh.devices.flat))
+  feed.check_batch_size(config.batch_size, platform.device_count)  # Before the data loads.
   data = {}
   if splits is None:
     splits, data = load_data(config, workdir)
-  plan = feed.epoch_plan(config, len(splits.train_labels), mesh.devices.size)
+  plan = feed.epoch_plan(config, len(splits.train_labels), platform)
   optimizer = optim.create_optimizer(config, plan.steps)
-  groups = mesh.devices.size if config.batch_statistics == 'per_device' else 1
-  ctx = steps.StepContext(model=models.build_model(config.model, bn_groups=groups),
+  groups = platform.device_count if config.batch_statistics == 'per_device' else 1
+  ctx = steps.StepContext(model=models.build_model(config.model, groups, platform),
                           tx=optimizer.tx, learning_rate=optimizer.learning_rate, config=config,
                           mean=tuple(float(m) for m in splits.mean),
-                          std=tuple(float(s) for s in splits.std), batch_groups=groups)
-  resident = feed.resident_placement(config, splits.train_images, splits.val_images)
+                          std=tuple(float(s) for s in splits.std), platform=platform,
+                          batch_groups=groups)
+  resident = feed.resident_placement(config, splits.train_images, splits.val_images, platform)
   return Run(config=config, workdir=workdir, ctx=ctx, optimizer=optimizer, splits=splits,
-             mesh=mesh, plan=plan, resident=resident, parameters=parameters, data=data)
+             mesh=mesh, plan=plan, resident=resident, parameters=parameters, platform=platform,
+             data=data)
 
 
 def restore(run: Run, checkpoint: str = 'latest') -> tuple[steps.TrainState,
@@ -207,20 +219,19 @@ def check_recorded_run(run: Run, meta: checkpoints.CheckpointMeta,
 def run_results(run: Run, parameters: int, test: dict, command: Optional[str]) -> dict:
   """The results fields every report has: the system, its test score, data and machine, and
   the command line that made them (None: started from Python)."""
-  config, splits = run.config, run.splits
-  device = jax.devices()[0]
+  config, splits, platform = run.config, run.splits, run.platform
   return {
       'model': config.model.name,
       'parameters': parameters,
       'epochs': config.num_epochs,
       'final_test_accuracy': test['accuracy'],
       'final_test_loss': test['loss'],
-      'device_kind': device.device_kind,
-      'platform': device.platform,
-      'device_count': jax.device_count(),
-      'process_count': jax.process_count(),
+      'device_kind': platform.device_kind,
+      'platform': platform.name,
+      'device_count': platform.device_count,
+      'process_count': platform.process_count,
       'placement': run.placement,
-      'compute_dtype': models.compute_dtype(config.model),
+      'compute_dtype': run.compute_dtype,
       'steps_per_call': run.plan.steps_per_call,
       'batch_statistics': config.batch_statistics,
       'data_source': splits.source,

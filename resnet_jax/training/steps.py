@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from resnet_jax import models
+from resnet_jax import platforms
 from resnet_jax.data import augment
 from resnet_jax.models import losses
 # Before clu.metrics: makes clu importable without TensorFlow.
@@ -81,13 +82,14 @@ class StepContext:
   config: ml_collections.ConfigDict
   mean: tuple
   std: tuple
+  platform: platforms.Platform  # the run's devices: the dtype of 'auto', a scan or an unroll
   # Parts of a training batch kept apart (each device's shard, config.batch_statistics=
   # 'per_device'): BatchNorm statistics and mixup pairs stay within a part; 1: the global batch.
   batch_groups: int = 1
 
   @property
   def dtype(self):
-    return models.DTYPES[models.compute_dtype(self.config.model)]
+    return models.DTYPES[models.compute_dtype(self.config.model, self.platform)]
 
 
 def create_train_state(ctx: StepContext, image_size: int) -> TrainState:
@@ -191,7 +193,7 @@ def scan_train_steps(state, batches, batch_fn, ctx) -> tuple[TrainState, CallRes
     return (new_state, summed.merge(step_metrics), first_bad_step), None
 
   init = (state, Metrics.empty(), jnp.asarray(-1, jnp.int32))
-  (state, summed, first_bad_step), _ = scan(body, init, batches)
+  (state, summed, first_bad_step), _ = scan(body, init, batches, unroll=ctx.platform.is_cpu)
   # A step's loss is computed before its update: an update that overflows shows only in the
   # parameters, so they are checked once a call (before anything can save them).
   params_finite = jnp.isfinite(optax.global_norm(state.params))
@@ -201,9 +203,10 @@ def scan_train_steps(state, batches, batch_fn, ctx) -> tuple[TrainState, CallRes
   return state, CallResult(summed, first_bad_step, learning_rate)
 
 
-def scan(body, init, xs):
-  """lax.scan; unrolled in Python on a CPU, where XLA runs a while loop's convolutions ~20x slower."""
-  if jax.default_backend() != 'cpu':
+def scan(body, init, xs, *, unroll: bool):
+  """lax.scan, or unrolled in Python (on a CPU, where XLA runs a while loop's convolutions ~20x
+  slower: `platforms.Platform.is_cpu` of the run's devices decides)."""
+  if not unroll:
     return lax.scan(body, init, xs)
   carry, outputs = init, []
   for i in range(jax.tree.leaves(xs)[0].shape[0]):
@@ -251,4 +254,4 @@ def evaluate_batches(variables, image_rows_u8, labels, mask, ctx):
                                            batch_mask, ctx)
     return summed.merge(batch_metrics), predictions
 
-  return scan(body, Metrics.empty(), (image_rows_u8, labels, mask))
+  return scan(body, Metrics.empty(), (image_rows_u8, labels, mask), unroll=ctx.platform.is_cpu)

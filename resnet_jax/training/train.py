@@ -249,9 +249,9 @@ class TrainLoop:
     logging.info('compiling the train call (%s of batch %d) and %s more after it',
                  report.counted(calls[0][1], 'step'), calls[0][2],
                  report.counted(self.compiles_ahead, 'shape'))
-    self.progress = progress.Progress(epoch_sums=self.meta.train_sums,
-                                      last_log_step=int(state.step),
-                                      large_on_cpu=progress.is_large_on_cpu(run.parameters))
+    self.progress = progress.Progress(
+        epoch_sums=self.meta.train_sums, last_log_step=int(state.step),
+        large_on_cpu=progress.is_large_on_cpu(run.parameters, run.platform))
     self.last_epoch_read = time.perf_counter()
 
   # -------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from resnet_jax import platforms
 from resnet_jax.bench import throughput
 from resnet_jax.data import input_pipeline
 from resnet_jax.training import feed
@@ -58,8 +59,11 @@ def scan_rows():
   config = synthetic_config(batch_size=8, **{'data.train_subset': 320})
   splits = input_pipeline.load_splits(config.data, config.seed)
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(feed.jax, 'default_backend', lambda: 'gpu')
-    plan = feed.epoch_plan(config, len(splits.train_labels), num_devices=1)
+    # Every decision reads the run's Platform, built from its mesh's devices: a GPU's here.
+    gpu = platforms.Platform(name='gpu', device_kind='GPU', device_count=1, process_count=1,
+                             memory_bytes=None)
+    patch.setattr(platforms.Platform, 'of', lambda devices: gpu)
+    plan = feed.epoch_plan(config, len(splits.train_labels), gpu)
     rows = {}
     for steps_per_call in (0, 1):
       config.steps_per_call = steps_per_call

@@ -10,6 +10,7 @@ import torch
 from resnet_jax import defaults
 from resnet_jax import errors
 from resnet_jax import models
+from resnet_jax import platforms
 from resnet_jax.bench import hlo
 from resnet_jax.models import optim
 from resnet_jax.pytorch import torch_train
@@ -398,7 +399,8 @@ def _parameter_sized_copies(lookahead_k: int) -> int:
   optimizer = optim.create_optimizer(config, 10)
   ctx = steps.StepContext(model=models.build_model(config.model), tx=optimizer.tx,
                           learning_rate=optimizer.learning_rate, config=config,
-                          mean=(0.5,) * 3, std=(0.25,) * 3)
+                          mean=(0.5,) * 3, std=(0.25,) * 3,
+                          platform=platforms.Platform.of(jax.devices()))
   state = jax.eval_shape(lambda: steps.create_train_state(ctx, 32))
   images, labels = jnp.zeros((8, 32, 32, 3), jnp.uint8), jnp.zeros((8,), jnp.int32)
 

@@ -1,5 +1,6 @@
 """steps: metric sums on the host, and a scanned call (GPU/TPU) against the CPU's unrolled one."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -28,18 +29,18 @@ def test_metric_sums_add_up_on_the_host():
 
 def test_lax_scan_call_trains_like_the_unrolled_one(cifar_batches_dir):
   """The GPU/TPU path (lax.scan over a call's steps) against the CPU's unrolled loop."""
-  config = short_config(cifar_batches_dir)
+  config = short_config(cifar_batches_dir, **{'model.dtype': 'float32'})
   run = runs.setup_run(config, '')
   train_set = feed.put_train_set(run.splits.train_images, run.splits.train_labels, run.mesh)
   batches = np.stack(run.plan.epoch_batches(epoch=0)[:2]).astype(np.int32)
   indices = feed.put_global(batches, feed.batch_sharded(run.mesh))
 
   def two_steps(backend):
-    with pytest.MonkeyPatch.context() as patch:
-      patch.setattr(steps.jax, 'default_backend', lambda: backend)
-      state = feed.initial_state(run.ctx, 32, run.mesh)
-      run_steps = feed.jit_train_steps(run.ctx, run.mesh, resident=True)
-      return jax.device_get(run_steps(state, indices, *train_set))
+    # The run's devices decide: a GPU's scan, or the CPU's unroll (float32 either way).
+    ctx = dataclasses.replace(run.ctx, platform=dataclasses.replace(run.platform, name=backend))
+    state = feed.initial_state(ctx, 32, run.mesh)
+    run_steps = feed.jit_train_steps(ctx, run.mesh, resident=True)
+    return jax.device_get(run_steps(state, indices, *train_set))
 
   (scanned, scanned_result), (unrolled, unrolled_result) = two_steps('gpu'), two_steps('cpu')
   assert int(scanned.step) == int(unrolled.step) == 2

@@ -1,0 +1,95 @@
+"""compile_check: the smoke run compiled for TPU slices on this CPU: its calls, bytes and FLOPs."""
+
+import dataclasses
+import importlib.util
+import json
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+from resnet_jax import compile_check
+from resnet_jax import targets
+from resnet_jax.bench import throughput
+from resnet_jax.data import input_pipeline
+
+from conftest import REPO, with_overrides  # pylint: disable=g-bad-import-order
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec('libtpu') is None,
+    reason='libtpu is not installed (the [tpu] extra): no TPU topology to compile for')
+
+# The smoke model, wider (convolutions dominate its FLOPs, as in the real models), on 160
+# training images: two full steps of 64 fused in a call, and a partial batch of 32.
+OVERRIDES = {'model.channels': (16, 32), 'model.stem_channels': 16, 'data.train_subset': 160}
+
+
+def smoke_config(**overrides):
+  config = runpy.run_path(str(REPO / 'configs' / 'smoke.py'))['get_config']()
+  return with_overrides(config, {**OVERRIDES, **overrides})
+
+
+@pytest.fixture(scope='module')
+def single_host():
+  return compile_check.check(smoke_config(), targets.tpu_slice('v5litepod-8'))
+
+
+def test_every_call_of_the_run_compiles_and_fits_one_host(single_host):
+  calls = single_host.calls
+  assert [(c.kind, c.steps, c.batch) for c in calls] == [
+      ('train', 2, 64), ('train', 1, 32), ('eval', 1, 256)]
+  assert (single_host.platform.device_count, single_host.target.hosts) == (8, 1)
+  assert single_host.run.compute_dtype == 'bfloat16' and single_host.run.resident
+  assert single_host.fits
+  assert all(0 < c.bytes_per_chip < single_host.hbm == 16 << 30 for c in calls)
+  # The fused call loops: it is estimated from the one-step call.
+  assert calls[0].estimate_from == 'the call of 1 step, times 2'
+  assert calls[0].estimated_seconds == pytest.approx(2 * single_host.step.estimated_seconds)
+  assert single_host.images_per_second == pytest.approx(64 / single_host.step.estimated_seconds)
+  assert single_host.step.all_reduces > 0 and single_host.step.all_reduce_bytes > 0
+
+
+def test_flops_an_image_are_the_benchmarks_count(single_host):
+  config = smoke_config(**{'data.source': 'synthetic', 'model.dtype': 'bfloat16'})
+  splits = input_pipeline.load_splits(config.data, config.seed)
+  measured = throughput.measure(config, splits, calls=1, warmup_calls=0, eval_repeats=0)
+  assert single_host.flops_per_image / 1e9 == pytest.approx(measured.train_gflop_per_image,
+                                                            rel=0.05)
+
+
+def test_a_call_over_the_chips_memory_is_refused_in_one_line(single_host):
+  assert compile_check.failure(single_host) is None
+  largest = max(call.bytes_per_chip for call in single_host.calls)
+  smaller = dataclasses.replace(single_host.run.platform, memory_bytes=largest - 1)
+  refused = dataclasses.replace(single_host,
+                                run=dataclasses.replace(single_host.run, platform=smaller))
+  assert not refused.fits
+  line = compile_check.failure(refused)
+  assert line.startswith('the train call (2 steps of 64) needs ') and '\n' not in line
+  assert 'lower config.batch_size' in line and 'TPU v5 lite' in line
+
+
+def test_a_pod_slice_compiles_as_one_program_of_every_host(tmp_path):
+  output = tmp_path / 'check.json'
+  process = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.compile_check', '--config', 'configs/smoke.py',
+       '--topology', 'v5litepod-16', '--config.steps_per_call=1', f'--output={output}'],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert process.returncode == 0, process.stderr
+  assert 'a batch of 64: 4 images a chip, 16 a host on each of 4 hosts' in process.stdout
+  result = json.loads(output.read_text())
+  assert (result['topology'], result['chips'], result['hosts']) == ('v5litepod-16', 16, 4)
+  assert result['fits'] and result['device_kind'] == 'TPU v5 lite'
+  assert [(c['kind'], c['steps'], c['batch']) for c in result['calls']] == [
+      ('train', 1, 64), ('eval', 1, 256)]
+  assert result['images_per_second_estimate'] > 0 and result['flops_per_image'] > 0
+
+
+def test_a_wrong_topology_is_one_line_and_exit_2():
+  process = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.compile_check', '--config', 'configs/smoke.py',
+       '--topology', 'v5litepod-12'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert process.returncode == 2
+  assert process.stderr.strip().splitlines()[-1].startswith(
+      'error: --topology=v5litepod-12: v5litepod counts chips')
