@@ -26,10 +26,14 @@ makes no estimate. A run that does not fit, or a call that does not compile, end
 """
 
 import dataclasses
+import faulthandler
 import importlib.metadata
 import json
 import math
+import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from typing import Optional
@@ -63,6 +67,8 @@ MOSTLY_IDLE = 0.3
 # Fewer images a chip than this: a larger batch is the first thing to try.
 LARGE_PER_CHIP = 64
 ESTIMATE_LABEL = "XLA's cost-model estimate"
+# Set in the process that compiles (`compile_in_child`): the command's log file, or '-'.
+_CHILD_ENV = 'RESNET_JAX_COMPILE_CHECK_CHILD'
 
 
 @dataclasses.dataclass
@@ -475,22 +481,53 @@ def target_from_flags() -> targets.Target:
   return targets.gpus(_GPU.value, _GPUS.value)
 
 
+def compile_in_child(config_path: str, target_name: str) -> None:
+  """Runs this command again in a child process and exits as it does.
+
+  The compiler can crash the process that calls it (libtpu 0.0.42.1 segfaults on every v6e
+  compile): in a child, a crash is one line here instead of a dead command.
+  """
+  console_logs.watch_command(None)  # The child says its own lines, and breaks its own silences.
+  log = console_logs.log_path()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  # The console's streams, not file descriptors 1 and 2: 2 is this command's log file.
+  process = subprocess.run([sys.executable, '-m', 'resnet_jax.compile_check', *sys.argv[1:]],
+                           env={**os.environ, _CHILD_ENV: log or '-'}, stdout=sys.stdout,
+                           stderr=sys.stderr, check=False)
+  if process.returncode < 0:
+    found = versions()
+    compilers = ', '.join(f'{name} {found[name]}' for name in ('libtpu', 'jax-cuda12-plugin')
+                          if name in found)
+    raise UserError(f'the compiler crashed ({signal.Signals(-process.returncode).name}) while '
+                    f'compiling {config_path} for {target_name} ({compilers or "jaxlib"}): a bug '
+                    "of the compiler, not of the config; a newer one may compile it (pip install "
+                    "-U 'jax[tpu]'), or check another slice" + (f'; its stack is in {log}' if log
+                                                                 else ''))
+  sys.exit(process.returncode)
+
+
 def main(argv):
   del argv
+  config_path = cli.config_path(sys.argv)
+  crash_log = os.environ.get(_CHILD_ENV)
+  if crash_log is None:
+    compile_in_child(config_path, _TOPOLOGY.value or _GPU.value)
+  if crash_log != '-':  # A crash's stack goes to the command's log, not the console.
+    faulthandler.enable(open(crash_log, 'a', encoding='utf-8'))  # pylint: disable=consider-using-with
   config = cli.CONFIG.value
   if _OUTPUT.value:
     files.check_writable(_OUTPUT.value, '--output', is_file=True)
   cli.say_outputs(_OUTPUT.value or 'the console')
   target = target_from_flags()
-  config_path = cli.config_path(sys.argv)
   logging.info('compiling %s for %s (%s, %s)', config_path, target.name, target.description,
                target.devices[0].device_kind)
   result = check(config, target)
-  print(format_table(result))
-  print('\n'.join(summary_lines(result)))
+  logging.info('%s', format_table(result))
+  logging.info('%s', '\n'.join(summary_lines(result)))
   if _OUTPUT.value:
     files.write_atomic(_OUTPUT.value, json.dumps(as_json(result, config_path), indent=2))
-    print(f'wrote {_OUTPUT.value}')
+    logging.info('wrote %s', _OUTPUT.value)
   line = failure(result)
   if line:
     raise UserError(line)

@@ -13,6 +13,7 @@ from resnet_jax import compile_check
 from resnet_jax import targets
 from resnet_jax.bench import throughput
 from resnet_jax.data import input_pipeline
+from resnet_jax.errors import UserError
 
 from conftest import REPO, with_overrides  # pylint: disable=g-bad-import-order
 
@@ -77,7 +78,7 @@ def test_a_pod_slice_compiles_as_one_program_of_every_host(tmp_path):
        '--topology', 'v5litepod-16', '--config.steps_per_call=1', f'--output={output}'],
       cwd=REPO, capture_output=True, text=True, timeout=900)
   assert process.returncode == 0, process.stderr
-  assert 'a batch of 64: 4 images a chip, 16 a host on each of 4 hosts' in process.stdout
+  assert 'a batch of 64: 4 images a chip, 16 a host on each of 4 hosts' in process.stderr
   result = json.loads(output.read_text())
   assert (result['topology'], result['chips'], result['hosts']) == ('v5litepod-16', 16, 4)
   assert result['fits'] and result['device_kind'] == 'TPU v5 lite'
@@ -93,3 +94,13 @@ def test_a_wrong_topology_is_one_line_and_exit_2():
   assert process.returncode == 2
   assert process.stderr.strip().splitlines()[-1].startswith(
       'error: --topology=v5litepod-12: v5litepod counts chips')
+
+
+def test_a_compiler_crash_is_one_line_not_a_dead_command(monkeypatch):
+  # libtpu 0.0.42.1 segfaults on every v6e compile: the compiles run in a child process.
+  monkeypatch.setattr(subprocess, 'run', lambda *a, **k: subprocess.CompletedProcess(a, -11))
+  with pytest.raises(UserError) as info:
+    compile_check.compile_in_child('configs/smoke.py', 'v6e-8')
+  assert str(info.value).startswith(
+      'the compiler crashed (SIGSEGV) while compiling configs/smoke.py for v6e-8 (libtpu ')
+  assert "pip install -U 'jax[tpu]'" in str(info.value)
