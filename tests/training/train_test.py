@@ -321,10 +321,16 @@ def test_a_resume_may_change_how_the_run_is_logged_and_scored(short_run, cifar_b
 
 
 def delete_folder(path: pathlib.Path) -> None:
-  """rm -rf, again while a background save is still writing into the folder."""
-  for _ in range(200):
+  """rm -rf, again until it stays deleted for half a second: a background save still writing
+  into the folder makes it again (on a loaded machine, after the first rm)."""
+  gone_since = None
+  for _ in range(1000):
     shutil.rmtree(path, ignore_errors=True)
-    if not path.exists():
+    if path.exists():
+      gone_since = None
+    elif gone_since is None:
+      gone_since = time.monotonic()
+    elif time.monotonic() - gone_since > 0.5:
       return
     time.sleep(0.01)
   raise AssertionError(f'{path} could not be deleted')
