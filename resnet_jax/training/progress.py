@@ -18,6 +18,7 @@ import ml_collections
 
 from resnet_jax import accelerators
 from resnet_jax import platforms
+from resnet_jax.reporting import report
 from resnet_jax.training import precompile
 from resnet_jax.training import steps
 
@@ -142,11 +143,12 @@ def log_start(run) -> None:
   """
   plan, splits, platform = run.plan, run.splits, run.platform
   logging.info('data: %s images; %s placement', splits.source, run.placement)
-  logging.info('running on %d x %s (%s), %d process%s; %s, batch %d (%d a device), %d steps an '
+  logging.info('running on %d x %s (%s), %d process%s; %s, batch %d (%d a device), %s an '
                'epoch, up to %d a compiled call', platform.device_count, platform.device_kind,
                platform.name, platform.process_count,
                '' if platform.process_count == 1 else 'es', run.compute_dtype, plan.batch_size,
-               plan.batch_size // plan.num_devices, plan.steps, plan.steps_per_call)
+               plan.batch_size // plan.num_devices, report.counted(plan.steps, 'step'),
+               plan.steps_per_call)
   warning = accelerators.accelerator_warning(platform.name)
   if warning:
     logging.warning('%s', warning)
@@ -162,7 +164,7 @@ def is_large_on_cpu(parameters: int, platform: platforms.Platform) -> bool:
 
 def log_compile(seconds: float, more: int) -> None:
   logging.info('compiled the first train call in %.1f s%s', seconds,
-               f' ({more} more shapes compiling while it trains)' if more else '')
+               f" ({report.counted(more, 'more shape')} compiling while it trains)" if more else '')
 
 
 def log_epoch(config: ml_collections.ConfigDict, record: dict) -> None:
