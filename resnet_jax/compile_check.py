@@ -99,8 +99,8 @@ class Call:
 
 def _count(kind: str, count: int) -> str:
   """'1 step', '30 steps' (train), '1 batch', '40 batches' (eval)."""
-  unit = 'step' if kind == 'train' else 'batch'
-  return f'{count} {unit}' + ('' if count == 1 else 's' if unit == 'step' else 'es')
+  return report.counted(count, 'step') if kind == 'train' else report.counted(count, 'batch',
+                                                                               'batches')
 
 
 def splits_without_data(config: ml_collections.ConfigDict) -> input_pipeline.Splits:

@@ -57,9 +57,10 @@ def run_seconds(results: dict) -> Optional[float]:
   return results.get('wall_seconds') if seconds is None else seconds
 
 
-def counted(count: int, noun: str) -> str:
-  """'1 step', '2 steps': a count and its noun, agreeing in number."""
-  return f'{count:,} {noun}' if count == 1 else f'{count:,} {noun}s'
+def counted(count: int, noun: str, plural: str = '') -> str:
+  """'1 step', '2 steps' ('1 batch', '2 batches' with plural='batches'): a count and its noun,
+  agreeing in number."""
+  return f'{count:,} {noun}' if count == 1 else f'{count:,} {plural or noun + "s"}'
 
 
 def versions() -> dict:

@@ -212,9 +212,7 @@ def resident_placement(config: ml_collections.ConfigDict, train_images: np.ndarr
   (`platform.memory_bytes`; unknown: MAX_RESIDENT_BYTES) and MAX_RESIDENT_BYTES, counted as the
   device holds them (`resident_bytes`).
   """
-  placement = config.data.placement
-  if placement not in ('auto', 'device', 'host'):
-    raise UserError(f'config.data.placement={placement!r} is not one of auto, device, host')
+  placement = config.data.placement  # One of input_pipeline.PLACEMENTS (runs.check_config).
   if placement != 'auto':
     return placement == 'device'
   limit = (platform.memory_bytes or MAX_RESIDENT_BYTES * 4) // 4

@@ -133,7 +133,6 @@ class TrainLoop:
       stack.callback(checkpoints.close, manager)
     self.stop_signals = checkpoints.StopSignals()
     stack.callback(self.stop_signals.restore)
-    self.stack = stack
     # How long a stop of several processes may wait for the others (None: one process).
     self.stop_timeout = (distributed.stop_timeout_seconds(os.environ)
                          if jax.process_count() > 1 else None)
@@ -289,13 +288,21 @@ class TrainLoop:
     several processes it waits for the others, which may be gone or stuck in a collective."""
     if self.stop_timeout is None:
       return
-    signal_name = self.stop_signals.signal_name
     self.stack.enter_context(distributed.deadline(self.stop_timeout, (
-        f'{"Ctrl-C" if signal_name == "SIGINT" else signal_name}: the {jax.process_count()} '
-        f'processes did not finish the stop within {self.stop_timeout} s (one is gone, or '
-        'waits in a collective the others never entered); stopped without saving (the '
-        f'checkpoints already in {self.latest.directory} are kept); resume with the same '
-        f'command: {self.resume_command} ({distributed.STOP_TIMEOUT} sets the limit in seconds)')))
+        f'{self.stop_name()}: the {jax.process_count()} processes did not finish the stop within '
+        f'{self.stop_timeout} s (one is gone, or waits in a collective the others never '
+        f'entered); stopped without saving (the checkpoints already in {self.latest.directory} '
+        f'are kept); {self.how_to_resume()} ({distributed.STOP_TIMEOUT} sets the limit in '
+        'seconds)')))
+
+  def stop_name(self) -> str:
+    """The stop's signal as the console names it: Ctrl-C, SIGTERM."""
+    signal_name = self.stop_signals.signal_name
+    return 'Ctrl-C' if signal_name == 'SIGINT' else signal_name
+
+  def how_to_resume(self) -> str:
+    return (f'resume with the same command: {self.resume_command}' if self.resume_command else
+            'resume by training the same config in the same workdir again')
 
   def read_pending(self) -> Optional[int]:
     """Reads what was dispatched and not read, in order; the last call's global step."""
@@ -484,13 +491,10 @@ class TrainLoop:
     """After SIGTERM or Ctrl-C: waits for the checkpoint, says how to resume; the run's result."""
     checkpoints.wait_for_saves(self.best)
     checkpoints.wait_for_saves(self.latest)
-    signal_name = self.stop_signals.signal_name
-    resume = (f'resume with the same command: {self.resume_command}' if self.resume_command else
-              'resume by training the same config in the same workdir again')
     logging.info('%s: saved a checkpoint at epoch %d, step %d of it (global step %d); %s',
-                 'Ctrl-C' if signal_name == 'SIGINT' else signal_name, epoch + 1, step_in_epoch,
-                 step, resume)
-    return {'preempted': True, 'epoch': epoch, 'step': step, 'signal': signal_name}
+                 self.stop_name(), epoch + 1, step_in_epoch, step, self.how_to_resume())
+    return {'preempted': True, 'epoch': epoch, 'step': step,
+            'signal': self.stop_signals.signal_name}
 
 
 def non_finite_error(config: ml_collections.ConfigDict, steps_an_epoch: int, bad_step: int,

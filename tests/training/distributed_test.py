@@ -236,7 +236,8 @@ def test_a_stop_that_cannot_finish_ends_with_one_line_and_status_1(tmp_path):
     assert status != 0, log
     if line in log:
       assert 'stopped without saving (the checkpoints already in' in log
-      assert 'resume with the same command' in log
+      # Started from Python, without a command line (the line said 'command: None' before).
+      assert 'resume by training the same config in the same workdir again' in log
   assert not (tmp_path / 'out0.pkl').exists() and not (tmp_path / 'out1.pkl').exists()
 
 
