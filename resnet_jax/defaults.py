@@ -195,5 +195,8 @@ def base_config() -> config_dict.ConfigDict:
   config.param_histograms_every_epochs = 0  # >0: TensorBoard histograms of every parameter array
 
   config.reference = reference_config()
+  # Train several runs of this config at once, one per group of devices, in one compiled program
+  # (`resnet_jax.training.population`): each seed's run in <workdir>/seed_<S>/. () = one run.
+  config.population = config_dict.ConfigDict(dict(seeds=()))
   config.lock()
   return config
