@@ -67,9 +67,11 @@ class CheckpointMeta:
     return cls(**{name: value for name, value in saved.items() if name in names})
 
 
-def checkpoint_manager(directory: epath.PathLike, *,
-                       read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only, read_only=read_only)
+def checkpoint_manager(directory: epath.PathLike, *, read_only: bool = False,
+                       keep: int = 1) -> ocp.CheckpointManager:
+  """A manager of a run's checkpoints in directory, keeping the `keep` latest."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                         read_only=read_only)
   return ocp.CheckpointManager(files.as_path(directory), options=options,
                                item_names=('state', 'meta'))
 

@@ -44,7 +44,7 @@ def batches(size: int, batch_size: int, num_devices: int) -> tuple[int, int]:
 def eval_set_specs(size: int, batch_size: int, image_size: int,
                    mesh: jax.sharding.Mesh) -> tuple:
   """The evaluate call's arguments after the variables (`EvalSet.arrays`), as shapes."""
-  num_batches, batch_size = batches(size, batch_size, mesh.devices.size)
+  num_batches, batch_size = batches(size, batch_size, mesh.shape[feed.DATA])
   sharding = feed.batch_sharded(mesh)
   spec = lambda shape, dtype: jax.ShapeDtypeStruct((num_batches, batch_size) + shape, dtype,
                                                    sharding=sharding)
@@ -55,7 +55,7 @@ def make_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int,
                   mesh: jax.sharding.Mesh) -> EvalSet:
   """Pads a split to a whole number of batches (mask 0 on padding) and puts it on the devices."""
   size = len(labels)
-  num_batches, batch_size = batches(size, batch_size, mesh.devices.size)
+  num_batches, batch_size = batches(size, batch_size, mesh.shape[feed.DATA])
   padding = num_batches * batch_size - size
 
   def stack(array):
@@ -107,10 +107,11 @@ class Evaluator:
   """
 
   def __init__(self, ctx: steps.StepContext, mesh: jax.sharding.Mesh, batch_size: int, *,
-               call: Optional[Callable] = None):
-    """`call(jitted, *args)` runs the jitted function (default: directly), e.g. a Compiler's."""
+               call: Optional[Callable] = None, evaluate_fn: Optional[Callable] = None):
+    """`call(jitted, *args)` runs the jitted function (default: directly), e.g. a Compiler's;
+    `evaluate_fn`: another compiled evaluate call than `compile_evaluate`'s (a population's)."""
     self._mesh, self._batch_size = mesh, batch_size
-    self.evaluate_fn = compile_evaluate(ctx, mesh)
+    self.evaluate_fn = evaluate_fn or compile_evaluate(ctx, mesh)
     self._call = call
 
   def eval_set(self, images: np.ndarray, labels: np.ndarray) -> EvalSet:

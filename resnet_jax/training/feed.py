@@ -36,9 +36,13 @@ MAX_STEPS_PER_CALL = 128
 CallBatches = Callable[[int, int, int], tuple]
 
 
+# The mesh axis a batch is split over (a population's mesh has 'members' before it).
+DATA = 'data'
+
+
 def create_mesh(devices) -> jax.sharding.Mesh:
   """The run's 1-D mesh over `devices` (every device of every process, in jax's order)."""
-  return jax.sharding.Mesh(np.asarray(devices), ('data',))
+  return jax.sharding.Mesh(np.asarray(devices), (DATA,))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -47,7 +51,7 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Stacked batches [calls or steps, batch, ...], split over the devices on the batch axis."""
-  return NamedSharding(mesh, P(None, 'data'))
+  return NamedSharding(mesh, P(None, DATA))
 
 
 def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:

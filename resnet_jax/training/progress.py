@@ -10,6 +10,7 @@ from it would say several times the run's time.
 """
 
 import dataclasses
+import functools
 import time
 from typing import Optional
 
@@ -49,25 +50,22 @@ class RunClock:
 
 @dataclasses.dataclass
 class Progress:
-  """The host's running metric sums (`steps.metric_sums` dicts) and the train-time mark of an epoch.
+  """The train-time mark of an epoch and the timing of the progress lines (the metric sums are
+  each member's: `train.Member`).
 
   Attributes:
-    epoch_sums: the epoch's sums so far.
     last_log_step: the global step of the last progress line.
-    window: sums since that line.
     mark: when the train time was last counted (perf_counter).
     compile_mark: the clock's compile_seconds then (compile waits are not train time).
-    learning_rate: of the last step read back.
+    learning_rates: each member's rate at the last step read back.
     timed_seconds, timed_images: the train time and images of the window's calls, the first
       call of the process left out (the speed of the next line).
     calls: calls read by this process.
   """
-  epoch_sums: dict
   last_log_step: int
-  window: dict = dataclasses.field(default_factory=dict)
   mark: float = 0.0
   compile_mark: float = 0.0
-  learning_rate: float = float('nan')
+  learning_rates: list = dataclasses.field(default_factory=list)
   last_log_time: float = 0.0  # perf_counter of the last progress line (0: none yet)
   large_on_cpu: bool = False  # the first ETA is then also a warning
   timed_seconds: float = 0.0
@@ -81,9 +79,8 @@ class Progress:
             or step - self.last_log_step >= config.log_every_steps
             or time.perf_counter() - self.last_log_time >= config.log_every_seconds)
 
-  def add_call(self, clock: RunClock, summed: steps.Metrics, images: int,
-               learning_rate: float) -> None:
-    """Counts a finished call: its train time and images on the clock, its sums in both windows."""
+  def add_call(self, clock: RunClock, images: int, learning_rates: list[float]) -> None:
+    """Counts a finished call: its train time and images (every member's) on the clock."""
     now = time.perf_counter()
     seconds = now - self.mark - (clock.compile_seconds - self.compile_mark)
     clock.train_seconds += seconds
@@ -93,10 +90,7 @@ class Progress:
       self.timed_seconds += seconds
       self.timed_images += images
     self.calls += 1
-    sums = steps.metric_sums(summed)
-    self.epoch_sums = steps.add_sums(self.epoch_sums, sums)
-    self.window = steps.add_sums(self.window, sums)
-    self.learning_rate = learning_rate
+    self.learning_rates = learning_rates
 
 
 def format_seconds(seconds: float) -> str:
@@ -105,32 +99,56 @@ def format_seconds(seconds: float) -> str:
   return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
 
 
-def log_progress(writer, progress: Progress, config: ml_collections.ConfigDict,
+def log_progress(members, progress: Progress, config: ml_collections.ConfigDict,
                  steps_an_epoch: int, epoch: int, step: int) -> None:
-  """The progress line (and its scalars) after global step `step` of epoch `epoch` (0-based):
-  epoch, step within it, loss, accuracy, lr; images/s and ETAs where calls were timed."""
-  computed = steps.mean_of_sums(progress.window)
-  scalars = {'train_loss': computed['loss'], 'train_accuracy': computed['accuracy'],
-             'learning_rate': progress.learning_rate}
+  """The progress line after global step `step` of epoch `epoch` (0-based), and each member's
+  scalars in its writer: epoch, step within it, loss, accuracy, lr; images/s and ETAs where calls
+  were timed.
+
+  Args:
+    members: the loop's `train.Member`s: each has its metric sums since the last line (`window`,
+      emptied here) and its writer. The line gives their loss and accuracy together, and for
+      several members the images of all (member-images/s).
+    progress: the loop's timing.
+    config: the (first member's) config.
+    steps_an_epoch: the plan's steps an epoch.
+    epoch: the epoch, 0-based.
+    step: the global step.
+  """
+  computed = steps.mean_of_sums(functools.reduce(steps.add_sums, [m.window for m in members]))
+  learning_rates = progress.learning_rates
+  low, high = min(learning_rates), max(learning_rates)
+  rate = f'{low:.4g}' if low == high else f'{low:.4g}-{high:.4g}'
   line = (f'epoch {epoch + 1}/{config.num_epochs} step {step - epoch * steps_an_epoch}/'
           f'{steps_an_epoch}: loss {computed["loss"]:.4f} acc {100 * computed["accuracy"]:.2f}% '
-          f'lr {progress.learning_rate:.4g}')
+          f'lr {rate}')
+  images_per_second = None
   if progress.timed_seconds > 0:
-    scalars['images_per_second'] = progress.timed_images / progress.timed_seconds
-    seconds_a_step = progress.timed_seconds * config.batch_size / progress.timed_images
+    images_per_second = progress.timed_images / progress.timed_seconds
+    seconds_a_step = progress.timed_seconds * config.batch_size * len(members) / (
+        progress.timed_images)
     run_left = format_seconds((steps_an_epoch * config.num_epochs - step) * seconds_a_step)
-    line += (f', {scalars["images_per_second"]:.0f} images/s, ETA epoch '
+    speed = (f'{images_per_second:.0f} images/s' if len(members) == 1 else
+             f'{images_per_second:.0f} member-images/s ({len(members)} members)')
+    line += (f', {speed}, ETA epoch '
              f'{format_seconds(((epoch + 1) * steps_an_epoch - step) * seconds_a_step)}, run '
              f'{run_left}')
   else:
     line += '; images/s and ETA from the next line (the first call is not timed)'
-  writer.write_scalars(step, scalars)
+  for member, learning_rate in zip(members, learning_rates):
+    member_computed = steps.mean_of_sums(member.window)
+    scalars = {'train_loss': member_computed['loss'],
+               'train_accuracy': member_computed['accuracy'], 'learning_rate': learning_rate}
+    if images_per_second is not None:  # Its own images.
+      scalars['images_per_second'] = images_per_second / len(members)
+    member.writer.write_scalars(step, scalars)
+    member.window = {}
   logging.info('%s', line)
   if progress.large_on_cpu and progress.timed_seconds > 0 and not progress.warned:
     logging.warning('measured on the calls after the first, this run would take %s on this '
                     'CPU; %s', run_left, ELSEWHERE)
     progress.warned = True
-  progress.window, progress.last_log_step = {}, step
+  progress.last_log_step = step
   progress.timed_seconds, progress.timed_images = 0.0, 0
   progress.last_log_time = time.perf_counter()
 
@@ -167,7 +185,22 @@ def log_compile(seconds: float, more: int) -> None:
                f" ({report.counted(more, 'more shape')} compiling while it trains)" if more else '')
 
 
-def log_epoch(config: ml_collections.ConfigDict, record: dict) -> None:
+def log_epoch(config: ml_collections.ConfigDict, records: list[dict]) -> None:
+  """One line an epoch: the run's record, or a population's members' (their mean, the range of
+  their validation accuracies)."""
+  if len(records) > 1:
+    mean = lambda key: sum(r[key] for r in records) / len(records)
+    line = (f"train loss {mean('train_loss'):.4f} acc {100 * mean('train_accuracy'):.2f}% "
+            f'(mean of {len(records)} members)' if 'train_loss' in records[0] else
+            'no training metrics (checkpoints without them)')
+    if 'val_accuracy' in records[0]:
+      accuracies = [100 * r['val_accuracy'] for r in records]
+      line += (f", validation loss {mean('val_loss'):.4f} acc {sum(accuracies) / len(records):.2f}%"
+               f' ({min(accuracies):.2f}-{max(accuracies):.2f}%)')
+    logging.info('epoch %d/%d: %s (%.1fs)', records[0]['epoch'], config.num_epochs, line,
+                 records[0]['epoch_seconds'])
+    return
+  record = records[0]
   train = (f"train loss {record['train_loss']:.4f} acc {100 * record['train_accuracy']:.2f}%"
            if 'train_loss' in record else 'no training metrics (a checkpoint without them)')
   val = (f", validation loss {record['val_loss']:.4f} acc {100 * record['val_accuracy']:.2f}%"

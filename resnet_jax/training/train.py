@@ -6,8 +6,11 @@
 - close the epoch: evaluate, record, checkpoint;
 - finish: score the test set, write results and the report.
 
-The step itself is `steps.train_step`; devices and batches are `feed`; checkpoints, the same-run
-check and SIGTERM are `checkpoints`; the compiles ahead are `precompile`.
+The loop trains the members of a layout: one run (`Solo`), or a population of runs trained at
+once in one program (`population.Population`); what it keeps of each run (checkpoints, metrics,
+best model, report) is a `Member`'s. The step itself is `steps.train_step`; devices and batches
+are `feed`; checkpoints, the same-run check and SIGTERM are `checkpoints`; the compiles ahead
+are `precompile`.
 """
 
 import contextlib
@@ -21,6 +24,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from resnet_jax import console_logs
 from resnet_jax import files
@@ -68,13 +72,93 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with workdir_lock.hold(workdir, 'training', resume_command):
     run = runs.setup_run(config, workdir, splits=splits)
     progress.log_start(run)
-    try:
-      with contextlib.ExitStack() as stack:
-        return TrainLoop(run, clock, stack, resume_command).train()
-    except OSError as e:  # The workdir (or its disk) failed under the run.
-      raise UserError(f'writing to --workdir={workdir} failed ({one_line(e)}): was it '
-                      'deleted, filled or made read-only? Checkpoints already saved there are '
-                      'kept; fix it and rerun the same command to resume') from e
+    return train_members(Solo(run), clock, resume_command, workdir)[0]
+
+
+def train_members(layout, clock: progress.RunClock, resume_command: Optional[str],
+                  workdir: str) -> list[dict]:
+  """Trains a layout's members (`Solo` or `population.Population`); each member's results."""
+  try:
+    with contextlib.ExitStack() as stack:
+      return TrainLoop(layout, clock, stack, resume_command).train()
+  except OSError as e:  # The workdir (or its disk) failed under the run.
+    raise UserError(f'writing to --workdir={workdir} failed ({one_line(e)}): was it '
+                    'deleted, filled or made read-only? Checkpoints already saved there are '
+                    'kept; fix it and rerun the same command to resume') from e
+
+
+class Solo:
+  """One run on its mesh, as the loop asks of its devices: the state as it is, the plain jitted
+  calls (`population.Population` is the same for several runs)."""
+
+  def __init__(self, run: runs.Run):
+    self.members = [run]
+    self.mesh = run.mesh
+    self.platform = run.platform
+
+  def initial_state(self) -> steps.TrainState:
+    run = self.members[0]
+    return feed.initial_state(run.ctx, run.config.data.image_size, run.mesh)
+
+  def stack(self, states):
+    """The loop's state of its members' states."""
+    return states[0]
+
+  def member_state(self, state, index: int):
+    """Member index's part of the loop's state (or of a copy of it)."""
+    del index
+    return state
+
+  def member_result(self, value, index: int):
+    """Member index's part of what a call returned."""
+    del index
+    return value
+
+  def jit_train_steps(self):
+    run = self.members[0]
+    return feed.jit_train_steps(run.ctx, run.mesh, resident=run.resident)
+
+  def create_feed(self) -> feed.Feed:
+    run = self.members[0]
+    return feed.create_feed(run.config, run.plan, run.mesh, run.splits.train_images,
+                            run.splits.train_labels, resident=run.resident)
+
+  def evaluate_fn(self):
+    run = self.members[0]
+    return evaluator.compile_evaluate(run.ctx, run.mesh)
+
+  def state_sharding(self):
+    return feed.replicated(self.mesh)
+
+
+class Member:
+  """What the loop keeps of one run: its checkpoints, writer, metadata and best model.
+
+  Attributes:
+    run: the member's run (its config and workdir).
+    latest, best: its checkpoint managers.
+    writer: its metrics writer, made once the step it starts from is known.
+    meta: what its next checkpoint records.
+    epoch_sums: its training metric sums of the epoch so far.
+    window: its sums since the last progress line.
+    best_unsaved: (state, meta) of a better model not in checkpoints/best yet.
+    best_state: its best model's state on the devices, once this process saw it.
+    final_test: (metrics, predictions) of the test set, once scored.
+  """
+
+  def __init__(self, run: runs.Run, stack: contextlib.ExitStack, keep: int):
+    self.run = run
+    checkpoint_dir = files.as_path(run.workdir) / 'checkpoints'
+    self.latest = checkpoints.checkpoint_manager(checkpoint_dir / 'latest', keep=keep)
+    self.best = checkpoints.checkpoint_manager(checkpoint_dir / 'best')
+    for manager in (self.best, self.latest):
+      stack.callback(checkpoints.close, manager)
+    self.writer = None
+    self.meta = checkpoints.CheckpointMeta(run=run.identity, data=run.data)
+    self.epoch_sums, self.window = {}, {}
+    self.best_unsaved = None
+    self.best_state = None
+    self.final_test = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +194,8 @@ class EpochEnd:
 
 
 class TrainLoop:
-  """One run of the epoch loop: its resources (closed by `stack`), the state and meta it carries.
+  """One run of the epoch loop over a layout's members: its resources (closed by `stack`), the
+  state and each member's bookkeeping.
 
   The devices are never left waiting for the host. A train call is dispatched before the one
   before it is read, and an epoch's end (its validation, and a device copy of the state where a
@@ -120,17 +205,17 @@ class TrainLoop:
   reads an epoch's end before going on.
   """
 
-  def __init__(self, run: runs.Run, clock: progress.RunClock, stack: contextlib.ExitStack,
+  def __init__(self, layout, clock: progress.RunClock, stack: contextlib.ExitStack,
                resume_command: Optional[str] = None):
-    self.run, self.clock = run, clock
+    self.layout, self.clock = layout, clock
+    # What the members share (all but the seed and scalar hyperparameters): the first's.
+    self.run = layout.members[0]
     self.resume_command = resume_command
     self.stack = stack
-    self.writer = None  # made once the step the run starts from is known (`resume`)
-    checkpoint_dir = files.as_path(run.workdir) / 'checkpoints'
-    self.latest = checkpoints.checkpoint_manager(checkpoint_dir / 'latest')
-    self.best = checkpoints.checkpoint_manager(checkpoint_dir / 'best')
-    for manager in (self.best, self.latest):
-      stack.callback(checkpoints.close, manager)
+    # A population's members keep two latest checkpoints: one step all of them hold survives a
+    # crash in the middle of their saves (`save_checkpoints`).
+    keep = 1 if len(layout.members) == 1 else 2
+    self.members = [Member(run, stack, keep) for run in layout.members]
     self.stop_signals = checkpoints.StopSignals()
     stack.callback(self.stop_signals.restore)
     # How long a stop of several processes may wait for the others (None: one process).
@@ -141,18 +226,20 @@ class TrainLoop:
     stack.callback(self.compiler.close)
     self.stop_after_epoch = False
     self.compiles_ahead = None  # compiles started after the first call's, until it is made
-    self.final_test = None  # (metrics, predictions) of the test set, once scored
     self.pending = []  # InFlight calls and EpochEnds dispatched and not read, in order
-    self.best_unsaved = None  # (state, meta) of a better model not in checkpoints/best yet
-    self.best_state = None  # the best model's state on the devices, once this process saw it
     self.last_save = time.time()  # of the latest checkpoint
     self.last_epoch_read = time.perf_counter()
     self.compile_read = 0.0  # the clock's compile_seconds then
     self.snapshot = jax.jit(lambda state: jax.tree.map(jnp.copy, state),
-                            out_shardings=feed.replicated(run.mesh))
+                            out_shardings=layout.state_sharding())
 
-  def train(self) -> dict:
-    """The phases in order; the results, or the stop's if a SIGTERM stopped the run."""
+  @property
+  def meta(self) -> checkpoints.CheckpointMeta:
+    """Where the loop is (the members move together): the first member's meta."""
+    return self.members[0].meta
+
+  def train(self) -> list[dict]:
+    """The phases in order; each member's results, or the stop's if a SIGTERM stopped the run."""
     num_epochs = self.run.config.num_epochs
     with console_logs.phase('setting up (checkpoints, the data feed, the compiles)'):
       finished = self.resume()
@@ -177,51 +264,86 @@ class TrainLoop:
       self.read_pending()
     return self.finish()
 
-  def elapsed(self) -> float:
-    """The run's wall time so far, summed over the processes that trained it (resumes too)."""
-    return self.elapsed_before + time.time() - self.clock.start
+  def elapsed(self, member: Member) -> float:
+    """A member's wall time so far, summed over the processes that trained it (resumes too)."""
+    return member.elapsed_before + time.time() - self.clock.start
 
   # -------------------------------------------------------------------------------------------
   # Resume, and what the loop needs on the devices.
 
-  def resume(self) -> Optional[dict]:
-    """Restores the latest checkpoint, or starts fresh; a finished run's results."""
-    run = self.run
-    self.meta = checkpoints.CheckpointMeta(run=run.identity, data=run.data)
-    latest_step = checkpoints.process_zero_decides(self.latest.latest_step())
-    if latest_step is None:
-      self.state = feed.initial_state(run.ctx, run.config.data.image_size, run.mesh)
+  def resume(self) -> Optional[list[dict]]:
+    """Restores the members' latest checkpoints, or starts fresh; finished runs' results."""
+    num_epochs = self.run.config.num_epochs
+    saved = [checkpoints.process_zero_decides(member.latest.latest_step())
+             for member in self.members]
+    if all(step is None for step in saved):
+      self.state = self.layout.initial_state()
     else:
-      state, meta = checkpoints.restore_checkpoint(self.latest, run.abstract_state(), latest_step,
-                                                   identity=run.identity)
-      if meta.epoch >= run.config.num_epochs:
-        results = report.read_results(run.workdir)
-        if checkpoints.process_zero_decides(int(results is not None)):
-          logging.info('%s has finished already; its results: %s', run.workdir,
-                       files.as_path(run.workdir) / report.RESULTS_FILE)
-          return results or report.read_results(run.workdir) or {}
+      step = self.common_step(saved)
+      restored = []
+      for member in self.members:
+        state, meta = checkpoints.restore_checkpoint(member.latest, member.run.abstract_state(),
+                                                     step, identity=member.run.identity)
+        restored.append(state)
+        member.meta = dataclasses.replace(meta, run=member.run.identity, data=member.run.data)
+        member.epoch_sums = meta.train_sums
+      meta = self.meta
+      if meta.epoch >= num_epochs:
+        results = [report.read_results(member.run.workdir) for member in self.members]
+        if checkpoints.process_zero_decides(int(all(r is not None for r in results))):
+          for member in self.members:
+            logging.info('%s has finished already; its results: %s', member.run.workdir,
+                         files.as_path(member.run.workdir) / report.RESULTS_FILE)
+          return [r or report.read_results(m.run.workdir) or {}
+                  for r, m in zip(results, self.members)]
         logging.warning('%s has finished, but its %s is missing or torn: writing its results '
-                        'and report again from its final checkpoint', run.workdir,
+                        'and report again from its final checkpoint', self.workdirs(),
                         report.RESULTS_FILE)
       else:
         logging.info('resuming from %s: epoch %d, step %d of it (global step %d)',
-                     self.latest.directory, meta.epoch + 1, meta.step_in_epoch, int(state.step))
-      self.state, self.meta = state, dataclasses.replace(meta, run=run.identity, data=run.data)
-    # Written once the run is accepted: a refused resume leaves the run's own config.json.
-    if jax.process_index() == 0:
-      run_config.write_config(run.workdir, run.config)
-    self.elapsed_before = self.meta.elapsed_seconds
-    # What an earlier attempt recorded past this step is trained again: the writer drops it.
-    self.writer = writers.create_writer(run.workdir, is_main=jax.process_index() == 0,
-                                        after_step=int(self.state.step))
-    self.stack.callback(self.writer.close)
+                     self.checkpoint_dirs(), meta.epoch + 1, meta.step_in_epoch, step)
+      self.state = self.layout.stack(restored)
+    for member in self.members:
+      member.elapsed_before = member.meta.elapsed_seconds
+      # Written once the run is accepted: a refused resume leaves the run's own config.json.
+      if jax.process_index() == 0:
+        run_config.write_config(member.run.workdir, member.run.config)
+      # What an earlier attempt recorded past this step is trained again: the writer drops it.
+      member.writer = writers.create_writer(member.run.workdir,
+                                            is_main=jax.process_index() == 0,
+                                            after_step=self.meta.epoch * self.run.plan.steps
+                                            + self.meta.step_in_epoch)
+      self.stack.callback(member.writer.close)
     return None
+
+  def common_step(self, saved: list[Optional[int]]) -> int:
+    """The latest step every member holds a checkpoint of; UserError if there is none."""
+    if len(saved) == 1:
+      return saved[0]
+    held = [set(member.latest.all_steps()) if step is not None else set()
+            for member, step in zip(self.members, saved)]
+    common = set.intersection(*held)
+    if not common:
+      where = ', '.join(f'{member.run.workdir}: ' + (f'step {step}' if step is not None else
+                                                     'none')
+                        for member, step in zip(self.members, saved))
+      raise UserError(f'the population\'s members hold no checkpoint of one step ({where}): '
+                      'they were not trained together; move the members\' folders aside to '
+                      'start over, or resume each as a single run')
+    return max(common)
+
+  def workdirs(self) -> str:
+    return ', '.join(str(member.run.workdir) for member in self.members)
+
+  def checkpoint_dirs(self) -> str:
+    return ', '.join(str(member.latest.directory) for member in self.members)
 
   def prepare_scoring(self) -> None:
     """The evaluator and the validation set."""
-    run = self.run
-    self.evaluator = evaluator.Evaluator(run.ctx, run.mesh, run.config.eval_batch_size,
-                                         call=functools.partial(self.compiler, 'eval'))
+    run, layout = self.run, self.layout
+    self.evaluator = evaluator.Evaluator(run.ctx, layout.mesh, run.config.eval_batch_size,
+                                         call=functools.partial(self.compiler, 'eval'),
+                                         evaluate_fn=layout.evaluate_fn())
     self.val_set = self.evaluator.eval_set(run.splits.val_images, run.splits.val_labels)
     # Validation on the test set (seed 000's protocol): the last epoch's evaluation is the test's.
     self.val_is_test = run.splits.val_labels is run.splits.test_labels
@@ -229,10 +351,8 @@ class TrainLoop:
   def prepare(self) -> None:
     """The feed, the evaluation set, and every compile the run needs, started ahead."""
     run, compiler, state = self.run, self.compiler, self.state
-    config, splits = run.config, run.splits
-    self.train_steps = feed.jit_train_steps(run.ctx, run.mesh, resident=run.resident)
-    self.feed = feed.create_feed(config, run.plan, run.mesh, splits.train_images,
-                                 splits.train_labels, resident=run.resident)
+    self.train_steps = self.layout.jit_train_steps()
+    self.feed = self.layout.create_feed()
     self.prepare_scoring()
     # The first call's shape compiles alone; every other shape the run needs, after it, while
     # the devices train.
@@ -249,14 +369,14 @@ class TrainLoop:
                  report.counted(calls[0][1], 'step'), calls[0][2],
                  report.counted(self.compiles_ahead, 'shape'))
     self.progress = progress.Progress(
-        epoch_sums=self.meta.train_sums, last_log_step=int(state.step),
+        last_log_step=self.meta.epoch * run.plan.steps + self.meta.step_in_epoch,
         large_on_cpu=progress.is_large_on_cpu(run.parameters, run.platform))
     self.last_epoch_read = time.perf_counter()
 
   # -------------------------------------------------------------------------------------------
   # An epoch.
 
-  def train_epoch(self, epoch: int) -> Optional[dict]:
+  def train_epoch(self, epoch: int) -> Optional[list[dict]]:
     """Dispatches the epoch's calls from the meta's position; the stop's result after a SIGTERM."""
     plan = self.run.plan
     self.progress.mark, self.progress.compile_mark = time.perf_counter(), self.clock.compile_seconds
@@ -276,10 +396,11 @@ class TrainLoop:
         if first + count == plan.steps:  # The epoch's last call: end the epoch, then stop.
           self.stop_after_epoch = True
           continue
-        self.meta = dataclasses.replace(
-            self.meta, epoch=epoch, step_in_epoch=first + count,
-            train_sums=self.progress.epoch_sums, elapsed_seconds=self.elapsed())
-        self.save_checkpoints(self.state, self.meta)
+        for member in self.members:
+          member.meta = dataclasses.replace(
+              member.meta, epoch=epoch, step_in_epoch=first + count,
+              train_sums=member.epoch_sums, elapsed_seconds=self.elapsed(member))
+        self.save_checkpoints(self.state)
         return self.stopped(epoch, first + count, step)
     return None
 
@@ -291,7 +412,7 @@ class TrainLoop:
     self.stack.enter_context(distributed.deadline(self.stop_timeout, (
         f'{self.stop_name()}: the {jax.process_count()} processes did not finish the stop within '
         f'{self.stop_timeout} s (one is gone, or waits in a collective the others never '
-        f'entered); stopped without saving (the checkpoints already in {self.latest.directory} '
+        f'entered); stopped without saving (the checkpoints already in {self.checkpoint_dirs()} '
         f'are kept); {self.how_to_resume()} ({distributed.STOP_TIMEOUT} sets the limit in '
         'seconds)')))
 
@@ -325,16 +446,25 @@ class TrainLoop:
     return f'ending {epoch} (validation, checkpoints)'
 
   def finish_call(self, call: InFlight) -> int:
-    """Reads a finished call's results: checks its loss, adds them up, logs; its last global step."""
+    """Reads a finished call's results: checks each member's loss, adds them up, logs; its last
+    global step."""
     plan, config = self.run.plan, self.run.config
     result = jax.device_get(call.result)
-    if result.first_bad_step >= 0:
-      raise non_finite_error(config, plan.steps, int(result.first_bad_step), self.latest)
-    self.progress.add_call(self.clock, result.metrics, call.count * call.batch_size,
-                           float(result.learning_rate))
+    learning_rates = []
+    for index, member in enumerate(self.members):
+      member_result = self.layout.member_result(result, index)
+      if member_result.first_bad_step >= 0:
+        raise non_finite_error(member.run.config, plan.steps, int(member_result.first_bad_step),
+                               member.latest)
+      member_sums = steps.metric_sums(member_result.metrics)
+      member.epoch_sums = steps.add_sums(member.epoch_sums, member_sums)
+      member.window = steps.add_sums(member.window, member_sums)
+      learning_rates.append(float(member_result.learning_rate))
+    self.progress.add_call(self.clock, call.count * call.batch_size * len(self.members),
+                           learning_rates)
     step = call.epoch * plan.steps + call.first + call.count
     if self.progress.due(config, step, call.first + call.count == plan.steps):
-      progress.log_progress(self.writer, self.progress, config, plan.steps, call.epoch, step)
+      progress.log_progress(self.members, self.progress, config, plan.steps, call.epoch, step)
     return step
 
   def end_epoch(self, epoch: int) -> None:
@@ -360,141 +490,193 @@ class TrainLoop:
       scoring = self.evaluator.dispatch(scored.eval_variables(), self.val_set)
     self.pending.append(EpochEnd(epoch, scoring, is_last and self.val_is_test, snapshot,
                                  save_latest, histograms))
-    self.meta = dataclasses.replace(self.meta, epoch=done, step_in_epoch=0, train_sums={})
+    for member in self.members:
+      member.meta = dataclasses.replace(member.meta, epoch=done, step_in_epoch=0, train_sums={})
+
+  def member_scoring(self, scoring: evaluator.Scoring, index: int) -> evaluator.Scoring:
+    """A member's part of a dispatched evaluation of the loop's state."""
+    return evaluator.Scoring(self.layout.member_result(scoring.summed, index),
+                             self.layout.member_result(scoring.predictions, index),
+                             scoring.size)
 
   def close_epoch(self, end: EpochEnd) -> None:
-    """Reads an epoch's end (after its last call): records it, keeps the best, saves when due."""
+    """Reads an epoch's end (after its last call): records it for each member, keeps the best,
+    saves when due."""
     config, plan = self.run.config, self.run.plan
     now = time.perf_counter()
-    record = {'epoch': end.epoch + 1, 'step': (end.epoch + 1) * plan.steps,
-              **{f'train_{k}': v for k, v in steps.mean_of_sums(self.progress.epoch_sums).items()},
-              'learning_rate': self.progress.learning_rate,
+    common = {'epoch': end.epoch + 1, 'step': (end.epoch + 1) * plan.steps,
               'epoch_seconds': now - self.last_epoch_read,
               # What of it the host waited for compiles (a process's first epoch, mostly).
               'compile_seconds': self.clock.compile_seconds - self.compile_read}
-    self.progress.epoch_sums = {}
-    state = end.snapshot
+    vals = [None] * len(self.members)
     if end.scoring is not None:
-      val, predictions = evaluator.read(end.scoring, with_predictions=end.with_predictions)
+      for index, member in enumerate(self.members):
+        vals[index], predictions = evaluator.read(self.member_scoring(end.scoring, index),
+                                                  with_predictions=end.with_predictions)
+        if end.with_predictions:
+          member.final_test = vals[index], predictions
       waited = time.perf_counter() - now  # The host waited for the validation, not training.
       self.clock.eval_seconds += waited
       self.progress.mark += waited
-      if end.with_predictions:
-        self.final_test = val, predictions
-      record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
       on_epoch_end = self.run.optimizer.on_epoch_end
-      if on_epoch_end is not None:  # Read before the next epoch's first call (see `train`).
-        opt_state = on_epoch_end(self.state.opt_state, val)
+      if on_epoch_end is not None:  # One run (a population refuses it); see `train`.
+        opt_state = on_epoch_end(self.state.opt_state, vals[0])
         # Back on the devices: a host-side hook may return host arrays.
         self.state = jax.device_put(self.state.replace(opt_state=opt_state),
-                                    feed.replicated(self.run.mesh))
-        state = self.state if state is not None else None
-    record['elapsed_seconds'] = self.elapsed()
-    self.writer.write_scalars(record['step'], {k: v for k, v in record.items() if k != 'step'})
-    if end.histograms:
-      gradcam.write_param_histograms(self.writer, record['step'], state.params)
-    self.writer.flush()
-    progress.log_epoch(config, record)
-    meta = dataclasses.replace(self.meta, history=self.meta.history + [record],
-                               elapsed_seconds=record['elapsed_seconds'])
-    if record.get('val_accuracy', -1.0) > meta.best_val_accuracy:
-      meta = dataclasses.replace(meta, best_val_accuracy=record['val_accuracy'],
-                                 best_epoch=end.epoch + 1)
-      if config.keep_best_checkpoint:
-        self.best_state = state
-        self.best_unsaved = state, meta
-    self.meta = meta
+                                    self.layout.state_sharding())
+        end = dataclasses.replace(end, snapshot=self.state if end.snapshot is not None else None)
+    records = []
+    for index, member in enumerate(self.members):
+      record = {**common, **{f'train_{k}': v
+                             for k, v in steps.mean_of_sums(member.epoch_sums).items()},
+                'learning_rate': self.progress.learning_rates[index]}
+      if vals[index] is not None:
+        record.update(val_loss=vals[index]['loss'], val_accuracy=vals[index]['accuracy'])
+      record['elapsed_seconds'] = self.elapsed(member)
+      member.epoch_sums = {}
+      state = (None if end.snapshot is None
+               else self.layout.member_state(end.snapshot, index))
+      member.writer.write_scalars(record['step'],
+                                  {k: v for k, v in record.items() if k != 'step'})
+      if end.histograms:
+        gradcam.write_param_histograms(member.writer, record['step'], state.params)
+      member.writer.flush()
+      meta = dataclasses.replace(member.meta, history=member.meta.history + [record],
+                                 elapsed_seconds=record['elapsed_seconds'])
+      if record.get('val_accuracy', -1.0) > meta.best_val_accuracy:
+        meta = dataclasses.replace(meta, best_val_accuracy=record['val_accuracy'],
+                                   best_epoch=end.epoch + 1)
+        if config.keep_best_checkpoint:
+          member.best_state = state
+          member.best_unsaved = state, meta
+      member.meta = meta
+      records.append(record)
+    progress.log_epoch(config, records)
     if end.save_latest:
-      self.save_checkpoints(state, meta)
+      self.save_checkpoints(end.snapshot)
     self.last_epoch_read = time.perf_counter()
     self.compile_read = self.clock.compile_seconds
 
-  def save_checkpoints(self, state: steps.TrainState, meta: checkpoints.CheckpointMeta) -> None:
-    """Saves a better model not saved yet to checkpoints/best, then the latest (both orbax's
-    asynchronous saves: what blocks is the copy to the host)."""
-    if self.best_unsaved is not None:
-      checkpoints.save_checkpoint(self.best, *self.best_unsaved)
-      self.best_unsaved = None
-    checkpoints.save_checkpoint(self.latest, state, meta)
+  def save_checkpoints(self, state) -> None:
+    """Saves each member's better model not saved yet to checkpoints/best, then its part of
+    state as the latest (orbax's asynchronous saves: what blocks is the copy to the host).
+
+    A population's members first finish their earlier saves: a member then never starts saving
+    a step before every member holds the step before it, which they keep beside it
+    (`common_step` resumes from it after a crash in the middle of the saves).
+    """
+    if len(self.members) > 1:
+      for member in self.members:
+        checkpoints.wait_for_saves(member.latest)
+    for index, member in enumerate(self.members):
+      if member.best_unsaved is not None:
+        checkpoints.save_checkpoint(member.best, *member.best_unsaved)
+        member.best_unsaved = None
+      checkpoints.save_checkpoint(member.latest, self.layout.member_state(state, index),
+                                  member.meta)
     self.last_save = time.time()
 
   def score(self, eval_set: evaluator.EvalSet, variables: Optional[dict] = None, *,
-            with_predictions: bool = True):
-    """The evaluator's score of variables (default: the state's) on eval_set, timed."""
+            with_predictions: bool = True) -> list[tuple[dict, Optional[np.ndarray]]]:
+    """Each member's score of variables (default: the state's) on eval_set, timed."""
     start = time.perf_counter()
     variables = self.state.eval_variables() if variables is None else variables
-    scored = self.evaluator.score(variables, eval_set, with_predictions=with_predictions)
+    scoring = self.evaluator.dispatch(variables, eval_set)
+    scored = [evaluator.read(self.member_scoring(scoring, index),
+                             with_predictions=with_predictions)
+              for index in range(len(self.members))]
     self.clock.eval_seconds += time.perf_counter() - start
     return scored
 
   # -------------------------------------------------------------------------------------------
   # The end: finished or stopped.
 
-  def finish(self, rebuilt: bool = False) -> dict:
-    """Scores the test set (and the best checkpoint), writes the report; the results.
+  def best_test_accuracies(self, test_set) -> list[Optional[float]]:
+    """Each member's best checkpoint's test accuracy (None without one)."""
+    config = self.run.config
+    if not config.keep_best_checkpoint or any(member.best.latest_step() is None
+                                              for member in self.members):
+      return [None] * len(self.members)
+    if self.val_is_test:  # The best checkpoint's validation score is its test score.
+      return [member.meta.best_val_accuracy for member in self.members]
+    best_states = []
+    for member in self.members:
+      if member.best_state is None:  # Found better before this process resumed the run.
+        checkpoints.wait_for_saves(member.best)
+        member.best_state, _ = checkpoints.restore_checkpoint(member.best,
+                                                              member.run.abstract_state())
+      best_states.append(member.best_state)
+    scored = self.score(test_set, self.layout.stack(best_states).eval_variables(),
+                        with_predictions=False)
+    return [metrics['accuracy'] for metrics, _ in scored]
+
+  def finish(self, rebuilt: bool = False) -> list[dict]:
+    """Scores the test set (and the best checkpoints), writes the reports; the results.
 
     rebuilt: the run had finished (its results.json missing or torn): what is written comes from
     its final checkpoint, and the speed figures of the processes that trained it, which no
     checkpoint holds, are left empty (None) rather than this process's.
     """
-    run, meta, splits = self.run, self.meta, self.run.splits
-    config, history = run.config, meta.history
+    run, splits = self.run, self.run.splits
+    config = run.config
     test_set = None
-    if self.final_test is None:
+    if self.members[0].final_test is None:
       test_set = self.evaluator.eval_set(splits.test_images, splits.test_labels)
-      self.final_test = self.score(test_set)
-    test, predictions = self.final_test
-    best_test_accuracy = None
-    if config.keep_best_checkpoint and self.best.latest_step() is not None:
-      if self.val_is_test:  # The best checkpoint's validation score is its test score.
-        best_test_accuracy = meta.best_val_accuracy
-      else:
-        best_state = self.best_state
-        if best_state is None:  # Found better before this process resumed the run.
-          checkpoints.wait_for_saves(self.best)
-          best_state, _ = checkpoints.restore_checkpoint(self.best, run.abstract_state())
-        best_test_accuracy = self.score(test_set, best_state.eval_variables(),
-                                        with_predictions=False)[0]['accuracy']
-    final_val = next((r for r in reversed(history) if 'val_accuracy' in r), {})
+      for member, scored in zip(self.members, self.score(test_set)):
+        member.final_test = scored
+    best_tests = self.best_test_accuracies(test_set)
     clock = self.clock
-    results = runs.run_results(run, models.count_params(self.state.params), test,
-                               self.resume_command) | {
-        'steps': int(self.state.step),
-        'final_val_accuracy': final_val.get('val_accuracy'),
-        'final_val_loss': final_val.get('val_loss'),
-        'best_val_accuracy': meta.best_val_accuracy if meta.best_val_accuracy >= 0 else None,
-        'best_epoch': meta.best_epoch,
-        'best_test_accuracy': best_test_accuracy,
-        'wall_seconds': time.time() - clock.start,
-        'elapsed_seconds': self.elapsed(),
-        'compile_seconds': clock.compile_seconds,
-        'train_seconds': clock.train_seconds,
-        'eval_seconds': clock.eval_seconds,
-        'images_per_second': clock.images_per_second,
-    }
-    if rebuilt:
-      results.update(elapsed_seconds=meta.elapsed_seconds, **dict.fromkeys(
-          ('wall_seconds', 'compile_seconds', 'train_seconds', 'eval_seconds',
-           'images_per_second')))
-    if self.val_is_test and config.reference.pytorch_final:
-      # When validation (the test set) first scored the PyTorch reference's final accuracy.
-      results['reference_reached'] = report.first_reaching(
-          history, config.reference.pytorch_final / 100)
-    if jax.process_index() == 0:
-      report.write_report(files.as_path(run.workdir), results, history,
-                          report.confusion_matrix(splits.test_labels, predictions,
-                                                  config.model.num_classes),
-                          write_plots=config.write_plots)
-    return results
+    all_results = []
+    for index, member in enumerate(self.members):
+      meta, history = member.meta, member.meta.history
+      test, predictions = member.final_test
+      final_val = next((r for r in reversed(history) if 'val_accuracy' in r), {})
+      params = self.layout.member_state(self.state, index).params
+      results = runs.run_results(member.run, models.count_params(params), test,
+                                 self.resume_command) | {
+          'steps': int(meta.epoch * run.plan.steps),
+          'final_val_accuracy': final_val.get('val_accuracy'),
+          'final_val_loss': final_val.get('val_loss'),
+          'best_val_accuracy': meta.best_val_accuracy if meta.best_val_accuracy >= 0 else None,
+          'best_epoch': meta.best_epoch,
+          'best_test_accuracy': best_tests[index],
+          'wall_seconds': time.time() - clock.start,
+          'elapsed_seconds': self.elapsed(member),
+          'compile_seconds': clock.compile_seconds,
+          'train_seconds': clock.train_seconds,
+          'eval_seconds': clock.eval_seconds,
+          # A member's own images; a population trains len(members) times as many at once.
+          'images_per_second': clock.images_per_second / len(self.members),
+      }
+      if len(self.members) > 1:
+        results['population'] = {'members': len(self.members),
+                                 'member_images_per_second': clock.images_per_second}
+      if rebuilt:
+        results.update(elapsed_seconds=meta.elapsed_seconds, **dict.fromkeys(
+            ('wall_seconds', 'compile_seconds', 'train_seconds', 'eval_seconds',
+             'images_per_second')))
+      if self.val_is_test and config.reference.pytorch_final:
+        # When validation (the test set) first scored the PyTorch reference's final accuracy.
+        results['reference_reached'] = report.first_reaching(
+            history, config.reference.pytorch_final / 100)
+      if jax.process_index() == 0:
+        report.write_report(files.as_path(member.run.workdir), results, history,
+                            report.confusion_matrix(splits.test_labels, predictions,
+                                                    config.model.num_classes),
+                            write_plots=config.write_plots)
+      all_results.append(results)
+    return all_results
 
-  def stopped(self, epoch: int, step_in_epoch: int, step: int) -> dict:
-    """After SIGTERM or Ctrl-C: waits for the checkpoint, says how to resume; the run's result."""
-    checkpoints.wait_for_saves(self.best)
-    checkpoints.wait_for_saves(self.latest)
-    logging.info('%s: saved a checkpoint at epoch %d, step %d of it (global step %d); %s',
-                 self.stop_name(), epoch + 1, step_in_epoch, step, self.how_to_resume())
-    return {'preempted': True, 'epoch': epoch, 'step': step,
-            'signal': self.stop_signals.signal_name}
+  def stopped(self, epoch: int, step_in_epoch: int, step: int) -> list[dict]:
+    """After SIGTERM or Ctrl-C: waits for the checkpoints, says how to resume; the results."""
+    for member in self.members:
+      checkpoints.wait_for_saves(member.best)
+      checkpoints.wait_for_saves(member.latest)
+    logging.info('%s: saved %s at epoch %d, step %d of it (global step %d); %s',
+                 self.stop_name(), report.counted(len(self.members), 'checkpoint'), epoch + 1,
+                 step_in_epoch, step, self.how_to_resume())
+    return [{'preempted': True, 'epoch': epoch, 'step': step,
+             'signal': self.stop_signals.signal_name}] * len(self.members)
 
 
 def non_finite_error(config: ml_collections.ConfigDict, steps_an_epoch: int, bad_step: int,
