@@ -119,11 +119,6 @@ def _mean(values) -> float | None:
   return statistics.fmean(known) if known else None
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-  values = [100 * v for v in values]
-  return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summarise(runs: dict[str, list[dict]]) -> dict:
   """Per framework: final and best validation accuracy (mean, std, per seed, %), wall time and
   images/s (means); and the JAX - PyTorch gaps with the larger seed spread beside them."""
@@ -133,7 +128,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     best = [r['best_val_accuracy'] for r in results]
     summary[framework] = {
         'seeds': [r['seed'] for r in results],
-        'final': _mean_std(final), 'best': _mean_std(best),
+        'final': report.percent_mean_std(final), 'best': report.percent_mean_std(best),
         'final_per_seed': [100 * v for v in final],
         'wall_seconds': _mean(report.run_seconds(r) for r in results),
         'images_per_second': _mean(r.get('images_per_second') for r in results),
@@ -198,7 +193,7 @@ def markdown(config: ml_collections.ConfigDict, summary: dict, runs: dict, comma
             f'Machine: {platform.platform()}, {os.cpu_count()} CPUs, '
             f"{runs['jax'][0].get('device_kind', '')} ({runs['jax'][0].get('platform', '')}) "
             'for JAX; wall time includes compilation (JAX) and evaluation.',
-            'Versions: ' + ', '.join(f'{k} {v}' for k, v in _versions(runs).items()), '',
+            report.versions_line(_versions(runs)), '',
             f'    {command}', '', f'![accuracy per epoch]({FIGURE_FILE})', '']
   return '\n'.join(lines)
 

@@ -6,6 +6,9 @@ Sequences are tuples; a command-line override takes the same form, e.g.
 `--config.model.num_blocks='(2,2,2)'`.
 """
 
+import json
+from typing import Any
+
 from ml_collections import config_dict
 
 # Seed 000's normalisation constants (its public PyTorch code).
@@ -70,6 +73,19 @@ def data_config() -> config_dict.ConfigDict:
 def validates_on_test(validation) -> bool:
   """Whether config.data.validation makes the test set the validation set ('test')."""
   return str(validation).strip() == 'test'
+
+
+def flat_json(config: Any, prefix: str = '') -> dict[str, Any]:
+  """{dotted key: value} of a ConfigDict or a JSON tree of dicts, values as JSON has them."""
+  if isinstance(config, config_dict.ConfigDict):
+    config = json.loads(config.to_json_best_effort(sort_keys=True))
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(flat_json(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
 
 
 def augment_config() -> config_dict.ConfigDict:

@@ -17,6 +17,7 @@ from etils import epath
 from resnet_jax.errors import UserError
 
 LOCK_FILE = '.lock'  # a live command's lock in its workdir (training.workdir_lock)
+CONFIG_FILE = 'config.json'  # the resolved config a run was started with (training.run_config)
 
 
 def is_url(path: epath.PathLike) -> bool:

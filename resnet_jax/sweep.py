@@ -45,6 +45,7 @@ from ml_collections import config_dict
 import numpy as np
 
 from resnet_jax import cli
+from resnet_jax import defaults
 from resnet_jax import errors
 from resnet_jax import files
 from resnet_jax import models
@@ -254,8 +255,8 @@ def changed_keys(point: Point, workdir: str) -> list[str]:
                     f'{os.path.dirname(path)} to train the point again') from None
   if recorded is None:
     return []
-  return list(run_config.changed(run_config.flat_json(recorded),
-                                 run_config.flat_json(point.config), UNCOMPARED_KEYS))
+  return list(run_config.changed(defaults.flat_json(recorded),
+                                 defaults.flat_json(point.config), UNCOMPARED_KEYS))
 
 
 def check_points_unchanged(points: Sequence[Point], workdir: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 from resnet_jax import models
 from resnet_jax import sweep
 from resnet_jax.errors import UserError
+from resnet_jax.reporting import report
 from resnet_jax.reporting import sweep_report
 from resnet_jax.training import run_config
 from resnet_jax.training import train
@@ -77,7 +78,7 @@ def test_tiny_sweep_writes_table_and_plots(tiny_sweep):
     assert float(row['best_val_accuracy']) == results['best_val_accuracy']
     assert float(row['final_test_accuracy']) == results['final_test_accuracy']
     assert float(row['wall_seconds']) == results['elapsed_seconds']
-    epochs, accuracy = sweep_report.validation_curve(workdir / row['point'])
+    epochs, accuracy = report.validation_curve(workdir / row['point'])
     assert epochs == [1, 2] and max(accuracy) == results['best_val_accuracy']
   assert {row['parameters'] for row in table} == {'1754', '5266'}  # smoke model, 2 widths
   table_lines = [line for line in text.splitlines() if line.startswith('| 4x8') or

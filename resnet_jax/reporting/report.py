@@ -9,7 +9,8 @@ seed-000 recipe, the PyTorch reference measured on the same data.
 import io
 import json
 import platform
-from typing import Optional, Sequence
+import statistics
+from typing import Iterable, Mapping, Optional, Sequence
 
 from etils import epath
 import flax
@@ -27,6 +28,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 
 
 from resnet_jax import files  # noqa: E402
+from resnet_jax.reporting import writers  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 RESULTS_FILE = 'results.json'
@@ -67,6 +69,26 @@ def versions() -> dict:
   return {'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
           'orbax_checkpoint': getattr(ocp, '__version__', ''),
           'python': platform.python_version()}
+
+
+def versions_line(package_versions: Mapping[str, str]) -> str:
+  """'Versions: jax 0.10.2, flax 0.12.8, ...' (no full stop), as the reports print them."""
+  return 'Versions: ' + ', '.join(f'{k} {v}' for k, v in package_versions.items())
+
+
+def percent_mean_std(accuracies: Sequence[float]) -> tuple[float, float]:
+  """The mean and sample standard deviation (n - 1) of accuracies given as fractions, in
+  percent; the deviation of one value is 0.0."""
+  values = [100 * v for v in accuracies]
+  return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+  """A Markdown table of text cells (a '|' in one escaped), ending in a newline."""
+  def line(cells: Sequence[str]) -> str:
+    return '| ' + ' | '.join(str(cell).replace('|', '\\|') for cell in cells) + ' |'
+
+  return '\n'.join([line(header), '|' + '---|' * len(header), *map(line, rows)]) + '\n'
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -127,6 +149,49 @@ def plot_curves(history: Sequence[dict], path: epath.PathLike,
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
+  return save_figure(fig, path)
+
+
+def validation_curve(workdir: epath.PathLike) -> tuple[list[int], list[float]]:
+  """(epochs, validation accuracy) from a run's metrics.jsonl, ([], []) where it has none; the
+  last record of an epoch wins."""
+  path = files.as_path(workdir) / writers.METRICS_FILE
+  if not path.exists():
+    return [], []
+  by_epoch = {int(r['epoch']): r['val_accuracy'] for r in writers.read_jsonl(path)
+              if 'epoch' in r and 'val_accuracy' in r}
+  epochs = sorted(by_epoch)
+  return epochs, [by_epoch[epoch] for epoch in epochs]
+
+
+def plot_validation_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+                           path: epath.PathLike, validates_on_test: bool = False, *,
+                           mean: Optional[tuple[Sequence[int], Sequence[float]]] = None,
+                           max_legend: int = 24) -> figure.Figure:
+  """Validation accuracy against epoch of several runs on one figure; the figure saved.
+
+  Args:
+    curves: a run's label -> its (epochs, accuracies as fractions) (`validation_curve`); a run
+      with no epochs is left out.
+    path: where the PNG goes.
+    validates_on_test: whether validation is the test set (the axis says so).
+    mean: (epochs, mean accuracy) drawn over the runs as a thick black line, where given.
+    max_legend: the most runs a legend names (more get none).
+  """
+  fig = figure.Figure(figsize=(9, 5.5), layout='constrained')
+  ax = fig.subplots()
+  drawn = 0
+  for label, (epochs, accuracy) in curves.items():
+    if epochs:
+      ax.plot(epochs, 100 * np.asarray(accuracy), marker='.', label=label)
+      drawn += 1
+  if mean is not None and len(mean[0]):
+    ax.plot(mean[0], 100 * np.asarray(mean[1]), color='black', linewidth=2.5, label='mean')
+  epoch_axis(ax)
+  ax.set_ylabel(f'{validation_name(validates_on_test)} accuracy (%)')
+  ax.grid(alpha=0.3)
+  if drawn and drawn <= max_legend:
+    ax.legend(fontsize=7, loc='lower right')
   return save_figure(fig, path)
 
 
@@ -299,7 +364,7 @@ def markdown(results: dict, history: Sequence[dict], per_class: dict,
     lines += [f'![confusion matrix]({CONFUSION_FILE})', '']
   versions = results.get('versions', {})
   if versions:
-    lines += ['Versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items()) + '.', '']
+    lines += [versions_line(versions) + '.', '']
   return '\n'.join(lines)
 
 

@@ -16,7 +16,6 @@ import numpy as np
 from resnet_jax import defaults
 from resnet_jax import files
 from resnet_jax.reporting import report
-from resnet_jax.reporting import writers
 
 ACCURACIES = ('final_val_accuracy', 'best_val_accuracy', 'final_test_accuracy',
               'best_test_accuracy')
@@ -47,7 +46,7 @@ def _cell(name: str, value) -> str:
     return f'{value:,}'
   if name == 'wall_seconds':
     return f'{value:.0f}'
-  return str(value).replace('|', '\\|')
+  return str(value)
 
 
 def validates_on_test(points: Sequence) -> bool:
@@ -65,38 +64,16 @@ def _markdown(rows: Sequence[dict], keys: Sequence[str], on_test: bool) -> str:
                 else dict(zip(ACCURACIES, ('final val', 'best val', 'final test', 'best test'))))
   columns = {**{key: key for key in keys}, 'parameters': 'parameters', **accuracies,
              'wall_seconds': 'wall (s)', 'status': 'status'}  # row key -> header
-  lines = ['| ' + ' | '.join(columns.values()) + ' |', '|' + '---|' * len(columns)]
-  lines += ['| ' + ' | '.join(_cell(name, row[name]) for name in columns) + ' |' for row in rows]
-  return '\n'.join(lines) + '\n'
-
-
-def validation_curve(run_dir: str) -> tuple[list[int], list[float]]:
-  """(epochs, validation accuracy) from a run's metrics.jsonl; the last record of an epoch wins."""
-  path = os.path.join(run_dir, writers.METRICS_FILE)
-  if not os.path.isfile(path):
-    return [], []
-  by_epoch = {int(r['epoch']): r['val_accuracy'] for r in writers.read_jsonl(path)
-              if 'epoch' in r and 'val_accuracy' in r}
-  epochs = sorted(by_epoch)
-  return epochs, [by_epoch[epoch] for epoch in epochs]
+  return report.markdown_table(list(columns.values()),
+                               [[_cell(name, row[name]) for name in columns] for row in rows])
 
 
 def plot_curves(points: Sequence, workdir: str, path: str) -> figure.Figure:
   """Validation accuracy against epoch of every run on one figure; the figure saved."""
-  fig = figure.Figure(figsize=(9, 5.5), layout='constrained')
-  ax = fig.subplots()
-  drawn = 0
-  for point in points:
-    epochs, accuracy = validation_curve(os.path.join(workdir, point.name))
-    if epochs:
-      ax.plot(epochs, 100 * np.asarray(accuracy), marker='.', label=point.name)
-      drawn += 1
-  report.epoch_axis(ax)
-  ax.set_ylabel(f'{report.validation_name(validates_on_test(points))} accuracy (%)')
-  ax.grid(alpha=0.3)
-  if drawn and drawn <= 2 * MAX_SERIES:
-    ax.legend(fontsize=7, loc='lower right')
-  return report.save_figure(fig, path)
+  curves = {point.name: report.validation_curve(os.path.join(workdir, point.name))
+            for point in points}
+  return report.plot_validation_curves(curves, path, validates_on_test(points),
+                                       max_legend=2 * MAX_SERIES)
 
 
 def _is_number(value) -> bool:

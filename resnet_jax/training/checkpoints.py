@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from resnet_jax import console_logs
+from resnet_jax import defaults
 from resnet_jax import files
 from resnet_jax.errors import UserError, one_line
 from resnet_jax.training import run_config
@@ -238,7 +239,7 @@ def run_identity(config: ml_collections.ConfigDict, data_fingerprint: str,
   epoch, and the compute dtype (`models.compute_dtype`: model.dtype='auto' is bfloat16 on a
   GPU, float32 on a CPU).
   """
-  identity = {f'config.{key}': value for key, value in run_config.flat_json(config).items()
+  identity = {f'config.{key}': value for key, value in defaults.flat_json(config).items()
               if not run_config.is_free(key, run_config.RESUMABLE_KEYS)}
   return identity | {DATA_KEY: data_fingerprint, STEPS_KEY: steps_an_epoch,
                      DTYPE_KEY: compute_dtype}

@@ -16,8 +16,7 @@ from resnet_jax import defaults
 from resnet_jax import files
 from resnet_jax.errors import UserError, one_line
 
-# The resolved config a run was started with, in its workdir.
-CONFIG_FILE = 'config.json'
+CONFIG_FILE = files.CONFIG_FILE
 
 # Keys a given --config may set differently from the run's: evaluation only (how the test set is
 # scored and reported) and this machine's (where the data lies, how it is fed).
@@ -89,19 +88,6 @@ def saved_config(workdir: epath.PathLike) -> config_dict.ConfigDict:
                     'config file the run was trained with>') from e
 
 
-def flat_json(config: Any, prefix: str = '') -> dict[str, Any]:
-  """{dotted key: value} of a ConfigDict or a JSON tree of dicts, values as JSON has them."""
-  if isinstance(config, config_dict.ConfigDict):
-    config = json.loads(config.to_json_best_effort(sort_keys=True))
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, dict):
-      flat.update(flat_json(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def set_key(config: config_dict.ConfigDict, key: str, value: Any, where: str) -> None:
   """Sets a dotted key of config, as --config.KEY=VALUE would; a section takes a mapping.
 
@@ -135,7 +121,8 @@ def is_free(key: str, free_keys: Sequence[str]) -> bool:
 
 def changed(before: dict, after: dict, free_keys: Sequence[str] = (),
             *, both: bool = False) -> dict[str, tuple[Any, Any]]:
-  """{key: (before, after)} of two flat dicts (`flat_json`) where they differ, free keys aside.
+  """{key: (before, after)} of two flat dicts (`defaults.flat_json`) where they differ, free keys
+  aside.
 
   A key only one side has differs too (None on the other), unless `both`: then only keys both
   sides have are compared (a schema that gained or lost keys between versions).
@@ -161,7 +148,7 @@ def describe_changes(changes: dict[str, tuple[Any, Any]], before: str, after: st
 def differences(saved: config_dict.ConfigDict,
                 given: config_dict.ConfigDict) -> dict[str, tuple[Any, Any]]:
   """{dotted key: (saved value, given value)} where they differ, FREE_KEYS and FREE_SECTIONS aside."""
-  return changed(flat_json(saved), flat_json(given), FREE_KEYS)
+  return changed(defaults.flat_json(saved), defaults.flat_json(given), FREE_KEYS)
 
 
 def load_run_config(workdir: epath.PathLike,
