@@ -2,7 +2,7 @@
 
 from typing import Optional, Sequence
 
-from resnet_jax.training import run_config
+from resnet_jax import defaults
 
 MEMBER_SCALARS = ()
 
@@ -13,9 +13,9 @@ def member_values(config) -> dict:
 
 def why_apart(configs: Sequence) -> Optional[str]:
   """None where configs differ in their seed at most, else the first key that differs."""
-  first = run_config.flat_json(configs[0])
+  first = defaults.flat_json(configs[0])
   for config in configs[1:]:
-    for key, value in run_config.flat_json(config).items():
+    for key, value in defaults.flat_json(config).items():
       if key not in ('seed', 'population.seeds') and first.get(key) != value:
         return f'config.{key} differs ({first.get(key)!r} vs {value!r})'
   return None

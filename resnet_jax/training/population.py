@@ -12,6 +12,7 @@ group's devices), its data order, initialisation and step randomness from its ow
 is for one run: the loop is the same for both.
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -305,15 +306,30 @@ def log_start(layout, num_members: int) -> None:
                'devices train more members at once)')
 
 
+def training_rounds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
+                    devices=None) -> list[list[int]]:
+  """The members' indices in the order they train, one list a program: the finished ones (a
+  results.json), which only read their results again, one at a time; the others as many at once
+  as `members_per_round` allows."""
+  finished = [i for i, workdir in enumerate(workdirs) if report.read_results(workdir)]
+  rest = [i for i in range(len(configs)) if i not in finished]
+  rounds = [[i] for i in finished]
+  while rest:
+    count = members_per_round(configs[rest[0]], len(rest), devices)
+    rounds.append(rest[:count])
+    rest = rest[count:]
+  return rounds
+
+
 def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
                      workdir: str, *, resume_command: Optional[str] = None) -> list[dict]:
   """Trains each configs[i] into workdirs[i] (a single run's workdir), as many at once as the
-  devices allow (`members_per_round`; rounds otherwise), under one lock on `workdir`, where the
-  population's summary goes.
+  devices allow (`training_rounds`), holding the lock of `workdir`, where the population's
+  summary goes, and of every member's.
 
   Returns:
     Each member's results, as `train.train_and_evaluate` returns them ({'preempted': True, ...}
-    for every member from the one a stop interrupted on).
+    for every member not finished when a stop came).
 
   Raises:
     UserError: runs that cannot train together (`why_not_together`), and every error a single
@@ -323,21 +339,23 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   reason = why_not_together(configs)
   if reason:
     raise UserError(f'these runs cannot train as one population: {reason}')
-  clock = progress.RunClock()
-  results = []
-  with workdir_lock.hold(workdir, 'training a population', resume_command):
-    while len(results) < len(configs):
-      chunk = slice(len(results),
-                    len(results) + members_per_round(configs[0], len(configs) - len(results)))
-      if chunk.stop - chunk.start == 1:
-        layout = train.Solo(runs.setup_run(configs[chunk.start], workdirs[chunk.start]))
-      else:
-        layout = create_population(configs[chunk], workdirs[chunk])
+  results = [None] * len(configs)
+  with contextlib.ExitStack() as locks:
+    for folder, purpose in [(workdir, 'training a population')] + [
+        (member_workdir, f'training in the population of {workdir}') for member_workdir in workdirs]:
+      locks.enter_context(workdir_lock.hold(folder, purpose, resume_command))
+    for indices in training_rounds(configs, workdirs):
+      chosen = [configs[i] for i in indices], [workdirs[i] for i in indices]
+      layout = (train.Solo(runs.setup_run(chosen[0][0], chosen[1][0])) if len(indices) == 1
+                else create_population(*chosen))
       log_start(layout, len(configs))
-      results += train.train_members(layout, clock, resume_command, workdir)
-      if results[-1].get('preempted'):
-        return results + [results[-1]] * (len(configs) - len(results))
+      trained = train.train_members(layout, progress.RunClock(), resume_command, workdir)
+      for index, member_results in zip(indices, trained):
+        results[index] = member_results
+      if trained[0].get('preempted'):
+        return [r or trained[0] for r in results]
     if jax.process_index() == 0:
       population_report.write_population_report(
-          workdir, {os.path.basename(os.path.normpath(w)): w for w in workdirs}, resume_command)
+          workdir, {os.path.basename(os.path.normpath(w)): w for w in workdirs}, resume_command,
+          write_plots=configs[0].write_plots)
   return results

@@ -79,6 +79,11 @@ def saved_config(workdir: epath.PathLike) -> config_dict.ConfigDict:
   """The config the run in workdir was trained with, from its config.json; UserError if none."""
   path = files.as_path(workdir) / CONFIG_FILE
   if not path.exists():
+    inner = runs_inside(workdir)
+    if inner:  # A population's or a sweep's folder.
+      shown = ', '.join(inner[:4]) + (', ...' if len(inner) > 4 else '')
+      raise UserError(f'{workdir} holds {len(inner)} runs ({shown}), not one: give one as '
+                      f'--workdir, e.g. --workdir={files.as_path(workdir) / inner[0]}')
     raise UserError(f'no {path}: check --workdir, or pass --config=<the config file the run was '
                     'trained with>')
   try:
@@ -86,6 +91,14 @@ def saved_config(workdir: epath.PathLike) -> config_dict.ConfigDict:
   except (OSError, ValueError, TypeError, AttributeError) as e:
     raise UserError(f'{path} cannot be read ({one_line(e)}); pass --config=<the '
                     'config file the run was trained with>') from e
+
+
+def runs_inside(workdir: epath.PathLike) -> list[str]:
+  """The folders right inside workdir that hold a run (a config.json), sorted."""
+  folder = files.as_path(workdir)
+  if not folder.is_dir():
+    return []
+  return sorted(child.name for child in folder.iterdir() if (child / CONFIG_FILE).exists())
 
 
 def set_key(config: config_dict.ConfigDict, key: str, value: Any, where: str) -> None:

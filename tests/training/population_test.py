@@ -55,6 +55,16 @@ def test_members_a_round_split_the_devices_evenly_and_the_batch():
   assert population.members_per_round(config, 1, devices) == 1
 
 
+def test_finished_members_read_their_results_alone_and_the_rest_train_together(tmp_path):
+  configs = [smoke_config(seed) for seed in range(7)]
+  workdirs = [tmp_path / f'seed_{seed}' for seed in range(7)]
+  for finished in (1, 4):
+    workdirs[finished].mkdir()
+    (workdirs[finished] / 'results.json').write_text(json.dumps({'final_test_accuracy': 0.5}))
+  rounds = population.training_rounds(configs, [str(w) for w in workdirs], [object()] * 4)
+  assert rounds == [[1], [4], [0, 2, 3, 5], [6]]
+
+
 @pytest.mark.parametrize('change, says', [
     ({'data.placement': 'host'}, "config.data.placement='host' streams each batch"),
     ({'schedule.name': 'plateau'}, "config.schedule.name='plateau' sets each run's rate"),
