@@ -47,9 +47,10 @@ def run_population(config, workdir: str) -> None:
   logging.info('%s', models.summary_table(config.model))
   results = population.train_population(configs, workdirs, workdir,
                                         resume_command=cli.command_line())
-  if results[0].get('signal') == 'SIGINT':
+  stopped = next((r for r in results if r.get('preempted')), None)
+  if stopped and stopped.get('signal') == 'SIGINT':
     sys.exit(130)
-  if not results[0].get('preempted'):
+  if not stopped:
     accuracies = [100 * r['final_test_accuracy'] for r in results]
     logging.info('final test accuracy %.2f%% mean over %d runs (%.2f-%.2f%%); summary in '
                  '%s/population.md', sum(accuracies) / len(accuracies), len(accuracies),

@@ -672,9 +672,10 @@ class TrainLoop:
     for member in self.members:
       checkpoints.wait_for_saves(member.best)
       checkpoints.wait_for_saves(member.latest)
+    saved = ('a checkpoint' if len(self.members) == 1 else
+             f"the {len(self.members)} members' checkpoints")
     logging.info('%s: saved %s at epoch %d, step %d of it (global step %d); %s',
-                 self.stop_name(), report.counted(len(self.members), 'checkpoint'), epoch + 1,
-                 step_in_epoch, step, self.how_to_resume())
+                 self.stop_name(), saved, epoch + 1, step_in_epoch, step, self.how_to_resume())
     return [{'preempted': True, 'epoch': epoch, 'step': step,
              'signal': self.stop_signals.signal_name}] * len(self.members)
 
