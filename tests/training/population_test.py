@@ -79,6 +79,38 @@ def test_what_cannot_train_together_is_refused_in_one_line(change, says, tmp_pat
   assert '\n' not in str(refused.value)
 
 
+def test_the_command_trains_a_population_with_one_console_and_a_summary(tmp_path):
+  workdir = tmp_path / 'p'
+  overrides = [f'--config.{key}={value}' for key, value in OVERRIDES.items()
+               if key != 'log_every_steps']
+  done = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.main', f"--config={REPO / 'configs' / 'smoke.py'}",
+       f'--workdir={workdir}', '--config.population.seeds=(4,7)', *overrides],
+      env=host_devices_env(2), cwd=REPO, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stderr.splitlines()
+  assert any('population: 2 members of 2 (seed_4, seed_7) on 2 devices, one program, 1 a member'
+             in line for line in lines)
+  # One progress line a logged step for the population, not one a member.
+  progress_lines = [line for line in lines if ' step 5/5: ' in line]
+  assert len(progress_lines) == 2 and 'member-images/s (2 members)' in progress_lines[-1]
+  assert 'final test accuracy' in lines[-1] and 'mean over 2 runs' in lines[-1]
+  summary = json.loads((workdir / 'population.json').read_text())
+  for seed in (4, 7):
+    results = json.loads((workdir / f'seed_{seed}' / 'results.json').read_text())
+    assert results['seed'] == seed and results['population']['members'] == 2
+  assert (workdir / 'population.md').is_file() and summary
+  # A command given the population's folder as one run says where the runs are.
+  done = subprocess.run([sys.executable, '-m', 'resnet_jax.evaluate', f'--workdir={workdir}'],
+                        env=host_devices_env(1), cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert done.returncode == 2
+  assert done.stderr.splitlines()[-1] == (
+      f'error: {workdir} holds 2 runs (seed_4, seed_7), not one: give one as --workdir, e.g. '
+      f'--workdir={workdir / "seed_4"}')
+
+
 def _worker(out_path: str, workdir: str) -> None:
   """The runs the tests compare, on 8 host devices: a population of 4 seeds; each seed's single
   run on 2 devices; the population stopped by SIGTERM and resumed; the population crashed in the
