@@ -18,14 +18,13 @@ import functools
 import os
 from typing import Any, Callable, Optional, Sequence
 
+from absl import logging
 import jax
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-
-from absl import logging
 
 from resnet_jax.errors import UserError
 from resnet_jax.reporting import population_report
@@ -59,13 +58,11 @@ def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Confi
 
 def why_not_together(configs: Sequence[ml_collections.ConfigDict]) -> Optional[str]:
   """None where configs can train as one population, else why not, in one sentence."""
-  seeds = [config.seed for config in configs]
-  if len(set(seeds)) != len(seeds) and len(configs) > 1:
-    duplicated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    # Members with one seed and one set of hyperparameters would be one run twice.
-    if members.why_apart(configs) is None and all(
-        members.member_values(c) == members.member_values(configs[0]) for c in configs):
-      return f'seed {duplicated[0]} is given twice'
+  runs_given = [(config.seed, sorted(members.member_values(config).items())) for config in configs]
+  twice = next((seed for i, (seed, values) in enumerate(runs_given)
+                if (seed, values) in runs_given[:i]), None)
+  if twice is not None:
+    return f'seed {twice} is given twice with the same hyperparameters (one run twice)'
   first = configs[0]
   if first.data.placement == 'host':
     return ("config.data.placement='host' streams each batch from the host, and a population "
@@ -112,10 +109,6 @@ class Population:
   members: list
   mesh: jax.sharding.Mesh
   values: dict
-
-  @property
-  def platform(self):
-    return self.members[0].platform
 
   @property
   def size(self) -> int:
@@ -165,10 +158,9 @@ class Population:
             for key, values in self.values.items()}
 
   def _member_ctx(self, values, steps_per_epoch):
+    """The step's context for a member: the first's, with the member's scalars where given."""
     ctx = self.members[0].ctx
-    if values is None:
-      return ctx
-      return members.member_context(ctx, values, steps_per_epoch)
+    return ctx if values is None else members.member_context(ctx, values, steps_per_epoch)
 
   def jit_train_steps(self) -> Callable:
     """The population's train call: (state, indices [members, steps, batch], images, labels,
