@@ -9,19 +9,24 @@ a full run config, `grid` maps dotted config keys to the values to try (every co
 together and is labelled by its `name`. Any key can be overridden on the command line, the base's
 as `--config.base.num_epochs=30`, the grid's as `--config.grid.optim.learning_rate='(0.1,0.01)'`.
 
-Each point trains in <workdir>/<point>/ through `train.train_and_evaluate`. Running the command
-again skips finished points (a whole results.json, `report.read_results`; a torn one is written
-again from the point's final checkpoint) and resumes a partial one from its checkpoint, but only where the config the point's folder recorded (config.json) is the point's
-config now: a sweep whose base or values changed is refused before any training, naming the
-point and the keys that differ (use a new --workdir, or delete the point's folder to train it
-again), since training over the old run would mix two configs in one point. Points over the
-parameter budget are reported, not run; every other point's config is checked before the first
-trains; a point whose training fails with a user error (e.g. a diverging learning rate) is
-reported and the sweep goes on. Independent processes can share the points: started alike, each
+Each point trains in <workdir>/<point>/ through `train.train_and_evaluate`, or, where points
+differ only in scalar hyperparameters (learning rate, weight decay, seed, ...) and the devices
+hold several runs, as one population (`population.train_population`: several runs in one compiled
+program, each on its own group of devices), each still in its own <workdir>/<point>/;
+`--population_size=N` trains at most N points at once (default: as many as the devices hold; 1:
+one point at a time). Running the command again skips finished points (a whole results.json,
+`report.read_results`; a torn one is written again from the point's final checkpoint) and
+resumes a partial one from its checkpoint, but only where the config the point's folder recorded
+(config.json) is the point's config now: a sweep whose base or values changed is refused before
+any training, naming the point and the keys that differ (use a new --workdir, or delete the
+point's folder to train it again), since training over the old run would mix two configs in one
+point. Points over the parameter budget are reported, not run; every other point's config is
+checked before the first trains; a point whose training fails with a user error (e.g. a
+diverging learning rate) is reported and the sweep goes on. Independent processes can share the points: started alike, each
 leaves a point another holds (its folder's lock) to it, so each point trains once;
-`--process_index=i --process_count=n` runs every n-th point instead (under `jax.distributed`
-every run spans all processes, so every process runs every point). Ctrl-C exits 130 with the
-sweep's own command to resume it.
+`--process_index=i --process_count=n` runs every n-th point (or population) instead (under
+`jax.distributed` every run spans all processes, so every process runs every point). Ctrl-C exits
+130 with the sweep's own command to resume it.
 Every process writes the table for all points it finds (`sweep_report`): <workdir>/sweep.csv and
 sweep.md, the validation curves of every run (curves.png) and accuracy against each swept key
 (accuracy_vs_<key>.png).
@@ -36,7 +41,7 @@ import os
 import re
 import shlex
 import sys
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import flags
 from absl import logging
@@ -53,6 +58,7 @@ from resnet_jax.errors import UserError
 from resnet_jax.reporting import report
 from resnet_jax.reporting import sweep_report
 from resnet_jax.training import distributed
+from resnet_jax.training import population
 from resnet_jax.training import run_config
 from resnet_jax.training import runs
 from resnet_jax.training import train
@@ -67,6 +73,7 @@ OVER_BUDGET = 'skipped (over budget)'
 PENDING = 'pending'
 PREEMPTED = 'stopped'  # 'stopped (SIGTERM)' or 'stopped (SIGINT)': resumed by the same command
 IN_USE = 'in progress in another process'
+POPULATIONS_DIR = 'populations'  # <workdir>/populations/<first point>/: a population's own folder.
 STALE = 'stale'  # A point of another process whose folder holds a run of another config.
 # Keys that decide whether a point runs, not what it trains: a change keeps finished points.
 UNCOMPARED_KEYS = ('model.param_budget',)
@@ -284,7 +291,6 @@ def run_point(point: Point, workdir: str) -> str:
   point_dir = os.path.join(workdir, point.name)
   if report.read_results(point_dir) is not None:
     return SKIPPED_DONE  # Missing or torn: the trainer writes it (again) from the checkpoint.
-  error_path = os.path.join(point_dir, ERROR_FILE)
   try:
     results = train.train_and_evaluate(point.config, point_dir, resume_command=resume_command())
   except workdir_lock.InUse:
@@ -292,13 +298,101 @@ def run_point(point: Point, workdir: str) -> str:
   except UserError as e:
     if jax.process_index() == 0:
       os.makedirs(point_dir, exist_ok=True)
-      files.write_atomic(error_path, f'{e}\n')
+      files.write_atomic(os.path.join(point_dir, ERROR_FILE), f'{e}\n')
     return f'failed: {e}'
+  return _trained_status(point, workdir, results)
+
+
+def _trained_status(point: Point, workdir: str, results: dict) -> str:
+  """The status of a point its trainer returned results for (an older failure's note removed)."""
   if results.get('preempted'):
     return f"{PREEMPTED} ({results.get('signal') or 'SIGTERM'})"
+  error_path = os.path.join(workdir, point.name, ERROR_FILE)
   if jax.process_index() == 0 and os.path.exists(error_path):
     os.remove(error_path)
   return DONE
+
+
+def group_points(points: Sequence[Point], counts: Mapping[str, tuple[int, bool]],
+                 population_size: int = 0, *,
+                 why_not_together: Optional[Callable[[Sequence], Optional[str]]] = None,
+                 members_per_round: Optional[Callable[[Any, int], int]] = None,
+                 ) -> list[list[Point]]:
+  """The points in the groups that train at once: populations, and single points.
+
+  Points within the parameter budget that can train as one population with the first of their
+  family (`why_not_together` of the two is None: they differ only in the seed and scalar
+  hyperparameters) are split, in the sweep's order, into populations of `population_size`
+  points, or (0) of as many as `members_per_round` holds on this process's devices (each
+  population checked whole); every other point is a group of its own.
+  The groups depend only on the sweep, --population_size and the devices, not on what has
+  trained, so processes started alike on alike machines divide them alike.
+
+  Args:
+    points: the sweep's points (`sweep_points`).
+    counts: from `parameter_counts` (points over the budget are not grouped).
+    population_size: most points a population; 0: as many as the devices hold; 1: no populations.
+    why_not_together: default `population.why_not_together`.
+    members_per_round: default `population.members_per_round`.
+
+  Returns:
+    Every point once, in groups ordered by their first point (a group keeps the sweep's order).
+  """
+  if population_size < 0:
+    raise UserError(f'--population_size={population_size} must be >= 0 (0: as many points at '
+                    'once as the devices hold; 1: one point at a time)')
+  if population_size == 1:
+    return [[point] for point in points]
+  why_not_together = why_not_together or population.why_not_together
+  members_per_round = members_per_round or population.members_per_round
+  families = []  # Points that can share one program, each family in the sweep's order.
+  for point in points:
+    family = counts[point.name][1] and next(
+        (known for known in families if counts[known[0].name][1] and
+         why_not_together([known[0].config, point.config]) is None), None)
+    if family:
+      family.append(point)
+    else:
+      families.append([point])
+  groups = []
+  for family in families:
+    size = 1 if len(family) == 1 else (population_size or
+                                       members_per_round(family[0].config, len(family)))
+    for start in range(0, len(family), size):
+      group = family[start:start + size]
+      together = len(group) == 1 or why_not_together([p.config for p in group]) is None
+      groups += [group] if together else [[point] for point in group]
+  order = {point.name: number for number, point in enumerate(points)}
+  return sorted(groups, key=lambda group: order[group[0].name])
+
+
+def run_population(points: Sequence[Point], workdir: str) -> dict[str, str]:
+  """Trains a group's unfinished points as one population; the statuses of those it settled.
+
+  Finished points are SKIPPED_DONE. Where fewer than two are left, or the population fails with
+  a user error (e.g. one member's loss diverged), the points it left out are trained one at a
+  time (`run_point`), so that an error lands on its own point.
+  """
+  statuses = {point.name: SKIPPED_DONE for point in points
+              if report.read_results(os.path.join(workdir, point.name)) is not None}
+  members = [point for point in points if point.name not in statuses]
+  if len(members) < 2:
+    return statuses
+  population_dir = os.path.join(workdir, POPULATIONS_DIR, points[0].name)
+  logging.info('sweep population of %d points at once (%s): %s', len(members), population_dir,
+               ', '.join(point.name for point in members))
+  try:
+    results = population.train_population(
+        [point.config for point in members],
+        [os.path.join(workdir, point.name) for point in members], population_dir,
+        resume_command=resume_command())
+  except workdir_lock.InUse:
+    return statuses | {point.name: IN_USE for point in members}
+  except UserError as e:
+    logging.warning('the population failed (%s); training its points one at a time', e)
+    return statuses
+  return statuses | {point.name: _trained_status(point, workdir, member_results)
+                     for point, member_results in zip(members, results)}
 
 
 def _status(point: Point, workdir: str, within_budget: bool) -> str:
@@ -348,14 +442,16 @@ def check_points(points: Sequence[Point], counts: Mapping[str, tuple[int, bool]]
 
 
 def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: int = 0,
-              process_count: int = 1) -> list[dict]:
+              process_count: int = 1, population_size: int = 0) -> list[dict]:
   """Runs this process's share of the sweep's points, then writes the sweep's tables and plots.
 
   Args:
     sweep_cfg: from `sweep_config` (a configs/sweeps/*.py file).
     workdir: the sweep's folder; point p trains in workdir/<p.name>.
-    process_index: this process runs points process_index, process_index + process_count, ...
+    process_index: this process runs groups (`group_points`) process_index, process_index +
+      process_count, ...
     process_count: independent processes sharing the points.
+    population_size: most points trained at once as a population (`group_points`).
 
   Returns:
     The table's rows (dicts: 'point', the swept keys' labels, 'parameters', accuracies,
@@ -374,21 +470,26 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
   points = sweep_points(sweep_cfg)
   counts = parameter_counts(points)
   grid_keys = list(_flatten(sweep_cfg.grid, 'config.grid'))
-  share = points[process_index::process_count]
-  check_points(share, counts)
+  check_points(points, counts)  # Every point's: grouping compares them all.
+  groups = group_points(points, counts, population_size)[process_index::process_count]
+  share = [point for group in groups for point in group]
   check_points_unchanged(share, workdir)
   os.makedirs(workdir, exist_ok=True)
-  statuses = {}
-  for number, point in enumerate(share, start=1):
-    parameters, within_budget = counts[point.name]
-    if not within_budget:
-      statuses[point.name] = OVER_BUDGET
-    else:
-      logging.info('sweep point %d/%d: %s (%s parameters)', number, len(share), point.name,
-                   f'{parameters:,}')
-      statuses[point.name] = run_point(point, workdir)
-    logging.info('[%d/%d] %s: %s', number, len(share), point.name, statuses[point.name])
-    if statuses[point.name].startswith(PREEMPTED):
+  statuses, number = {}, 0
+  for group in groups:
+    if len(group) > 1:
+      statuses.update(run_population(group, workdir))
+    for point in group:
+      number += 1
+      parameters, within_budget = counts[point.name]
+      if not within_budget:
+        statuses[point.name] = OVER_BUDGET
+      elif point.name not in statuses:
+        logging.info('sweep point %d/%d: %s (%s parameters)', number, len(share), point.name,
+                     f'{parameters:,}')
+        statuses[point.name] = run_point(point, workdir)
+      logging.info('[%d/%d] %s: %s', number, len(share), point.name, statuses[point.name])
+    if any(statuses[point.name].startswith(PREEMPTED) for point in group):
       break
   rows = summary_rows(points, workdir, statuses, counts)
   if jax.process_index() == 0:
@@ -398,12 +499,12 @@ def run_sweep(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: in
 
 
 def sweep_command(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index: int = 0,
-                  process_count: int = 1) -> None:
+                  process_count: int = 1, population_size: int = 0) -> None:
   """The command: runs the sweep (`run_sweep`), prints sweep.md; exits 130 after a Ctrl-C."""
   files.check_writable(workdir, '--workdir')
   distributed.initialize_from_env()
   cli.say_outputs(f'{workdir} (sweep.md; a run folder for each point)')
-  rows = run_sweep(sweep_cfg, workdir, process_index, process_count)
+  rows = run_sweep(sweep_cfg, workdir, process_index, process_count, population_size)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'sweep.md'), encoding='utf-8') as f:
       logging.info('%s', f.read().rstrip())
@@ -419,14 +520,19 @@ def sweep_command(sweep_cfg: config_dict.ConfigDict, workdir: str, process_index
 def main(argv):
   del argv  # cli.run refuses positional arguments.
   sweep_command(cli.CONFIG.value, cli.WORKDIR.value, flags.FLAGS.process_index,
-                flags.FLAGS.process_count)
+                flags.FLAGS.process_count, flags.FLAGS.population_size)
 
 
 if __name__ == '__main__':
   # Defined here, not on import: sweep configs import this module (for `sweep_config`) while
   # it runs as __main__, and a second definition of a flag is an error.
   flags.DEFINE_integer('process_index', 0,
-                       'This process runs points process_index, + process_count, ...')
+                       'This process runs points (or populations) process_index, + '
+                       'process_count, ...')
   flags.DEFINE_integer('process_count', 1,
                        'Independent processes sharing the points (e.g. a job array).')
+  flags.DEFINE_integer('population_size', 0,
+                       'Most points trained at once as one population (points that differ only '
+                       'in scalar hyperparameters); 0: as many as the devices hold; 1: one point '
+                       'at a time.')
   cli.run(main, 'sweep', kind=cli.SWEEP)

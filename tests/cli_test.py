@@ -22,7 +22,7 @@ COMMAND_FLAGS = {
     'inspect': _READ | {'gradcam_layers', 'num_images'},
     'export': _READ,
     'compare': _RUN | {'seeds', 'jax_workdir', 'torch_threads'},
-    'sweep': _RUN | {'process_index', 'process_count'},
+    'sweep': _RUN | {'process_index', 'process_count', 'population_size'},
     'benchmark': {'config', 'verbose', 'output', 'batch_sizes', 'dtypes', 'steps_per_call',
                   'calls', 'variants', 'only_variants', 'check_numerics', 'torch_steps',
                   'torch_compile', 'extras', 'end_to_end_epochs'},

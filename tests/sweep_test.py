@@ -1,6 +1,7 @@
 """Sweeps: a tiny 2 x 2 grid trains, tabulates and plots; finished points are never retrained."""
 
 import csv
+import functools
 import importlib
 import json
 import logging
@@ -12,11 +13,13 @@ import sys
 
 import pytest
 
+from resnet_jax import defaults
 from resnet_jax import models
 from resnet_jax import sweep
 from resnet_jax.errors import UserError
 from resnet_jax.reporting import report
 from resnet_jax.reporting import sweep_report
+from resnet_jax.training import population
 from resnet_jax.training import run_config
 from resnet_jax.training import train
 from resnet_jax.training import workdir_lock
@@ -382,3 +385,113 @@ def test_seed_study_sweeps_build_every_point(name, num_points, over_budget):
   counts = sweep.parameter_counts(points)
   assert len(points) == num_points
   assert sum(not within for _, within in counts.values()) == over_budget
+
+
+# Populations. A stand-in for population.why_not_together until the members may differ in scalar
+# hyperparameters: points that differ only in the learning rate or the seed train together.
+def _why_not_together(configs):
+  flat = [defaults.flat_json(config) for config in configs]
+  apart = set().union(*(run_config.changed(flat[0], other, ('optim.learning_rate', 'seed'))
+                        for other in flat[1:]))
+  return f'they differ in {sorted(apart)}' if apart else None
+
+
+def _on_devices(count):
+  """population.members_per_round on `count` devices."""
+  return functools.partial(population.members_per_round, devices=[None] * count)
+
+
+def _groups(config, population_size=0, devices=2):
+  """The names of group_points' groups of config's points, on `devices` devices."""
+  points = sweep.sweep_points(config)
+  groups = sweep.group_points(points, sweep.parameter_counts(points), population_size,
+                              why_not_together=_why_not_together,
+                              members_per_round=_on_devices(devices))
+  return [[point.name for point in group] for group in groups]
+
+
+def test_points_differing_in_scalars_form_populations_the_devices_hold():
+  assert _groups(_tiny_config()) == [list(TINY_POINTS[:2]), list(TINY_POINTS[2:])]
+  assert _groups(_tiny_config(), devices=1) == [[name] for name in TINY_POINTS]
+  config = _tiny_config()
+  config.grid.optim.learning_rate = (0.05, 0.1, 0.2)
+  names = [point.name for point in sweep.sweep_points(config)]
+  assert _groups(config) == [names[0:2], names[2:3], names[3:5], names[5:6]]
+  # 8 devices split into 2 groups of 4 or 4 of 2, not 3: 2 at once, then the third alone.
+  assert _groups(config, devices=8) == [names[0:2], names[2:3], names[3:5], names[5:6]]
+  config.grid.optim.learning_rate = (0.05, 0.1, 0.2, 0.4)
+  names = [point.name for point in sweep.sweep_points(config)]
+  assert _groups(config, devices=8) == [names[0:4], names[4:8]]
+  # --population_size caps a population, and sets it where given, beyond what the devices hold
+  # (those train in rounds).
+  assert _groups(config, population_size=3, devices=8) == [names[0:3], names[3:4], names[4:7],
+                                                           names[7:8]]
+  assert _groups(config, population_size=4, devices=1) == [names[0:4], names[4:8]]
+
+
+def test_population_size_one_and_points_over_budget_train_alone():
+  def never(*args, **kwargs):
+    raise AssertionError('population consulted for --population_size=1')
+
+  points = sweep.sweep_points(_tiny_config())
+  counts = sweep.parameter_counts(points)
+  assert sweep.group_points(points, counts, 1, why_not_together=never,
+                            members_per_round=never) == [[point] for point in points]
+  config = _tiny_config()
+  config.base.model.param_budget = 2000  # The 8x16 points (5,266 parameters) are over it.
+  assert _groups(config) == [list(TINY_POINTS[:2]), [TINY_POINTS[2]], [TINY_POINTS[3]]]
+  with pytest.raises(UserError, match=r'--population_size=-1 must be >= 0'):
+    _groups(config, population_size=-1)
+
+
+@pytest.fixture
+def recorded_populations(monkeypatch):
+  """population.train_population's calls (configs, workdirs, workdir, resume_command) recorded,
+  each member returned as finished; the devices hold 2 runs; single runs forbidden."""
+  calls = []
+
+  def train_population(configs, workdirs, workdir, *, resume_command=None):
+    calls.append((configs, workdirs, workdir, resume_command))
+    return [{'final_val_accuracy': 0.5} for _ in configs]
+
+  monkeypatch.setattr(population, 'train_population', train_population)
+  monkeypatch.setattr(population, 'why_not_together', _why_not_together)
+  monkeypatch.setattr(population, 'members_per_round', _on_devices(2))
+  _forbid_training(monkeypatch)
+  return calls
+
+
+def test_a_sweep_trains_its_populations_into_the_points_folders(recorded_populations, tmp_path,
+                                                                monkeypatch):
+  monkeypatch.setattr(sys, 'argv', ['sweep.py', f'--workdir={tmp_path}'])
+  rows = sweep.run_sweep(_tiny_config(), str(tmp_path), process_index=1, process_count=2)
+  # The second process's share is the second population (8x16), not points 1 and 3.
+  (configs, workdirs, workdir, command), = recorded_populations
+  assert [(c.model.channels, c.optim.learning_rate) for c in configs] == [((8, 16), 0.05),
+                                                                         ((8, 16), 0.2)]
+  assert workdirs == [str(tmp_path / name) for name in TINY_POINTS[2:]]
+  assert workdir == str(tmp_path / sweep.POPULATIONS_DIR / TINY_POINTS[2])
+  assert command == f'python -m resnet_jax.sweep --workdir={tmp_path}'
+  assert [row['status'] for row in rows] == ['pending', 'pending', 'done', 'done']
+
+
+def test_a_failed_population_trains_its_points_one_at_a_time(recorded_populations, tmp_path,
+                                                              monkeypatch):
+  def diverges(configs, workdirs, workdir, **kwargs):
+    raise UserError('non-finite training loss')
+
+  trained = []
+
+  def train_alone(config, workdir, **kwargs):
+    trained.append(workdir)
+    if config.optim.learning_rate == 0.2:
+      raise UserError('non-finite training loss at lr 0.2')
+    return {'final_val_accuracy': 0.5}
+
+  monkeypatch.setattr(population, 'train_population', diverges)
+  monkeypatch.setattr(train, 'train_and_evaluate', train_alone)
+  config = _tiny_config()
+  config.grid.model.channels = ((4, 8),)
+  rows = sweep.run_sweep(config, str(tmp_path))
+  assert trained == [str(tmp_path / name) for name in TINY_POINTS[:2]]
+  assert [row['status'] for row in rows] == ['done', 'failed: non-finite training loss at lr 0.2']
