@@ -5,10 +5,12 @@ r"""The side-by-side: one config trained by the JAX trainer and the PyTorch refe
 
 Each seed trains in <workdir>/jax/seed<S> (`train.train_and_evaluate`) and <workdir>/torch/seed<S>
 (`torch_train.train_and_evaluate`), on the same data, splits and batch order; --jax_workdir takes
-a finished JAX run (config.seed) instead of training one. Writes compare.md (accuracy per
-framework, final and best with the gap and the seeds' spread, wall time and images/s on this
-machine, the versions, the command), compare.json and compare.png (validation accuracy per
-epoch, both frameworks). Needs PyTorch (the `torch` extra).
+a finished JAX run (config.seed) instead of training one. Where the devices hold several runs
+(`population.members_per_round`), the JAX seeds train at once as one population
+(`population.train_population`, its own files in <workdir>/jax), each in its usual folder.
+Writes compare.md (accuracy per framework, final and best with the gap and the seeds' spread,
+wall time and images/s on this machine, the versions, the command), compare.json and compare.png
+(validation accuracy per epoch, both frameworks). Needs PyTorch (the `torch` extra).
 """
 
 import json
@@ -57,13 +59,33 @@ def _seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.Conf
   return config
 
 
-def jax_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """A JAX run's results with its per-epoch 'history' (trained here unless it has finished)."""
+def jax_runs(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
+             population_dir: str) -> list[dict]:
+  """Each config's JAX run's results with its per-epoch 'history' (trained unless finished).
+
+  The runs train at once as one population in population_dir where the devices hold several
+  and the configs can share a program (they differ only in the seed), else one after another.
+
+  Raises:
+    UserError: a run was stopped before its end (SIGTERM, Ctrl-C), or cannot train.
+  """
+  from resnet_jax.training import population  # pylint: disable=g-import-not-at-top
   from resnet_jax.training import train  # pylint: disable=g-import-not-at-top
-  results = train.train_and_evaluate(config, workdir, resume_command=cli.command_line())
-  if results.get('preempted'):
-    raise errors.UserError(f'the JAX run in {workdir} was stopped before its end; run it again')
-  return with_history(results, workdir)
+  together = (len(configs) > 1 and population.members_per_round(configs[0], len(configs)) > 1
+              and population.why_not_together(configs) is None)
+  if together:
+    results = population.train_population(configs, workdirs, population_dir,
+                                          resume_command=cli.command_line())
+  else:
+    results = []
+    for config, workdir in zip(configs, workdirs):
+      results.append(train.train_and_evaluate(config, workdir, resume_command=cli.command_line()))
+      if results[-1].get('preempted'):
+        break
+  for run_results, workdir in zip(results, workdirs):
+    if run_results.get('preempted'):
+      raise errors.UserError(f'the JAX run in {workdir} was stopped before its end; run it again')
+  return [with_history(run_results, workdir) for run_results, workdir in zip(results, workdirs)]
 
 
 def finished_jax_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -212,13 +234,14 @@ def compare(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int
   from resnet_jax.pytorch import torch_train  # pylint: disable=g-import-not-at-top
   torch_train.check_config(config)
   seeds = [config.seed] if jax_workdir or not seeds else list(seeds)
-  runs = {framework: [] for framework in FRAMEWORKS}
-  finished = finished_jax_run(config, jax_workdir) if jax_workdir else None
-  for seed in seeds:
-    seeded = _seeded(config, seed)
-    runs['jax'].append(finished or jax_run(seeded, os.path.join(workdir, 'jax', f'seed{seed}')))
-    runs['torch'].append(_torch_run(seeded, os.path.join(workdir, 'torch', f'seed{seed}'),
-                                    torch_threads))
+  seeded = [_seeded(config, seed) for seed in seeds]
+  if jax_workdir:
+    runs = {'jax': [finished_jax_run(config, jax_workdir)]}
+  else:
+    runs = {'jax': jax_runs(seeded, [os.path.join(workdir, 'jax', f'seed{seed}') for seed in seeds],
+                            os.path.join(workdir, 'jax'))}
+  runs['torch'] = [_torch_run(seeded_config, os.path.join(workdir, 'torch', f'seed{seed}'),
+                              torch_threads) for seed, seeded_config in zip(seeds, seeded)]
   summary = summarise(runs)
   os.makedirs(workdir, exist_ok=True)
   plot(runs, os.path.join(workdir, FIGURE_FILE),

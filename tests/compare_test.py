@@ -6,13 +6,15 @@ import sys
 
 import pytest
 
-from conftest import assert_user_error, assert_whole_epoch_ticks, with_overrides
+from conftest import assert_user_error, assert_whole_epoch_ticks, smoke_config, with_overrides
 from resnet_jax import compare
 from resnet_jax.reporting import writers
 from resnet_jax.training import checkpoints
+from resnet_jax.training import population
 from resnet_jax.training import run_config
 
 pytest.importorskip('torch')
+from resnet_jax.pytorch import torch_train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _results(seed, final, best):
@@ -108,3 +110,31 @@ def test_a_torn_metrics_line_is_skipped(smoke_run, tmp_path):
     f.write('{"epoch": 3, "val_acc')  # What a crash mid-write of the old writer left.
   results = compare.with_history(json.loads((copy / 'results.json').read_text()), str(copy))
   assert [r['epoch'] for r in results['history']] == [1, 2]
+
+
+def test_the_jax_seeds_train_as_one_population_where_the_devices_hold_them(tmp_path,
+                                                                          monkeypatch):
+  calls = []
+
+  def finished(config, workdir):
+    """results of a finished run of config in workdir, its metrics.jsonl written."""
+    (tmp_path / workdir).mkdir(parents=True, exist_ok=True)
+    (tmp_path / workdir / writers.METRICS_FILE).write_text(
+        json.dumps({'epoch': 1, 'epoch_seconds': 1.0, 'val_accuracy': 0.5}) + '\n')
+    return dict(_results(config.seed, 0.5 + config.seed / 100, 0.6), history=[])
+
+  def train_population(configs, workdirs, workdir, *, resume_command=None):
+    calls.append((configs, workdirs, workdir))
+    return [finished(config, run_dir) for config, run_dir in zip(configs, workdirs)]
+
+  monkeypatch.setattr(population, 'members_per_round', lambda config, num, devices=None: num)
+  monkeypatch.setattr(population, 'train_population', train_population)
+  monkeypatch.setattr(torch_train, 'train_and_evaluate',
+                      lambda config, workdir, **kwargs: finished(config, workdir))
+  summary = compare.compare(smoke_config(), str(tmp_path), seeds=[0, 1])
+  (configs, workdirs, workdir), = calls
+  assert [config.seed for config in configs] == [0, 1]
+  assert workdirs == [str(tmp_path / 'jax' / f'seed{seed}') for seed in (0, 1)]
+  assert workdir == str(tmp_path / 'jax')
+  assert summary['jax']['final_per_seed'] == pytest.approx([50.0, 51.0])
+  assert json.loads((tmp_path / compare.JSON_FILE).read_text())['jax']['seeds'] == [0, 1]
