@@ -22,11 +22,11 @@ any training, naming the point and the keys that differ (use a new --workdir, or
 point's folder to train it again), since training over the old run would mix two configs in one
 point. Points over the parameter budget are reported, not run; every other point's config is
 checked before the first trains; a point whose training fails with a user error (e.g. a
-diverging learning rate) is reported and the sweep goes on. Independent processes can share the points: started alike, each
-leaves a point another holds (its folder's lock) to it, so each point trains once;
-`--process_index=i --process_count=n` runs every n-th point (or population) instead (under
-`jax.distributed` every run spans all processes, so every process runs every point). Ctrl-C exits
-130 with the sweep's own command to resume it.
+diverging learning rate) is reported and the sweep goes on. Independent processes can share the
+points: started alike, each leaves a point another holds (its folder's lock) to it, so each point
+trains once; `--process_index=i --process_count=n` runs every n-th point (or population) instead
+(under `jax.distributed` every run spans all processes, so every process runs every point).
+Ctrl-C exits 130 with the sweep's own command to resume it.
 Every process writes the table for all points it finds (`sweep_report`): <workdir>/sweep.csv and
 sweep.md, the validation curves of every run (curves.png) and accuracy against each swept key
 (accuracy_vs_<key>.png).
