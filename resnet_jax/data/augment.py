@@ -290,16 +290,17 @@ def random_beta(key, alpha, shape=()):
 
   jax.random.beta's Gamma sampler rejects in a while loop; here Marsaglia and Tsang's method (as
   jax.random.gamma) draws GAMMA_PROPOSALS proposals at once and keeps the first accepted one
-  (the first proposal where none is, about once in 1e20 draws). alpha < 1 is boosted,
-  Gamma(alpha + 1) * U^(1/alpha). Logarithms throughout, so that a small alpha cannot underflow.
-  alpha may be traced (a population's member): it is float32 from the start, the boost a select,
-  and the steps from it those XLA computes alike for a traced alpha and a number (no logarithm
-  of it, no division by a root), so that both give the same samples. The Gamma samples are
-  scaled by 1 / d, which cancels in the ratio.
+  (the first proposal where none is, about once in 1e20 draws). Every alpha is boosted,
+  Gamma(alpha + 1) * U^(1/alpha), as jax.random.gamma boosts an alpha < 1: one program for every
+  alpha. Logarithms throughout, so that a small alpha cannot underflow.
+
+  alpha may be traced (a population's member). It is float32 from the start, and the steps from
+  it are those XLA computes alike for a traced alpha and a number (no logarithm of it, no
+  division by it or by its root, which XLA rewrites for one of the two), so that both give the
+  same samples. The Gamma samples are scaled by 1 / d, which cancels in the ratio.
   """
   alpha = jnp.asarray(alpha, jnp.float32)
-  small = alpha < 1
-  d = jnp.where(small, alpha + 1, alpha) - 1 / 3
+  d = alpha + (1 - 1 / 3)
   c = jnp.sqrt(1 / (9 * d))
 
   def log_gamma(key):
@@ -311,8 +312,7 @@ def random_beta(key, alpha, shape=()):
     accept = (base > 0) & (jnp.log(u) < 0.5 * x * x + d - d * jnp.exp(log_v) + d * log_v)
     first = jnp.arange(GAMMA_PROPOSALS) == jnp.argmax(accept, axis=-1)[..., None]
     log_sample = jnp.sum(jnp.where(first, log_v, 0.0), axis=-1)
-    boost = jnp.log(jax.random.uniform(k_boost, shape)) / alpha
-    return log_sample + jnp.where(small, boost, 0.0)
+    return log_sample + jnp.log(jax.random.uniform(k_boost, shape)) * (1 / alpha)
 
   k_a, k_b = jax.random.split(key)
   return jax.nn.sigmoid(log_gamma(k_a) - log_gamma(k_b))

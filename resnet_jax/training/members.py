@@ -14,6 +14,7 @@ import json
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from resnet_jax import defaults
@@ -86,8 +87,9 @@ def member_context(ctx: steps.StepContext, values: Mapping[str, jax.Array],
   Args:
     ctx: the single run's context (its config decides which transforms and branches exist).
     values: {key of MEMBER_SCALARS: value}, e.g. the member's traced scalars inside the body of
-      a population's program; a missing key reads the config's. A value must be zero where the
-      config's is and only there (`program_key`).
+      a population's program (shape () or (1,), a shard_map body's slice of a per-member array);
+      a missing key reads the config's. A value must be zero where the config's is and only
+      there (`program_key`).
     steps_per_epoch: optimizer steps an epoch, as ctx's optimizer was made with.
 
   Returns:
@@ -101,6 +103,8 @@ def member_context(ctx: steps.StepContext, values: Mapping[str, jax.Array],
   unknown = sorted(set(values) - set(MEMBER_SCALARS))
   if unknown:
     raise ValueError(f'{unknown}: no member scalar; use keys of {MEMBER_SCALARS}')
+  # Scalars, so that no value broadcasts a shape into the state.
+  values = {key: jnp.reshape(value, ()) for key, value in values.items()}
   optimizer = optim.create_optimizer(
       ctx.config, steps_per_epoch,
       {key: value for key, value in values.items() if key in optim.VALUE_KEYS})

@@ -92,7 +92,8 @@ def base_run():
 
 
 def _traced(values):
-  return {key: jnp.float32(value) for key, value in values.items()}
+  """Per-member values as a shard_map body sees its member's slice, shape (1,)."""
+  return {key: jnp.full((1,), value, jnp.float32) for key, value in values.items()}
 
 
 def _assert_bitwise(a, b):
@@ -104,7 +105,8 @@ def _assert_bitwise(a, b):
 
 @pytest.mark.parametrize('key, value', [
     (None, None), ('optim.learning_rate', 0.02), ('optim.weight_decay', 3e-3),
-    ('optim.momentum', 0.5), ('label_smoothing', 0.25), ('augment.mixup_alpha', 1.5)])
+    ('optim.momentum', 0.5), ('optim.clip', 0.001), ('label_smoothing', 0.25),
+    ('augment.mixup_alpha', 1.5)])
 def test_member_step_is_the_step_of_a_config_with_its_values(base_run, key, value):
   run, state, batch, member_step = base_run
   config = run.config if key is None else _config(**{key: value})
