@@ -7,6 +7,11 @@ MEMBER_SCALARS reach the step as traced scalars (`member_context`); whether each
 the config's, as a zero weight decay, momentum, label smoothing or mixup alpha removes a transform
 or a branch from the program: members may differ in such a value only where it is zero in none of
 them or in all.
+
+A member's step is bitwise the single run's of its values: each value meets the program only in
+steps XLA compiles alike for a number and a traced scalar (sums, products, selects, a root,
+1 / value), never in a division by a constant, a logarithm or a division by a root, which XLA
+rewrites or folds for one of the two and not the other.
 """
 
 import dataclasses
@@ -64,6 +69,8 @@ def why_apart(configs: Sequence[ml_collections.ConfigDict]) -> Optional[str]:
   """None where every config's run can be a member of one program, else one sentence naming the
   first key (in sorted order) in which a config differs from the first."""
   flats = [defaults.flat_json(config) for config in configs]
+  if not flats:
+    return None
   first = _shared(flats[0])
   for number, flat in enumerate(flats[1:], start=2):
     shared = _shared(flat)

@@ -45,7 +45,7 @@ def test_member_values_are_the_configs():
 def test_members_share_a_program_across_seeds_scalars_and_host_keys(overrides):
   base, other = _config(), _config(**overrides)
   assert members.program_key(base) == members.program_key(other)
-  assert members.why_apart([base, other, base]) is None
+  assert members.why_apart([base, other, base]) is None and members.why_apart([]) is None
 
 
 @pytest.mark.parametrize('key, value', [
