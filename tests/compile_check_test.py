@@ -103,6 +103,17 @@ def test_a_population_of_8_is_8_members_of_a_chip_with_no_collective(population_
   assert 'collectives across members: none (groups of the collectives: no collective)' in lines
 
 
+def test_a_member_needs_on_its_chip_what_its_single_run_needs_on_one(population_of_8):
+  config = smoke_config(**{'data.train_subset': 128, 'steps_per_call': 1})
+  alone = compile_check.check(config, targets.tpu_slice('v5litepod-1'))
+  assert [c.name for c in alone.calls] == [c.name for c in population_of_8.calls]
+  # Its state, the training set and its batch: the same arguments, and no more in all (XLA may
+  # lay the population's temporaries out tighter).
+  for member, single in zip(population_of_8.calls, alone.calls):
+    assert member.arguments == pytest.approx(single.arguments, rel=0.02), member.name
+    assert 0 < member.bytes_per_chip <= single.bytes_per_chip, member.name
+
+
 def test_a_population_of_4_reduces_within_each_member_only():
   result = population_check(4)
   assert (result.members, result.run.platform.device_count) == (4, 2)
