@@ -72,7 +72,8 @@ class Options:
     end_to_end_epochs: epochs of the end-to-end row, timed after a first (compiling) one, for
       each batch size and dtype of the config as given (0: none).
     population_members: members of the population rows, for each batch size and dtype (0: as
-      many as the devices hold in one program, none on one device; 1: none).
+      many as the devices hold in one program, none on one device or for a config that cannot
+      train as a population; 1: none).
   """
   batch_sizes: Sequence[int] = (128, 512)
   dtypes: Sequence[str] = ('float32', 'bfloat16')
@@ -166,8 +167,12 @@ def population_rows(cell: ml_collections.ConfigDict, splits,
                           f'{cell.model.dtype}'):
     try:
       rows = throughput.measure_population(cell, splits, members=members, calls=options.calls)
-    except errors.UserError:
-      raise
+    except errors.UserError as e:
+      if options.population_members:
+        raise
+      # Unasked for: a config that cannot train as a population has no such rows.
+      logging.warning('no population rows: %s', e)
+      return []
     except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the next runs.
       rows = [dataclasses.replace(_failed(cell, throughput.POPULATION, errors.one_line(e)),
                                   members=members)]

@@ -9,6 +9,8 @@ import textwrap
 import pytest
 
 from resnet_jax import benchmark
+from resnet_jax import errors
+from resnet_jax.bench import throughput
 from resnet_jax.bench import variants
 from resnet_jax.bench.throughput import Measurement
 
@@ -135,6 +137,18 @@ def test_population_row_is_its_members_images_against_one_run_of_all_of_them(tmp
   assert not members['fastest'] and default['fastest']
   assert written['table'].splitlines()[-2].startswith('| population | 16 | float32 | 1 |')
   assert written['device_count'] == 4
+
+
+def test_population_rows_unasked_for_leave_out_a_config_that_cannot_train_as_one(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise errors.UserError("these runs cannot train as one population: placement host")
+
+  monkeypatch.setattr(throughput, 'population_members', lambda config: 4)
+  monkeypatch.setattr(throughput, 'measure_population', refuse)
+  config = synthetic_config()
+  assert benchmark.population_rows(config, None, benchmark.Options(population_members=0)) == []
+  with pytest.raises(errors.UserError, match='cannot train as one population'):
+    benchmark.population_rows(config, None, benchmark.Options(population_members=4))
 
 
 @pytest.mark.parametrize('args, message', [
