@@ -242,7 +242,6 @@ class PopulationFeed:
   def __init__(self, population: Population, train_images: np.ndarray, train_labels: np.ndarray):
     self._population = population
     self._plan = population.members[0].plan
-    self._image_size = train_images.shape[1]
     mesh = population.mesh
     self.train_set = feed.put_train_set(train_images, train_labels, mesh)
     self.scalars = population.scalars()
