@@ -165,7 +165,7 @@ def test_population_rows_unasked_for_leave_out_a_config_that_cannot_train_as_one
     # 3 runs do not split one device.
     (['--config=configs/smoke.py', '--population_members=3', '--batch_sizes=64',
       '--dtypes=float32', '--torch_steps=0', '--end_to_end_epochs=0', '--extras=false'],
-     '3 members do not split the 1 devices'),
+     '3 members cannot split 1 device'),
 ])
 def test_mistakes_are_one_line(tmp_path, args, message):
   args = [arg.format(tmp_path=tmp_path) for arg in args]

@@ -278,8 +278,9 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Se
                     'a time')
   if count not in group_sizes(len(devices), configs[0].batch_size):
     raise UserError(
-        f'{count} members do not split the {len(devices)} devices into equal groups that each '
-        f'take a share of config.batch_size={configs[0].batch_size}: use one of '
+        f'{report.counted(count, "member")} cannot split {report.counted(len(devices), "device")} '
+        f'into equal groups that each take a share of config.batch_size='
+        f'{configs[0].batch_size}: use one of '
         f'{", ".join(map(str, group_sizes(len(devices), configs[0].batch_size)))} members')
   grid = np.asarray(devices).reshape(count, len(devices) // count)
   first = runs.setup_run(configs[0], workdirs[0], splits=splits, devices=list(grid[0]))
