@@ -64,6 +64,19 @@ COMMANDS = {
                            '--variants configs/benchmarks/gpu_variants.py --batch_sizes=128 '
                            '--dtypes=float32 --calls=3 '
                            '--output docs/benchmarks/cpu_smoke_variants.json'),
+    # The CPU split into 8 devices: the population rows.
+    'benchmark_population': ('XLA_FLAGS=--xla_force_host_platform_device_count=8 '
+                             'python -m resnet_jax.benchmark --config configs/smoke.py '
+                             '--batch_sizes=64 --dtypes=float32 --calls=5 --torch_steps=0 '
+                             '--end_to_end_epochs=0 '
+                             '--output docs/benchmarks/cpu8_smoke_population.json'),
+    'benchmark_population_best': ('XLA_FLAGS=--xla_force_host_platform_device_count=8 '
+                                  'python -m resnet_jax.benchmark --config configs/best.py '
+                                  '--config.data.train_subset=2048 --config.data.test_subset=500 '
+                                  '--config.eval_batch_size=250 --batch_sizes=16 '
+                                  '--dtypes=float32 --calls=2 --torch_steps=0 '
+                                  '--end_to_end_epochs=0 '
+                                  '--output docs/benchmarks/cpu8_best_population.json'),
     'numerics': ('python -m resnet_jax.benchmark --config configs/smoke.py '
                  '--variants configs/benchmarks/gpu_variants.py --check_numerics '
                  '--output docs/benchmarks/cpu_smoke_numerics.json'),
@@ -71,11 +84,16 @@ COMMANDS = {
 
 
 def run(command: str, workdir: pathlib.Path) -> float:
-  """Runs a documented command with W replaced; its wall seconds. Stops on failure."""
+  """Runs a documented command with W replaced (and its leading NAME=value settings in its
+  environment); its wall seconds. Stops on failure."""
   args = [sys.executable if a == 'python' else a
           for a in shlex.split(command.replace(' W', f' {workdir}'))]
+  env = dict(os.environ)
+  while '=' in args[0]:
+    name, value = args.pop(0).split('=', 1)
+    env[name] = value
   start = time.time()
-  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=False)
+  result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, check=False)
   if result.returncode:
     sys.exit(f'{command}\nfailed:\n{result.stderr[-3000:]}')
   return time.time() - start
@@ -148,7 +166,8 @@ MEASURE = {
     'compare_smoke': lambda scratch: compare_figures('compare_smoke', scratch),
     'compare_narrow': lambda scratch: compare_figures('compare_narrow', scratch),
     **{name: lambda scratch, name=name: benchmark_figures(name, scratch)
-       for name in ('benchmark_smoke', 'benchmark_best', 'benchmark_variants', 'numerics')},
+       for name in ('benchmark_smoke', 'benchmark_best', 'benchmark_variants',
+                    'benchmark_population', 'benchmark_population_best', 'numerics')},
 }
 
 

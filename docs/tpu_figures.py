@@ -72,10 +72,16 @@ def row(record: dict) -> str:
   largest = max(record['calls'], key=lambda c: c['bytes_per_chip'])
   rate, epoch = record['images_per_second_estimate'], record['epoch_seconds_estimate']
   idle = record.get('utilisation_estimate')
-  return (f"| {record['config'].removeprefix('configs/').removesuffix('.py')} "
+  members = record.get('members', 1)
+  # A population: its members at once, each of the batch; images/s are member-images/s.
+  name = record['config'].removeprefix('configs/').removesuffix('.py')
+  batch = record['batch_size']
+  if members > 1:
+    name, batch = f"{name}, {record['seeds']} seeds", f'{members} runs x {batch}'
+  return (f"| {name} "
           f"| {record['topology']} | {record['chips']} x {record['device_kind']}, "
           f"{record['hosts']} host{'s' if record['hosts'] > 1 else ''} "
-          f"| {record['batch_size']} ({record['images_per_chip']} a chip) "
+          f"| {batch} ({record['images_per_chip']} a chip) "
           f"| {'yes' if record['fits'] else '**no**'} | {_mb(largest['bytes_per_chip'])} "
           f"| {'-' if rate is None else f'{rate:,.0f}'} "
           f"| {'-' if epoch is None else f'{epoch:.3g}'} "
@@ -90,7 +96,7 @@ def write_table() -> None:
   order = {name: i for i, name in enumerate(CONFIGS)}
   slices = {name: i for i, name in enumerate(SLICES)}
   records.sort(key=lambda r: (order.get(r['config'].split('/')[-1][:-3], 99),
-                              slices.get(r['topology'], 99)))
+                              slices.get(r['topology'], 99), r.get('members', 1)))
   versions = sorted({', '.join(f'{k} {v}' for k, v in r['versions'].items()
                                if k in ('python', 'jax', 'jaxlib', 'libtpu', 'flax'))
                      for r in records if 'versions' in r})

@@ -12,7 +12,11 @@ in a fresh process of this command restricted to it, before this process takes t
 others run here; a PyTorch baseline of the same model (`torch_baseline`) last, where torch is
 importable. Then the end-to-end row (`throughput.measure_end_to_end`): a short whole run of the
 config as given, timed over wall time, with its steps, its wall and its ratio to the
-steady-state row; its training's lines go to the log file, not among the rows. The JSON is
+steady-state row; its training's lines go to the log file, not among the rows. Then, on
+several devices, the population rows (`throughput.measure_population`): K runs of each batch
+size trained at once in one program, one a group of devices, against one run of K times that
+batch on the same devices, with their ratio (K: as many as the devices hold, or
+--population_members). The JSON is
 rewritten after every variant, so that a run cut short keeps what it measured; the fastest JAX
 row of each batch size and dtype is marked, and each PyTorch row shows that row's speed-up over
 it. `--check_numerics` instead trains one epoch of each variant
@@ -67,6 +71,9 @@ class Options:
     argv: the command line a child run repeats (with its own flags after it).
     end_to_end_epochs: epochs of the end-to-end row, timed after a first (compiling) one, for
       each batch size and dtype of the config as given (0: none).
+    population_members: members of the population rows, for each batch size and dtype (0: as
+      many as the devices hold in one program, none on one device or for a config that cannot
+      train as a population; 1: none).
   """
   batch_sizes: Sequence[int] = (128, 512)
   dtypes: Sequence[str] = ('float32', 'bfloat16')
@@ -78,6 +85,7 @@ class Options:
   torch_modes: Sequence[str] = (torch_baseline.EAGER, torch_baseline.COMPILED)
   argv: Sequence[str] = ()
   end_to_end_epochs: int = 0
+  population_members: int = 1
 
 
 def grid_configs(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
@@ -148,6 +156,31 @@ def run_child(config: ml_collections.ConfigDict, variant: variants_lib.Variant,
           for cell in grid_configs(config, variant, options)], None
 
 
+def population_rows(cell: ml_collections.ConfigDict, splits,
+                    options: Options) -> list[Measurement]:
+  """The population row of a batch size and dtype, and its one run's (none on one device)."""
+  members = options.population_members or throughput.population_members(cell)
+  if members == 1:
+    return []
+  with console_logs.phase(f'population: {members} runs of batch {cell.batch_size} at once '
+                          f'against one run of batch {members * cell.batch_size}, '
+                          f'{cell.model.dtype}'):
+    try:
+      rows = throughput.measure_population(cell, splits, members=members, calls=options.calls)
+    except errors.UserError as e:
+      if options.population_members:
+        raise
+      # Unasked for: a config that cannot train as a population has no such rows.
+      logging.warning('no population rows: %s', e)
+      return []
+    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the next runs.
+      rows = [dataclasses.replace(_failed(cell, throughput.POPULATION, errors.one_line(e)),
+                                  members=members)]
+  for row in rows:
+    log_row(row)
+  return rows
+
+
 def torch_rows(config: ml_collections.ConfigDict, options: Options,
                groups: Sequence[tuple[str, int]]) -> list[Measurement]:
   """The PyTorch baseline at each (dtype, batch size) the JAX rows have."""
@@ -175,6 +208,9 @@ def finish(rows: Sequence[Measurement], device_kind: str,
   variants do not change (MFU is the model's FLOPs over the time taken).
   """
   finished = []
+  # A population row and its one run's are a pair of their own, after the others.
+  paired = [r for r in rows if r.variant in (throughput.POPULATION, throughput.ONE_RUN)]
+  rows = [r for r in rows if r not in paired]
   groups = sorted({(r.dtype, r.batch_size) for r in rows},
                   key=lambda g: (g[0] != 'float32', g[1]))
   for dtype, batch_size in groups:
@@ -197,7 +233,7 @@ def finish(rows: Sequence[Measurement], device_kind: str,
       elif rate and best:
         r = dataclasses.replace(r, speedup=best / rate)
       finished.append(r)
-  return finished
+  return finished + paired
 
 
 def _note(r: Measurement) -> str:
@@ -207,6 +243,12 @@ def _note(r: Measurement) -> str:
     ratio = (f': {r.of_steady_state:.2f} of steady state (the first row of its batch and dtype)'
              if r.of_steady_state else '')
     return f'{r.steps} steps in {r.wall_seconds:.1f} s{ratio}'
+  if r.variant == throughput.POPULATION:
+    ratio = (f': {r.of_one_run:.2f}x the one run below (same devices, same images a step)'
+             if r.of_one_run else '')
+    return f'{r.members} runs at once, member-images/s{ratio}'
+  if r.variant == throughput.ONE_RUN:
+    return "one run of the population's images a step"
   if r.speedup:
     return f'fastest JAX is {r.speedup:.2f}x this'
   return '**fastest**' if r.fastest else ''
@@ -267,6 +309,11 @@ def run_benchmark(config: ml_collections.ConfigDict, options: Options,
       log_row(rows[-1])
       device = device or device_info()
       write(_result(config, splits, options, rows, device))
+  if options.population_members != 1 and not options.env_applied:
+    for cell in grid_configs(config, variants_lib.DEFAULT, options):
+      rows += population_rows(cell, splits, options)
+      device = device or device_info()
+      write(_result(config, splits, options, rows, device))
   if options.torch_steps and torch_baseline.unavailable():
     logging.warning('no PyTorch baseline: %s', torch_baseline.unavailable())
   elif options.torch_steps:
@@ -310,6 +357,11 @@ _TORCH_STEPS = flags.DEFINE_integer(
     'torch_steps', 20, 'PyTorch baseline steps timed per mode, where torch is importable; 0: '
     'no baseline.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
+_POPULATION_MEMBERS = flags.DEFINE_integer(
+    'population_members', 0, 'The population rows: this many runs of each batch size trained '
+    'at once, one a group of devices, against one run of this many times the batch on the same '
+    'devices; 0: as many as the devices hold in one program (none on one device); 1: none.',
+    lower_bound=0)
 _EXTRAS = flags.DEFINE_bool(
     'extras', True, 'Count FLOPs and time evaluation (each another compile) on the first variant.')
 _END_TO_END_EPOCHS = flags.DEFINE_integer(
@@ -360,7 +412,8 @@ def main(argv):
                     variants=selected, extras=_EXTRAS.value,
                     env_applied=os.environ.get(CHILD_ENV) == '1',
                     torch_steps=_TORCH_STEPS.value, torch_modes=modes, argv=sys.argv[1:],
-                    end_to_end_epochs=_END_TO_END_EPOCHS.value)
+                    end_to_end_epochs=_END_TO_END_EPOCHS.value,
+                    population_members=_POPULATION_MEMBERS.value)
   result = run_benchmark(config, options, write=_write)
   logging.info('%s on %s x %s (%s)\n%s', result['model'], result['device_count'],
                result['device_kind'], result['data_source'], result['table'])

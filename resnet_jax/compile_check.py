@@ -23,6 +23,15 @@ cost (`UNCOSTED_CUSTOM_CALLS`), which is added back; a call that loops (several 
 evaluation batches) is estimated from its one-step (one-batch) call times its count. XLA:GPU
 makes no estimate. A run that does not fit, or a call that does not compile, ends with one
 `error:` line and exit status 2; `--output` writes it all as JSON.
+
+A config with population.seeds compiles as `main` trains it: its first round's members at once
+(`population.members_per_round`), each on its group of the chips, in one program. The figures a
+chip and a step are then a member's, the estimate's images/s every member's (member-images/s),
+and the summary says each collective's groups of devices and how many join two members (none:
+the members train apart; any is an error).
+
+    python -m resnet_jax.compile_check --config configs/best.py --topology v5litepod-8 \
+        --config.population.seeds='(0,1,2,3,4,5,6,7)'
 """
 
 import dataclasses
@@ -55,8 +64,9 @@ from resnet_jax.data import input_pipeline
 from resnet_jax.errors import UserError, one_line
 from resnet_jax.reporting import report
 from resnet_jax.training import evaluator
-from resnet_jax.training import feed
+from resnet_jax.training import population
 from resnet_jax.training import runs
+from resnet_jax.training import train
 
 # The split sizes of CIFAR-10 (and CIFAR-100), which every shipped config trains on.
 TRAIN_EXAMPLES, TEST_EXAMPLES = 50_000, 10_000
@@ -86,6 +96,10 @@ class Call:
   estimate_from: Optional[str] = None  # 'this call', or the one-step (one-batch) call's
   all_reduces: int = 0
   all_reduce_bytes: int = 0  # a chip's
+  # The collectives' groups of devices as the HLO writes them (distinct), and how many of the
+  # collectives span the devices of two members of a population.
+  collective_groups: list = dataclasses.field(default_factory=list)
+  cross_member_collectives: int = 0
   while_loops: Optional[int] = None
   kernels: int = 0
   copies: int = 0
@@ -169,7 +183,16 @@ def xla_estimate(compiled) -> Optional[float]:
   return seconds if seconds > 0 else None
 
 
-def describe(call: Call, compiled, seconds: float) -> None:
+def cross_member(groups: Optional[list], devices_per_member: int) -> bool:
+  """Whether a collective's groups (`hlo.collective_groups`; None: every device) join devices of
+  two members, member i holding devices [i * devices_per_member, (i + 1) * devices_per_member)
+  of the program's devices."""
+  if groups is None:
+    return True
+  return any(len({device // devices_per_member for device in group}) > 1 for group in groups)
+
+
+def describe(call: Call, compiled, seconds: float, devices_per_member: int) -> None:
   """Fills call's bytes, FLOPs, collectives, loops and estimate from its compiled program."""
   memory = compiled.memory_analysis()
   call.arguments, call.outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
@@ -179,6 +202,10 @@ def describe(call: Call, compiled, seconds: float) -> None:
   text = compiled.as_text()
   summary = hlo.summarize(text)
   call.all_reduces, call.all_reduce_bytes = summary['all-reduce'], all_reduce_bytes(text)
+  collectives = hlo.collective_groups(text)
+  call.collective_groups = sorted({written for _, written, _ in collectives})
+  call.cross_member_collectives = sum(cross_member(groups, devices_per_member)
+                                      for _, _, groups in collectives)
   call.kernels, call.copies = summary['kernels'], summary['copies']
   call.while_loops = summary.get('while_loops')
   call.compile_seconds = seconds
@@ -195,21 +222,20 @@ def _compile(what: str, jitted, args) -> tuple[object, float]:
   return compiled, time.perf_counter() - start
 
 
-def compile_calls(run: runs.Run) -> tuple[list[Call], dict]:
-  """Compiles every distinct call the run makes; a call that fails to compile has its error.
+def compile_calls(layout) -> tuple[list[Call], dict]:
+  """Compiles every distinct call a run (`train.Solo`) or a population's round makes; a call
+  that fails to compile has its error.
 
   Returns:
     The calls, and the one-step (one-batch) calls by (kind, batch) that estimate them.
   """
-  config, mesh, plan, splits = run.config, run.mesh, run.plan, run.splits
-  state = run.abstract_state()
-  train_fn = feed.jit_train_steps(run.ctx, mesh, resident=run.resident)
-  eval_fn = evaluator.compile_evaluate(run.ctx, mesh)
-  specs = lambda count, batch: feed.batch_specs(
-      count, batch, mesh, resident=run.resident, train_size=plan.size,
-      image_size=config.data.image_size)
+  run = layout.members[0]
+  config, plan, splits = run.config, run.plan, run.splits
+  state = layout.abstract_state()
+  train_fn, eval_fn = layout.jit_train_steps(), layout.evaluate_fn()
   eval_specs = lambda size: evaluator.eval_set_specs(size, config.eval_batch_size,
-                                                     config.data.image_size, mesh)
+                                                     config.data.image_size, layout.mesh)
+  devices_per_member = run.mesh.devices.size
   shapes = []
   for _, count, batch in plan.calls(0):
     if ('train', count, batch) not in shapes:
@@ -223,7 +249,7 @@ def compile_calls(run: runs.Run) -> tuple[list[Call], dict]:
 
   def args(kind, count, batch):
     if kind == 'train':
-      return (state, *specs(count, batch))
+      return (state, *layout.batch_specs(count, batch))
     return (state.eval_variables(), *eval_specs(count * batch))
 
   calls, one_step = [], {}
@@ -233,13 +259,13 @@ def compile_calls(run: runs.Run) -> tuple[list[Call], dict]:
     jitted = train_fn if kind == 'train' else eval_fn
     try:
       compiled, seconds = _compile(call.name, jitted, args(kind, count, batch))
-      describe(call, compiled, seconds)
+      describe(call, compiled, seconds, devices_per_member)
       if count > 1:  # XLA costs a loop's body once: the estimate is the one-step call's.
         if (kind, batch) not in one_step:
           single, _ = _compile(f'{kind} call ({_count(kind, 1)} of {batch}) for the estimate',
                                jitted, args(kind, 1, batch))
           one_step[kind, batch] = Call(kind=kind, steps=1, batch=batch)
-          describe(one_step[kind, batch], single, 0.0)
+          describe(one_step[kind, batch], single, 0.0, devices_per_member)
         single = one_step[kind, batch]
         call.flops = None if single.flops is None else single.flops * count
         call.estimated_seconds = (None if single.estimated_seconds is None
@@ -255,11 +281,18 @@ def compile_calls(run: runs.Run) -> tuple[list[Call], dict]:
 
 @dataclasses.dataclass
 class Check:
-  """What compile_check found, for the table, the summary and the JSON."""
+  """What compile_check found, for the table, the summary and the JSON.
+
+  A population (config.population.seeds) is its first round's program: `members` runs at once,
+  `run` the first of them, each on its group of the target's chips; the figures a chip and a
+  step are a member's, the images/s all members'.
+  """
   target: targets.Target
   run: runs.Run
   calls: list
   step: Call  # the full batch's one-step train call (FLOPs, collectives, estimate a step)
+  members: int = 1  # runs in the program
+  seeds: int = 0  # config.population.seeds (0: one run)
 
   @property
   def platform(self) -> platforms.Platform:
@@ -282,8 +315,13 @@ class Check:
 
   @property
   def images_per_second(self) -> Optional[float]:
+    """Training images a second, of every member (a population's member-images/s)."""
     seconds = self.step.estimated_seconds
-    return None if seconds is None else self.step.batch / seconds
+    return None if seconds is None else self.members * self.step.batch / seconds
+
+  @property
+  def cross_member_collectives(self) -> int:
+    return sum(call.cross_member_collectives for call in self.calls) if self.members > 1 else 0
 
   @property
   def epoch_seconds(self) -> Optional[float]:
@@ -301,21 +339,39 @@ class Check:
     return self.step.flops / self.step.estimated_seconds / peak
 
 
+def set_up(config: ml_collections.ConfigDict, target: targets.Target):
+  """The run as `main` sets it up on the target's devices (`train.Solo`), or with
+  config.population.seeds, its population's first round (`population.create_population`: as
+  many members as `population.members_per_round` puts in one program; one at a time on several
+  hosts)."""
+  splits = splits_without_data(config)
+  configs = population.seed_configs(config) if config.population.seeds else [config]
+  count = 1 if target.hosts > 1 else population.members_per_round(configs[0], len(configs),
+                                                                 target.devices)
+  if count == 1:
+    return train.Solo(runs.setup_run(configs[0], '', splits=splits, devices=target.devices))
+  return population.create_population(configs[:count], [''] * count, devices=target.devices,
+                                      splits=splits)
+
+
 def check(config: ml_collections.ConfigDict, target: targets.Target) -> Check:
-  """Sets the run up as `main` does on the target's devices, and compiles its calls."""
-  run = runs.setup_run(config, '', splits=splits_without_data(config), devices=target.devices)
+  """Sets the run (or population) up as `main` does on the target's devices, and compiles its
+  calls."""
+  layout = set_up(config, target)
+  run = layout.members[0]
   # Executables for devices this process does not hold cannot be loaded back from the persistent
   # compilation cache (a warning, then a compile again): they stay out of it.
   cached = jax.config.jax_enable_compilation_cache
   jax.config.update('jax_enable_compilation_cache', False)
   try:
-    calls, one_step = compile_calls(run)
+    calls, one_step = compile_calls(layout)
   finally:
     jax.config.update('jax_enable_compilation_cache', cached)
   batch = run.plan.batch_size
   # A call that failed to compile leaves nothing to estimate from (its error ends the command).
   step = one_step.get(('train', batch)) or Call(kind='train', steps=1, batch=batch)
-  return Check(target=target, run=run, calls=calls, step=step)
+  return Check(target=target, run=run, calls=calls, step=step,
+               members=len(layout.members), seeds=len(config.population.seeds))
 
 
 def _mb(count: int) -> str:
@@ -369,11 +425,14 @@ def summary_lines(result: Check) -> list[str]:
                  f'{result.flops_per_image / 1e9:.3g} G')
   lines.append(f'collectives a step: {step.all_reduces} all-reduces, '
                f'{_mb(step.all_reduce_bytes)} a chip')
+  if result.seeds:
+    lines += population_lines(result)
   if step.while_loops is not None:
     lines.append(f'while loops in a training step: {step.while_loops} (each runs its iterations '
                  'one after another)')
   per_chip = plan.batch_size // plan.num_devices
-  lines.append(f'a batch of {plan.batch_size}: {per_chip} images a chip'
+  lines.append(f'a batch of {plan.batch_size}{" a member" if result.members > 1 else ""}: '
+               f'{per_chip} images a chip'
                + (f', {plan.batch_size // hosts} a host on each of {hosts} hosts (each host '
                   f'feeds its share; one global program)' if hosts > 1 else ''))
   if result.images_per_second is None:
@@ -381,21 +440,42 @@ def summary_lines(result: Check) -> list[str]:
       lines.append(f'{ESTIMATE_LABEL}: none (the cost model gave no time for the step)')
     return lines
   epoch = result.epoch_seconds
+  images = (f'{result.images_per_second:,.0f} member-images/s ({result.members} members of '
+            f'{step.batch} images a step)' if result.members > 1
+            else f'{result.images_per_second:,.0f} images/s')
   lines.append(f'{ESTIMATE_LABEL} (not a measurement): {_seconds(step.estimated_seconds)} a step, '
-               f'{result.images_per_second:,.0f} images/s'
+               f'{images}'
                + ('' if epoch is None else f', {_seconds(epoch)} an epoch of training calls'))
   utilisation = result.utilisation
   if utilisation is not None:
     lines.append(f'{ESTIMATE_LABEL}: the chips compute at {utilisation:.1%} of their '
                  f'{run.compute_dtype} peak')
-    if utilisation < MOSTLY_IDLE:
+    if utilisation < MOSTLY_IDLE and result.members == 1:
       larger = (f'a larger batch with a recipe made for it (configs/fast.py: batch 512, '
                 f'{512 // platform.device_count} images a chip here), or '
                 if per_chip < LARGE_PER_CHIP else '')
       lines.append(
           f'mostly idle: with {per_chip} images a chip the chips wait on collectives and small '
-          f'kernels most of a step; {larger}several runs at once (a sweep\'s points, seeds), '
-          f'each on a smaller slice, use {platform.device_count} chips better than this one run')
+          f'kernels most of a step; {larger}several runs at once use '
+          f'{platform.device_count} chips better than this one run: seeds as a population, '
+          "each on its share of these chips (--config.population.seeds='(0,1,...)'), or a "
+          "sweep's points, each on a smaller slice")
+  return lines
+
+
+def population_lines(result: Check) -> list[str]:
+  """A population's lines: its members, and whether any collective joins two of them."""
+  chips, rounds = result.run.platform.device_count, -(-result.seeds // result.members)
+  lines = [f'population: {report.counted(result.seeds, "seed")}, '
+           f'{report.counted(result.members, "member")} at once '
+           f'({report.counted(rounds, "round")}), each on {report.counted(chips, "chip")} of '
+           f'the {len(result.target.devices)}' + (': one program' if result.members > 1 else '')]
+  if result.members == 1:
+    return lines
+  groups = sorted({g for call in result.calls for g in call.collective_groups})
+  crossing = result.cross_member_collectives
+  lines.append(f'collectives across members: {crossing or "none"} (groups of the collectives: '
+               f'{", ".join(groups) or "no collective"})')
   return lines
 
 
@@ -405,20 +485,25 @@ def as_json(result: Check, config_path: str) -> dict:
       'config': config_path,
       'topology': result.target.name,
       'layout': result.target.description,
-      'chips': platform.device_count,
+      'chips': len(result.target.devices),
       'hosts': result.target.hosts,
+      'members': result.members,
+      'seeds': result.seeds,
+      'chips_per_member': platform.device_count,
       'device_kind': platform.device_kind,
       'hbm_bytes_per_chip': result.hbm,
       'fits': result.fits,
       'compute_dtype': run.compute_dtype,
       'batch_size': run.plan.batch_size,
       'images_per_chip': run.plan.batch_size // run.plan.num_devices,
-      'images_per_host': run.plan.batch_size // result.target.hosts,
+      'images_per_host': result.members * run.plan.batch_size // result.target.hosts,
       'steps_per_call': run.plan.steps_per_call,
       'placement': run.placement,
       'flops_per_image': result.flops_per_image,
       'all_reduces_per_step': result.step.all_reduces,
       'all_reduce_bytes_per_step': result.step.all_reduce_bytes,
+      'collective_groups': sorted({g for call in result.calls for g in call.collective_groups}),
+      'cross_member_collectives': result.cross_member_collectives,
       'estimate': ESTIMATE_LABEL + (' (XLA:TPU, not a measurement)' if platform.name == 'tpu'
                                     else ': none on this platform'),
       'images_per_second_estimate': result.images_per_second,
@@ -441,14 +526,35 @@ def versions() -> dict:
   return found
 
 
+def fewer_members(result: Check) -> str:
+  """What to change for fewer members a round, each on more chips ('' for one run)."""
+  if result.members == 1:
+    return ''
+  fewer = max((k for k in population.group_sizes(len(result.target.devices),
+                                                 result.run.plan.batch_size)
+               if k < result.members), default=1)
+  chips = len(result.target.devices) // fewer
+  return (f', or train fewer members at once ({result.members} now, '
+          f'{report.counted(result.run.platform.device_count, "chip")} each): '
+          f'config.population.seeds of {fewer} seeds trains them on '
+          f'{report.counted(chips, "chip")} each')
+
+
 def failure(result: Check) -> Optional[str]:
-  """The one line for a call that does not compile or does not fit, else None."""
+  """The one line for a call that does not compile or does not fit, or a population whose
+  members' program joins two of them, else None."""
   hbm, kind = result.hbm, result.platform.device_kind
+  if result.cross_member_collectives:
+    crossing = report.counted(result.cross_member_collectives, 'collective')
+    return (f"the population's program has {crossing} joining devices of two members, which "
+            'would not train apart: a bug of this version; train the seeds one at a time '
+            '(config.population.seeds=())')
   for call in result.calls:
     batch_key = 'batch_size' if call.kind == 'train' else 'eval_batch_size'
     change = f'lower config.{batch_key}' + (
         ' or keep the training set on the host (--config.data.placement=host)'
-        if result.run.resident and call.kind == 'train' else '')
+        if result.run.resident and call.kind == 'train' and result.members == 1 else '') + (
+            fewer_members(result))
     if call.error and re.search(r'RESOURCE_EXHAUSTED|out of memory', call.error, re.IGNORECASE):
       return (f'the {call.name} needs more than the {_gib(hbm) if hbm else "memory"} of a {kind} '
               f'(XLA: {call.error}): {change}')
@@ -458,7 +564,8 @@ def failure(result: Check) -> Optional[str]:
               '--config.data.source=synthetic)')
     if hbm and call.bytes_per_chip > hbm:
       return (f'the {call.name} needs {_mb(call.bytes_per_chip)} a chip, more than the '
-              f'{_gib(hbm)} of a {kind}: {change}, or use more chips')
+              f'{_gib(hbm)} of a {kind}: {change}' + ('' if result.members > 1
+                                                      else ', or use more chips'))
   return None
 
 

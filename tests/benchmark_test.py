@@ -9,10 +9,12 @@ import textwrap
 import pytest
 
 from resnet_jax import benchmark
+from resnet_jax import errors
+from resnet_jax.bench import throughput
 from resnet_jax.bench import variants
 from resnet_jax.bench.throughput import Measurement
 
-from conftest import REPO, synthetic_config
+from conftest import REPO, host_devices_env, synthetic_config
 
 
 def _row(variant, batch, rate, framework='jax', gflop=None, dtype='bfloat16'):
@@ -53,8 +55,8 @@ def test_a_variant_setting_the_batch_size_is_measured_once_per_dtype():
   assert len(benchmark.grid_configs(synthetic_config(), variants.DEFAULT, options)) == 4
 
 
-def _run(args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+def _run(args, env=None):
+  env = env or dict(os.environ, JAX_PLATFORMS='cpu')
   return subprocess.run([sys.executable, '-m', 'resnet_jax.benchmark', *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
 
@@ -112,6 +114,43 @@ def test_command_line_measures_variants_in_one_table_and_json(tmp_path):
   assert written['versions']['jax'] and written['device_count'] == 1
 
 
+def test_population_row_is_its_members_images_against_one_run_of_all_of_them(tmp_path):
+  """On 4 devices: 4 runs of batch 16 at once against one run of batch 64, in one process."""
+  output = tmp_path / 'bench.json'
+  result = _run(['--config=configs/smoke.py', '--config.data.source=synthetic',
+                 '--config.data.train_subset=128', '--batch_sizes=16', '--dtypes=float32',
+                 '--calls=2', '--torch_steps=0', '--end_to_end_epochs=0', '--extras=false',
+                 f'--output={output}'], env=host_devices_env(4))
+  assert result.returncode == 0, result.stderr[-2000:]
+  written = json.loads(output.read_text())
+  default, members, one_run = written['results']
+  assert (default['variant'], default['batch_size'], default['members']) == ('default', 16, None)
+  assert (members['variant'], members['batch_size'], members['members']) == ('population', 16, 4)
+  assert (one_run['variant'], one_run['batch_size'], one_run['members']) == ('one run', 64, None)
+  # Two timed calls of one step each: member-images are members x steps x batch.
+  assert members['steps'] == one_run['steps'] == 2
+  assert members['train_images_per_second'] == pytest.approx(
+      4 * 2 * 16 / members['wall_seconds'])
+  assert one_run['train_images_per_second'] == pytest.approx(2 * 64 / one_run['wall_seconds'])
+  assert members['of_one_run'] == pytest.approx(
+      members['train_images_per_second'] / one_run['train_images_per_second'])
+  assert not members['fastest'] and default['fastest']
+  assert written['table'].splitlines()[-2].startswith('| population | 16 | float32 | 1 |')
+  assert written['device_count'] == 4
+
+
+def test_population_rows_unasked_for_leave_out_a_config_that_cannot_train_as_one(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise errors.UserError("these runs cannot train as one population: placement host")
+
+  monkeypatch.setattr(throughput, 'population_members', lambda config: 4)
+  monkeypatch.setattr(throughput, 'measure_population', refuse)
+  config = synthetic_config()
+  assert benchmark.population_rows(config, None, benchmark.Options(population_members=0)) == []
+  with pytest.raises(errors.UserError, match='cannot train as one population'):
+    benchmark.population_rows(config, None, benchmark.Options(population_members=4))
+
+
 @pytest.mark.parametrize('args, message', [
     (['--config=configs/smoke.py', '--batch_sizes=big'], '--batch_sizes must be integers'),
     (['--config=configs/smoke.py', '--config.model.activation=gelu'], 'config.model.activation'),
@@ -123,6 +162,10 @@ def test_command_line_measures_variants_in_one_table_and_json(tmp_path):
       '--only_variants=fastest'], 'no variant named fastest'),
     # Recorded 0 images/s with exit status 0.
     (['--config=configs/smoke.py', '--calls=0'], '--calls=0'),
+    # 3 runs do not split one device.
+    (['--config=configs/smoke.py', '--population_members=3', '--batch_sizes=64',
+      '--dtypes=float32', '--torch_steps=0', '--end_to_end_epochs=0', '--extras=false'],
+     '3 members cannot split 1 device'),
 ])
 def test_mistakes_are_one_line(tmp_path, args, message):
   args = [arg.format(tmp_path=tmp_path) for arg in args]

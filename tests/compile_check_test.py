@@ -71,6 +71,81 @@ def test_a_call_over_the_chips_memory_is_refused_in_one_line(single_host):
   assert 'lower config.batch_size' in line and 'TPU v5 lite' in line
 
 
+def population_check(seeds: int):
+  """`seeds` seeds on a v5litepod-8 (two steps of 64 a member, one step a call)."""
+  config = smoke_config(**{'population.seeds': tuple(range(seeds)), 'data.train_subset': 128,
+                           'steps_per_call': 1})
+  return compile_check.check(config, targets.tpu_slice('v5litepod-8'))
+
+
+@pytest.fixture(scope='module')
+def population_of_8():
+  return population_check(8)
+
+
+def test_a_population_of_8_is_8_members_of_a_chip_with_no_collective(population_of_8):
+  result = population_of_8
+  assert (result.members, result.seeds, result.run.platform.device_count) == (8, 8, 1)
+  assert [(c.kind, c.steps, c.batch) for c in result.calls] == [('train', 1, 64),
+                                                                ('eval', 1, 256)]
+  assert result.fits and compile_check.failure(result) is None
+  # A member's chip talks to no other: no all-reduce at all (a data-parallel run has some).
+  assert result.cross_member_collectives == 0
+  assert all(call.all_reduces == 0 and call.collective_groups == [] for call in result.calls)
+  # Member-images/s: every member's batch a step.
+  assert result.images_per_second == pytest.approx(8 * 64 / result.step.estimated_seconds)
+  written = compile_check.as_json(result, 'configs/smoke.py')
+  assert (written['members'], written['chips'], written['chips_per_member']) == (8, 8, 1)
+  assert written['images_per_chip'] == 64 and written['cross_member_collectives'] == 0
+  lines = compile_check.summary_lines(result)
+  assert ('population: 8 seeds, 8 members at once (1 round), each on 1 chip of the 8: one '
+          'program') in lines
+  assert 'collectives across members: none (groups of the collectives: no collective)' in lines
+
+
+def test_a_member_needs_on_its_chip_what_its_single_run_needs_on_one(population_of_8):
+  config = smoke_config(**{'data.train_subset': 128, 'steps_per_call': 1})
+  alone = compile_check.check(config, targets.tpu_slice('v5litepod-1'))
+  assert [c.name for c in alone.calls] == [c.name for c in population_of_8.calls]
+  # Its state, the training set and its batch: the same arguments, and no more in all (XLA may
+  # lay the population's temporaries out tighter).
+  for member, single in zip(population_of_8.calls, alone.calls):
+    assert member.arguments == pytest.approx(single.arguments, rel=0.02), member.name
+    assert 0 < member.bytes_per_chip <= single.bytes_per_chip, member.name
+
+
+def test_a_population_of_4_reduces_within_each_member_only():
+  result = population_check(4)
+  assert (result.members, result.run.platform.device_count) == (4, 2)
+  # The gradients' all-reduces join the two chips of each member: groups {0,1}, {2,3}, ...
+  assert result.step.all_reduces > 0
+  assert {g for call in result.calls for g in call.collective_groups} == {'[4,2]<=[8]'}
+  assert result.cross_member_collectives == 0 and compile_check.failure(result) is None
+  # Were one to join two members' chips, the command would end in its error line.
+  joined = dataclasses.replace(result.step, cross_member_collectives=1)
+  line = compile_check.failure(dataclasses.replace(result, calls=[joined]))
+  assert line.startswith("the population's program has 1 collective joining devices of two "
+                         'members') and '\n' not in line
+
+
+def test_collectives_joining_two_members_are_found():
+  within, across = [[0, 1], [2, 3]], [[0, 2], [1, 3]]
+  assert not compile_check.cross_member(within, devices_per_member=2)
+  assert compile_check.cross_member(across, devices_per_member=2)
+  assert compile_check.cross_member(None, devices_per_member=2)  # every device
+
+
+def test_a_population_over_the_chips_memory_is_refused_in_one_line(population_of_8):
+  largest = max(call.bytes_per_chip for call in population_of_8.calls)
+  smaller = dataclasses.replace(population_of_8.run.platform, memory_bytes=largest - 1)
+  refused = dataclasses.replace(population_of_8,
+                                run=dataclasses.replace(population_of_8.run, platform=smaller))
+  line = compile_check.failure(refused)
+  assert line.startswith('the train call (1 step of 64) needs ') and '\n' not in line
+  assert line.endswith('lower config.batch_size, or train fewer members at once (8 now, 1 chip '
+                       'each): config.population.seeds of 4 seeds trains them on 2 chips each')
+
+
 def test_a_pod_slice_compiles_as_one_program_of_every_host(tmp_path):
   output = tmp_path / 'check.json'
   process = subprocess.run(

@@ -87,14 +87,15 @@ def test_compare_figures_are_the_measured_ones():
   assert summary in flat(README), summary
 
 
-@pytest.mark.parametrize('name', ['cpu_smoke', 'cpu_best', 'cpu_smoke_variants'])
+@pytest.mark.parametrize('name', ['cpu_smoke', 'cpu_best', 'cpu_smoke_variants',
+                                  'cpu8_smoke_population'])
 def test_benchmark_tables_are_the_measured_ones(name):
   measured = json.loads((REPO / 'docs' / 'benchmarks' / f'{name}.json').read_text())['table']
   assert measured in (REPO / 'docs' / 'benchmarks.md').read_text()
 
 
 @pytest.mark.parametrize('name', ['benchmark_smoke', 'benchmark_best', 'benchmark_variants',
-                                  'numerics'])
+                                  'benchmark_population', 'numerics'])
 def test_every_benchmark_is_printed_with_its_command(name):
   benchmarks = (REPO / 'docs' / 'benchmarks.md').read_text()
   assert re.search(command_pattern(RECORD[name]['command']), flat(benchmarks)), name

@@ -12,13 +12,18 @@ HLO after XLA's passes, as an `--xla_dump_to` dump shows it):
 - while loops: a multi-step call's scan is one; any other runs its body one iteration after
   another (XLA:TPU makes one of a gather that slices each example at its own offset), and XLA's
   cost analysis counts a loop's body once, whatever its trip count.
+`collective_groups(hlo_text)` gives each collective's groups of devices (its replica_groups),
+which say whether devices that should be apart (a population's members) talk.
 The benchmark records it for the first variant's one-step call; tests use it to hold the step
 to what it should cost.
 """
 
 import collections
+import math
 import re
 from typing import Iterable, Optional
+
+import numpy as np
 
 # `name = f32[128,32,32,64]{3,2,1,0} opcode(` : the result's type, shape and opcode; a tuple
 # result, `(f32[16]{0}, f32[10]{0}) all-reduce(`, has no one shape.
@@ -58,3 +63,37 @@ def summarize(hlo_text: str, *, parameter_shapes: Iterable[tuple[int, ...]] = ()
   keys = ('copies', 'parameter_sized_copies', *COLLECTIVES, 'kernels', 'f32_activation_buffers',
           'command_buffers', 'while_loops')
   return {key: counts[key] for key in keys}
+
+
+# A collective's groups: `replica_groups={{0,1},{2,3}}`, `={}` (every device), the iota form
+# `=[4,2]<=[8]` or `=[2,4]<=[4,2]T(1,0)`; a collective-permute's `source_target_pairs={{0,1}}`.
+_GROUPS = re.compile(r'(?:replica_groups|source_target_pairs)=(\{(?:\{[\d,]*\},?)*\}|'
+                     r'\[[\d,]+\]<=\[[\d,]+\](?:T\([\d,]+\))?)')
+_COLLECTIVE = re.compile(r'\s(' + '|'.join(COLLECTIVES) + r')(?:-start)?\(')
+
+
+def parse_groups(text: str) -> Optional[list[list[int]]]:
+  """A replica_groups value as lists of device ids (None: every device, `{}`)."""
+  if text.startswith('{'):
+    groups = [[int(i) for i in group.split(',') if i] for group in re.findall(r'\{([\d,]*)\}',
+                                                                                text[1:-1])]
+    return groups or None
+  shape, dims, perm = re.fullmatch(r'\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?', text).groups()
+  ids = np.arange(math.prod(int(d) for d in dims.split(','))).reshape(
+      [int(d) for d in dims.split(',')])
+  if perm:
+    ids = ids.transpose([int(p) for p in perm.split(',')])
+  return ids.reshape([int(d) for d in shape.split(',')]).tolist()
+
+
+def collective_groups(hlo_text: str) -> list[tuple[str, str, Optional[list[list[int]]]]]:
+  """(opcode, replica_groups as written, groups of device ids or None for every device) of each
+  collective of a compiled call (the start of an asynchronous one)."""
+  found = []
+  for line in hlo_text.splitlines():
+    collective = _COLLECTIVE.search(line)
+    if collective:
+      groups = _GROUPS.search(line)
+      written = groups.group(1) if groups else '{}'
+      found.append((collective.group(1), written, parse_groups(written)))
+  return found

@@ -21,6 +21,7 @@ from resnet_jax.bench import hlo
 from resnet_jax.reporting import writers
 from resnet_jax.training import evaluator
 from resnet_jax.training import feed
+from resnet_jax.training import population
 from resnet_jax.training import runs
 from resnet_jax.training import train
 
@@ -63,6 +64,12 @@ class Measurement:
   steps: Optional[int] = None
   wall_seconds: Optional[float] = None
   hlo: Optional[dict] = None  # the one-step call's HLO in numbers (`hlo.summarize`), first variant
+  # The population row (`measure_population`): its members (each of batch_size), and its rate
+  # (member-images/s) over that of one run of members x batch_size on the same devices, whose
+  # row has members=None and of_one_run=None. Both rows have steps and wall_seconds: the timed
+  # steps a member (a run) made and their seconds.
+  members: Optional[int] = None
+  of_one_run: Optional[float] = None
 
 
 def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
@@ -129,6 +136,48 @@ def _eval_rate(run: runs.Run, variables: dict, repeats: int) -> float:
   return repeats * eval_set.size / _timed(call_eval, repeats)
 
 
+@dataclasses.dataclass
+class TimedCalls:
+  """A layout's train call compiled and timed over `calls` calls of `steps` steps each."""
+  compiled: object
+  compile_seconds: float
+  state: object  # the state after the timed calls
+  steps: int     # steps a call
+  batch_size: int  # a member's
+  members: int
+  calls: int
+  seconds: float
+
+  @property
+  def images_per_second(self) -> float:
+    """Training images a second, of every member of the layout."""
+    return self.members * self.calls * self.steps * self.batch_size / self.seconds
+
+
+def time_train_calls(layout, *, calls: int, warmup_calls: int) -> TimedCalls:
+  """Compiles a layout's (`train.Solo`, `population.Population`) train call of the first call's
+  shape, as training does, and times `calls` of them (after `warmup_calls`), through the feed
+  training uses."""
+  plan = layout.members[0].plan
+  _, steps, batch_size = plan.calls(0)[0]
+  state = layout.initial_state()
+  train_feed = layout.create_feed()
+  run_steps = layout.jit_train_steps()
+  start = time.perf_counter()
+  compiled = run_steps.lower(state, *train_feed.batch_specs(steps, batch_size)).compile()
+  compile_seconds = time.perf_counter() - start
+  holder, batches = {'state': state}, _full_calls(train_feed, plan)
+
+  def one_call():
+    holder['state'], result = compiled(holder['state'], *next(batches))
+    return result
+
+  _timed(one_call, warmup_calls)
+  seconds = _timed(one_call, calls)
+  return TimedCalls(compiled, compile_seconds, holder['state'], steps, batch_size,
+                    len(layout.members), calls, seconds)
+
+
 def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_calls: int = 2,
             eval_repeats: int = 3, count_flops: bool = True) -> Measurement:
   """Measures one configuration as training runs it.
@@ -141,45 +190,77 @@ def measure(config: ml_collections.ConfigDict, splits, *, calls: int, warmup_cal
   steps).
   """
   run = runs.setup_run(config.copy_and_resolve_references(), workdir='', splits=splits)
-  mesh, ctx, plan = run.mesh, run.ctx, run.plan
-  _, steps, batch_size = plan.calls(0)[0]
-  state = feed.initial_state(ctx, config.data.image_size, mesh)
-  train_feed = feed.create_feed(run.config, plan, mesh, splits.train_images, splits.train_labels,
-                                resident=run.resident)
-  run_steps = feed.jit_train_steps(ctx, mesh, resident=run.resident)
-  start = time.perf_counter()
-  compiled = run_steps.lower(state, *train_feed.batch_specs(steps, batch_size)).compile()
-  compile_seconds = time.perf_counter() - start
+  layout = train.Solo(run)
+  timed = time_train_calls(layout, calls=calls, warmup_calls=warmup_calls)
+  steps, batch_size = timed.steps, timed.batch_size
   flops_per_step = hlo_counts = None
   if count_flops:
     # XLA's cost analysis counts a loop body once, whatever its trip count, so a call of several
     # steps (a lax.scan off the CPU) would count one of them: the FLOPs are a one-step call's.
-    one_step = compiled if steps == 1 else run_steps.lower(
-        state, *train_feed.batch_specs(1, batch_size)).compile()
+    one_step = timed.compiled if steps == 1 else layout.jit_train_steps().lower(
+        timed.state, *layout.batch_specs(1, batch_size)).compile()
     flops_per_step = _flops(one_step)
     hlo_counts = hlo.summarize(
         one_step.as_text(), batch_size=batch_size,
-        parameter_shapes=[leaf.shape for leaf in jax.tree.leaves(state.params) if leaf.ndim > 1])
-
-  holder, batches = {'state': state}, _full_calls(train_feed, plan)
-
-  def one_call():
-    holder['state'], result = compiled(holder['state'], *next(batches))
-    return result
-
-  _timed(one_call, warmup_calls)
-  train_rate = calls * steps * batch_size / _timed(one_call, calls)
-  eval_rate = (_eval_rate(run, holder['state'].eval_variables(), eval_repeats)
+        parameter_shapes=[leaf.shape for leaf in jax.tree.leaves(timed.state.params)
+                          if leaf.ndim > 1])
+  eval_rate = (_eval_rate(run, timed.state.eval_variables(), eval_repeats)
                if eval_repeats else None)
-  gflop_per_image = None if flops_per_step is None else flops_per_step / batch_size / 1e9
+  # XLA counts a device's FLOPs: its share of the batch.
+  gflop_per_image = (None if flops_per_step is None
+                     else flops_per_step * run.plan.num_devices / batch_size / 1e9)
   return Measurement(batch_size=batch_size, dtype=run.compute_dtype,
                      steps_per_call=steps,
-                     compile_seconds=compile_seconds, train_images_per_second=train_rate,
+                     compile_seconds=timed.compile_seconds,
+                     train_images_per_second=timed.images_per_second,
                      eval_images_per_second=eval_rate, train_gflop_per_image=gflop_per_image,
-                     mfu=None, memory_gib=memory_gib(compiled), placement=run.placement,
+                     mfu=None, memory_gib=memory_gib(timed.compiled), placement=run.placement,
                      hlo=hlo_counts)
 
 
+POPULATION = 'population'
+ONE_RUN = 'one run'
+
+
+def population_members(config: ml_collections.ConfigDict, devices=None) -> int:
+  """The members of the population row by default: as many as `devices` (every one) hold in one
+  program (`population.members_per_round`)."""
+  devices = jax.devices() if devices is None else devices
+  return population.members_per_round(config, len(devices), devices)
+
+
+def measure_population(config: ml_collections.ConfigDict, splits, *, members: int, calls: int,
+                       warmup_calls: int = 2) -> list[Measurement]:
+  """A population of `members` runs of the config (seeds config.seed on), each of its batch,
+  against one run of members x its batch on the same devices (every device), timed in turn.
+
+  Returns:
+    The population's row (its rate member-images/s, its ratio to the one run's in of_one_run)
+    and the one run's.
+  """
+  config = config.copy_and_resolve_references()
+  config.population.seeds = tuple(range(config.seed, config.seed + members))
+  layout = population.create_population(population.seed_configs(config), [''] * members,
+                                        splits=splits)
+  one_run = config.copy_and_resolve_references()
+  one_run.batch_size, one_run.population.seeds = members * config.batch_size, ()
+  one_layout = train.Solo(runs.setup_run(one_run, workdir='', splits=splits))
+  rows = []
+  for name, timed_layout in ((POPULATION, layout), (ONE_RUN, one_layout)):
+    timed = time_train_calls(timed_layout, calls=calls, warmup_calls=warmup_calls)
+    run = timed_layout.members[0]
+    rows.append(Measurement(
+        batch_size=timed.batch_size, dtype=run.compute_dtype, steps_per_call=timed.steps,
+        compile_seconds=timed.compile_seconds,
+        train_images_per_second=timed.images_per_second,
+        eval_images_per_second=None, train_gflop_per_image=None, mfu=None,
+        memory_gib=memory_gib(timed.compiled), variant=name, placement=run.placement,
+        steps=timed.calls * timed.steps, wall_seconds=timed.seconds,
+        members=len(timed_layout.members) if name == POPULATION else None))
+  population_row, one_run_row = rows
+  population_row.of_one_run = (population_row.train_images_per_second
+                               / one_run_row.train_images_per_second)
+  return rows
 
 
 END_TO_END = 'end to end'

@@ -285,17 +285,23 @@ def gaussian_noise(key, x, std: float):
   return x + std * jax.random.normal(key, x.shape, x.dtype)
 
 
-def random_beta(key, alpha: float, shape=()):
+def random_beta(key, alpha, shape=()):
   """Beta(alpha, alpha) samples, Ga / (Ga + Gb) of two Gamma(alpha) samples, without a loop.
 
   jax.random.beta's Gamma sampler rejects in a while loop; here Marsaglia and Tsang's method (as
   jax.random.gamma) draws GAMMA_PROPOSALS proposals at once and keeps the first accepted one
-  (the first proposal where none is, about once in 1e20 draws). alpha < 1 is boosted,
-  Gamma(alpha + 1) * U^(1/alpha). Logarithms throughout, so that a small alpha cannot underflow.
+  (the first proposal where none is, about once in 1e20 draws). Every alpha is boosted,
+  Gamma(alpha + 1) * U^(1/alpha), as jax.random.gamma boosts an alpha < 1: one program for every
+  alpha. Logarithms throughout, so that a small alpha cannot underflow.
+
+  alpha may be traced (a population's member). It is float32 from the start, and the steps from
+  it are those XLA computes alike for a traced alpha and a number (no logarithm of it, no
+  division by it or by its root, which XLA rewrites for one of the two), so that both give the
+  same samples. The Gamma samples are scaled by 1 / d, which cancels in the ratio.
   """
-  boosted = alpha + 1 if alpha < 1 else alpha
-  d = boosted - 1 / 3
-  c = 1 / math.sqrt(9 * d)
+  alpha = jnp.asarray(alpha, jnp.float32)
+  d = alpha + (1 - 1 / 3)
+  c = jnp.sqrt(1 / (9 * d))
 
   def log_gamma(key):
     k_normal, k_uniform, k_boost = jax.random.split(key, 3)
@@ -305,16 +311,14 @@ def random_beta(key, alpha: float, shape=()):
     log_v = 3 * jnp.log(jnp.where(base > 0, base, 1.0))
     accept = (base > 0) & (jnp.log(u) < 0.5 * x * x + d - d * jnp.exp(log_v) + d * log_v)
     first = jnp.arange(GAMMA_PROPOSALS) == jnp.argmax(accept, axis=-1)[..., None]
-    log_sample = math.log(d) + jnp.sum(jnp.where(first, log_v, 0.0), axis=-1)
-    if alpha < 1:
-      log_sample += jnp.log(jax.random.uniform(k_boost, shape)) / alpha
-    return log_sample
+    log_sample = jnp.sum(jnp.where(first, log_v, 0.0), axis=-1)
+    return log_sample + jnp.log(jax.random.uniform(k_boost, shape)) * (1 / alpha)
 
   k_a, k_b = jax.random.split(key)
   return jax.nn.sigmoid(log_gamma(k_a) - log_gamma(k_b))
 
 
-def mixup(key, x, targets, alpha: float, groups: int = 1):
+def mixup(key, x, targets, alpha, groups: int = 1):
   """mixup (Zhang et al., 2018): one lambda ~ Beta(alpha, alpha) for the batch.
 
   Example i becomes lambda * x[i] + (1 - lambda) * x[perm[i]], its targets likewise, with perm a
@@ -334,7 +338,7 @@ def mixup(key, x, targets, alpha: float, groups: int = 1):
 
 
 def train_preprocess(rng, images, labels, aug_cfg, mean, std, num_classes: int, dtype,
-                     groups: int = 1):
+                     groups: int = 1, mixup_alpha=None):
   """Augments and normalises a training batch inside the compiled step.
 
   Args:
@@ -347,6 +351,8 @@ def train_preprocess(rng, images, labels, aug_cfg, mean, std, num_classes: int, 
     num_classes: width of the targets.
     dtype: dtype of the returned images (the model's compute dtype).
     groups: equal consecutive parts of the batch that mixup keeps apart (the devices' shards).
+    mixup_alpha: mixup's alpha, possibly traced (a population's member), where
+      aug_cfg.mixup_alpha turns mixup on; None: aug_cfg.mixup_alpha.
 
   Returns:
     (x, targets): x (B, H, W, C) normalised in dtype; targets float32 (B, num_classes) soft
@@ -376,7 +382,8 @@ def train_preprocess(rng, images, labels, aug_cfg, mean, std, num_classes: int, 
     x = gaussian_noise(keys['noise'], x, aug_cfg.noise_std)
   targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   if aug_cfg.mixup_alpha:
-    x, targets = mixup(keys['mixup'], x, targets, aug_cfg.mixup_alpha, groups)
+    alpha = aug_cfg.mixup_alpha if mixup_alpha is None else mixup_alpha
+    x, targets = mixup(keys['mixup'], x, targets, alpha, groups)
   return x.astype(dtype), targets
 
 

@@ -28,7 +28,7 @@ threshold, no cooldown, floor `schedule.min_lr`), stepped by `Optimizer.on_epoch
 validation metrics once an epoch, on the host.
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,10 @@ WARMUP_START_FACTOR = 1e-3
 _PLATEAU_EPS = 1e-8
 # clip_grad_norm_ divides by (norm + 1e-6).
 _CLIP_NORM_EPS = 1e-6
+# The settings `create_optimizer` reads from its `values` where given, which may be traced scalars
+# (a population's members differ in them); which transforms exist is still the config's decision.
+VALUE_KEYS = ('optim.learning_rate', 'schedule.max_lr', 'optim.weight_decay', 'optim.momentum',
+              'optim.clip')
 
 
 class Optimizer(NamedTuple):
@@ -183,8 +187,10 @@ def _cosine_anneal(start, end, remaining):
   """end + (start - end) * (1 + cos(pi * (1 - remaining))) / 2, `remaining` from 1 down to 0.
 
   Written as sin^2 of the remaining fraction so that float32 keeps the small rates at the end of
-  the curve to full relative precision (1 + cos(x) near x = pi loses them).
+  the curve to full relative precision (1 + cos(x) near x = pi loses them). The rates are float32
+  before they meet, so that a rate traced in (a population's member) rounds as a number does.
   """
+  start, end = jnp.asarray(start, jnp.float32), jnp.asarray(end, jnp.float32)
   return end + (start - end) * jnp.square(jnp.sin(jnp.pi / 2 * remaining))
 
 
@@ -202,7 +208,7 @@ def _restart_starts(t_0: int, t_mult: int, num_epochs: int) -> tuple[jax.Array, 
   return jnp.asarray(starts, jnp.float32), jnp.asarray(lengths, jnp.float32)
 
 
-def _epoch_curve(config: ml_collections.ConfigDict, base_lr: float) -> Callable[[jax.Array], Any]:
+def _epoch_curve(config: ml_collections.ConfigDict, base_lr: Any) -> Callable[[jax.Array], Any]:
   """The schedule as a function of the (possibly fractional) epoch, PyTorch's formulas."""
   s = config.schedule
   min_lr, gamma = float(s.min_lr), float(s.gamma)
@@ -237,24 +243,25 @@ def _epoch_curve(config: ml_collections.ConfigDict, base_lr: float) -> Callable[
   raise AssertionError(s.name)
 
 
-def _onecycle(config: ml_collections.ConfigDict, base_lr: float,
+def _onecycle(config: ml_collections.ConfigDict, max_lr: Any,
               total_steps: int) -> optax.Schedule:
   """OneCycleLR's rate at each step (held at its last value after total_steps)."""
   s = config.schedule
-  max_lr = float(s.max_lr or base_lr)
-  initial_lr = max_lr / s.div_factor
-  final_lr = initial_lr / s.final_div_factor
   rise_end = float(s.pct_start * total_steps) - 1
-  if s.three_phase:
-    phases = [(rise_end, initial_lr, max_lr), (2 * rise_end, max_lr, initial_lr),
-              (total_steps - 1, initial_lr, final_lr)]
-  else:
-    phases = [(rise_end, initial_lr, max_lr), (total_steps - 1, max_lr, final_lr)]
-
   anneal = _cosine_anneal if s.anneal_strategy == 'cos' else (
       lambda start, end, remaining: start * remaining + end * (1 - remaining))
 
   def schedule(step):
+    # The rates from the peak in float32, which may be traced (a population's member), each
+    # one product: XLA turns a traced rate's division by a constant into one, and merges two.
+    peak = jnp.asarray(max_lr, jnp.float32)
+    initial_lr = peak * (1 / s.div_factor)
+    final_lr = peak * (1 / (s.div_factor * s.final_div_factor))
+    if s.three_phase:
+      phases = [(rise_end, initial_lr, peak), (2 * rise_end, peak, initial_lr),
+                (total_steps - 1, initial_lr, final_lr)]
+    else:
+      phases = [(rise_end, initial_lr, peak), (total_steps - 1, peak, final_lr)]
     step = jnp.minimum(jnp.asarray(step, jnp.float32), total_steps - 1)
     # PyTorch takes the first phase whose end is >= step (the last one otherwise).
     phase_starts = [0.0] + [end for end, _, _ in phases[:-1]]
@@ -267,11 +274,13 @@ def _onecycle(config: ml_collections.ConfigDict, base_lr: float,
   return schedule
 
 
-def _schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  base_lr = float(config.optim.learning_rate)
+def _schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+              values: Mapping[str, Any]) -> optax.Schedule:
   if config.schedule.name == 'onecycle':
-    return _onecycle(config, base_lr, config.num_epochs * steps_per_epoch)
-  curve = _epoch_curve(config, base_lr)
+    # A zero max_lr (in every member, `training.members.program_key`) means the learning rate.
+    peak_key = 'schedule.max_lr' if config.schedule.max_lr else 'optim.learning_rate'
+    return _onecycle(config, values[peak_key], config.num_epochs * steps_per_epoch)
+  curve = _epoch_curve(config, values['optim.learning_rate'])
   if config.schedule.unit == 'epoch':
     return lambda step: curve((jnp.asarray(step) // steps_per_epoch).astype(jnp.float32))
   return lambda step: curve(jnp.asarray(step, jnp.float32) / steps_per_epoch)
@@ -337,7 +346,7 @@ def _plateau_on_epoch_end(
   return on_epoch_end
 
 
-def _clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+def _clip_by_global_norm(max_norm: Any) -> optax.GradientTransformation:
   """torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6))."""
   def clip(updates, params):
     del params
@@ -404,11 +413,12 @@ def lookahead(k: int, alpha: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _direction(o: ml_collections.ConfigDict) -> Optional[optax.GradientTransformation]:
+def _direction(o: ml_collections.ConfigDict,
+               momentum: Any) -> Optional[optax.GradientTransformation]:
   """The optimizer's update direction before the learning rate; None for plain SGD."""
   if o.optimizer == 'sgd':
     # torch.optim.SGD with dampening 0: buf = momentum * buf + g (buf = g at the first step).
-    return optax.trace(decay=o.momentum, nesterov=o.nesterov) if o.momentum else None
+    return optax.trace(decay=momentum, nesterov=o.nesterov) if o.momentum else None
   if o.optimizer in ('adam', 'adamw'):
     return optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps)
   if o.optimizer == 'adagrad':
@@ -422,28 +432,46 @@ def _decay_mask(name: str):
   return lambda params: jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Optimizer:
+def _setting(config: ml_collections.ConfigDict, key: str) -> Any:
+  section, name = key.split('.')
+  return config[section][name]
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     values: Optional[Mapping[str, Any]] = None) -> Optimizer:
   """The optax chain, its learning rate and its end-of-epoch hook for a config.
 
   Args:
     config: the run config (`optim`, `schedule`, `num_epochs` are read).
     steps_per_epoch: optimizer steps an epoch (the last partial batch counts).
+    values: {key of VALUE_KEYS: value} read instead of the config's, e.g. traced scalars of a
+      population's member; a value must be zero where the config's is and only there (the
+      config decides which transforms the chain has).
 
   Returns:
     An Optimizer.
 
   Raises:
-    errors.UserError: a bad optimizer or schedule setting, naming its config key.
+    errors.UserError: a bad optimizer or schedule setting, naming its config key, or values
+      given for reduce-on-plateau (whose rate the host lowers).
   """
   if steps_per_epoch < 1:
     raise ValueError(f'steps_per_epoch must be >= 1, got {steps_per_epoch}')
   _validate(config)
   o = config.optim
+  unknown = set(values or ()) - set(VALUE_KEYS)
+  if unknown:
+    raise ValueError(f'no value of create_optimizer: {sorted(unknown)}; use keys of {VALUE_KEYS}')
+  if values and config.schedule.name == 'plateau':
+    raise errors.UserError("config.schedule.name='plateau': its rate is lowered on the host, "
+                           'once a run; runs trained together need another schedule')
+  values = {**{key: _setting(config, key) for key in VALUE_KEYS}, **(values or {})}
   mask = _decay_mask(o.weight_decay_mask)
   decoupled = o.weight_decay_mode == 'decoupled' or o.optimizer == 'adamw'
-  decay = optax.add_decayed_weights(o.weight_decay, mask) if o.weight_decay else None
-  clip = {'none': None, 'value': optax.clip(o.clip),
-          'global_norm': _clip_by_global_norm(o.clip)}[o.clip_mode]
+  decay = (optax.add_decayed_weights(values['optim.weight_decay'], mask) if o.weight_decay
+           else None)
+  clip = {'none': None, 'value': optax.clip(values['optim.clip']),
+          'global_norm': _clip_by_global_norm(values['optim.clip'])}[o.clip_mode]
   l1 = None
   if o.l1:
     l1 = _add_l1(o.l1) if mask is None else optax.masked(_add_l1(o.l1), mask)
@@ -453,12 +481,13 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
     learning_rate = lambda step, opt_state: _find_plateau_state(opt_state).learning_rate
     on_epoch_end = _plateau_on_epoch_end(config)
   else:
-    schedule = _schedule(config, steps_per_epoch)
+    schedule = _schedule(config, steps_per_epoch, values)
     scale_by_rate = optax.scale_by_learning_rate(schedule)
     learning_rate = lambda step, opt_state: schedule(step)
     on_epoch_end = None
 
-  chain = [clip, None if decoupled else decay, l1, _direction(o), decay if decoupled else None,
-           scale_by_rate, lookahead(o.lookahead_k, o.lookahead_alpha) if o.lookahead_k else None]
+  chain = [clip, None if decoupled else decay, l1, _direction(o, values['optim.momentum']),
+           decay if decoupled else None, scale_by_rate,
+           lookahead(o.lookahead_k, o.lookahead_alpha) if o.lookahead_k else None]
   tx = optax.chain(*[t for t in chain if t is not None])
   return Optimizer(tx=tx, learning_rate=learning_rate, on_epoch_end=on_epoch_end)

@@ -149,6 +149,24 @@ class Population:
     return self.stack([feed.initial_state(run.ctx, run.config.data.image_size, run.mesh)
                        for run in self.members])
 
+  def abstract_state(self) -> steps.TrainState:
+    """The population state's shapes and shardings, for compiling without the devices."""
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct((self.size,) + leaf.shape, leaf.dtype,
+                                          sharding=self.sharding()),
+        self.members[0].abstract_state())
+
+  def batch_specs(self, count: int, batch_size: int) -> tuple:
+    """The train call's (abstract) arguments after the state, for `count` steps of a batch a
+    member: the indices, the training set (`feed.train_set_specs`) and the scalars."""
+    run = self.members[0]
+    indices = jax.ShapeDtypeStruct((self.size, count, batch_size), jnp.int32,
+                                   sharding=self.sharding(None, feed.DATA))
+    scalars = {key: jax.ShapeDtypeStruct((self.size,), jnp.float32, sharding=self.sharding())
+               for key in self.values} or None
+    return (indices, *feed.train_set_specs(run.plan.size, run.config.data.image_size,
+                                           self.mesh), scalars)
+
   def scalars(self) -> Optional[dict]:
     """The per-member scalars as arrays split over members, the train call's last argument
     (None: the members share every one)."""
@@ -216,7 +234,6 @@ class PopulationFeed:
   def __init__(self, population: Population, train_images: np.ndarray, train_labels: np.ndarray):
     self._population = population
     self._plan = population.members[0].plan
-    self._image_size = train_images.shape[1]
     mesh = population.mesh
     self.train_set = feed.put_train_set(train_images, train_labels, mesh)
     self.scalars = population.scalars()
@@ -225,10 +242,7 @@ class PopulationFeed:
                          out_shardings=self._sharding)
 
   def batch_specs(self, count: int, batch_size: int) -> tuple:
-    indices = jax.ShapeDtypeStruct((self._population.size, count, batch_size), jnp.int32,
-                                   sharding=self._sharding)
-    return (indices, *feed.train_set_specs(self._plan.size, self._image_size,
-                                           self._population.mesh), self.scalars)
+    return self._population.batch_specs(count, batch_size)
 
   def epoch(self, epoch: int, start_step: int) -> feed.CallBatches:
     """Each member's order of the epoch (from its seed) goes to its group once."""
@@ -249,9 +263,10 @@ class PopulationFeed:
 
 
 def create_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
-                      devices=None) -> Population:
+                      devices=None, splits=None) -> Population:
   """The members' runs on equal groups of `devices` (default: every device); UserError where
-  the configs cannot train together or the devices do not split into a group each."""
+  the configs cannot train together or the devices do not split into a group each. `splits`:
+  the data, where the caller has it (as `runs.setup_run`'s)."""
   reason = why_not_together(configs)
   if reason:
     raise UserError(f'these runs cannot train as one population: {reason}')
@@ -263,11 +278,12 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Se
                     'a time')
   if count not in group_sizes(len(devices), configs[0].batch_size):
     raise UserError(
-        f'{count} members do not split the {len(devices)} devices into equal groups that each '
-        f'take a share of config.batch_size={configs[0].batch_size}: use one of '
+        f'{report.counted(count, "member")} cannot split {report.counted(len(devices), "device")} '
+        f'into equal groups that each take a share of config.batch_size='
+        f'{configs[0].batch_size}: use one of '
         f'{", ".join(map(str, group_sizes(len(devices), configs[0].batch_size)))} members')
   grid = np.asarray(devices).reshape(count, len(devices) // count)
-  first = runs.setup_run(configs[0], workdirs[0], devices=list(grid[0]))
+  first = runs.setup_run(configs[0], workdirs[0], splits=splits, devices=list(grid[0]))
   members_runs = [first] + [
       dataclasses.replace(runs.setup_run(config, workdir, splits=first.splits,
                                          devices=list(row)), data=first.data)

@@ -7,7 +7,7 @@ finding the first non-finite loss, so that the host reads a call's results while
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from flax import struct
 import jax
@@ -86,6 +86,9 @@ class StepContext:
   # Parts of a training batch kept apart (each device's shard, config.batch_statistics=
   # 'per_device'): BatchNorm statistics and mixup pairs stay within a part; 1: the global batch.
   batch_groups: int = 1
+  # {dotted config key: value} read instead of the config's, possibly traced scalars: a
+  # population member's (`training.members.member_context`, which also rebuilds tx for them).
+  values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def dtype(self):
@@ -125,14 +128,18 @@ def train_step(state: TrainState, images_u8: jax.Array, labels: jax.Array,
   augment_key, dropout_key = jax.random.split(step_key)
   x, soft_targets = augment.train_preprocess(
       augment_key, images_u8, labels, config.augment, ctx.mean, ctx.std,
-      config.model.num_classes, ctx.dtype, groups=ctx.batch_groups)
+      config.model.num_classes, ctx.dtype, groups=ctx.batch_groups,
+      mixup_alpha=ctx.values.get('augment.mixup_alpha'))
+  # Whether labels are smoothed is the config's; by how much may be a member's value.
+  smoothing = (ctx.values.get('label_smoothing', config.label_smoothing)
+               if config.label_smoothing else 0.0)
 
   def loss_fn(params):
     logits, new_model_state = ctx.model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
         mutable=['batch_stats'], rngs={'dropout': dropout_key})
     logits = logits.astype(jnp.float32)
-    loss = losses.cross_entropy(logits, soft_targets, config.label_smoothing)
+    loss = losses.cross_entropy(logits, soft_targets, smoothing)
     return loss, (logits, new_model_state['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

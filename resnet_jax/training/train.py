@@ -100,6 +100,16 @@ class Solo:
     run = self.members[0]
     return feed.initial_state(run.ctx, run.config.data.image_size, run.mesh)
 
+  def abstract_state(self) -> steps.TrainState:
+    """The state's shapes and shardings, for compiling without the devices."""
+    return self.members[0].abstract_state()
+
+  def batch_specs(self, count: int, batch_size: int) -> tuple:
+    """The train call's (abstract) arguments after the state (`feed.batch_specs`)."""
+    run = self.members[0]
+    return feed.batch_specs(count, batch_size, run.mesh, resident=run.resident,
+                            train_size=run.plan.size, image_size=run.config.data.image_size)
+
   def stack(self, states):
     """The loop's state of its members' states."""
     return states[0]

@@ -42,3 +42,21 @@ def test_a_real_loop_is_counted():
   loop = lambda x, n: jax.lax.fori_loop(0, n, lambda i, y: jnp.tanh(y @ x), x)
   text = jax.jit(loop).lower(jnp.ones((4, 4)), 3).compile().as_text()
   assert hlo.summarize(text)['while_loops'] == 1
+
+
+def test_collective_groups_read_every_form_of_replica_groups():
+  text = '''
+  %a = f32[16]{0} all-reduce-start(%x), channel_id=1, replica_groups=[4,2]<=[8], to_apply=%sum
+  %ad = f32[16]{0} all-reduce-done(%a)
+  %b = f32[8]{0} all-reduce(%y), replica_groups=[2,4]<=[4,2]T(1,0), use_global_device_ids=true
+  %c = f32[32,10]{1,0} all-gather(%y), replica_groups={{0,1},{2,3}}, dimensions={0}
+  %d = f32[8]{0} all-reduce(%z), replica_groups={}, to_apply=%sum
+  %e = f32[2]{0} collective-permute(%w), source_target_pairs={{0,1},{1,0}}
+  %f = f32[64,32,32,16]{3,2,1,0} fusion(%a), kind=kLoop
+  '''
+  assert hlo.collective_groups(text) == [
+      ('all-reduce', '[4,2]<=[8]', [[0, 1], [2, 3], [4, 5], [6, 7]]),
+      ('all-reduce', '[2,4]<=[4,2]T(1,0)', [[0, 2, 4, 6], [1, 3, 5, 7]]),
+      ('all-gather', '{{0,1},{2,3}}', [[0, 1], [2, 3]]),
+      ('all-reduce', '{}', None),
+      ('collective-permute', '{{0,1},{1,0}}', [[0, 1], [1, 0]])]

@@ -207,6 +207,15 @@ def test_random_beta_is_beta_distributed_without_a_loop(alpha):
       jax.random.key(0)))
 
 
+def test_random_beta_of_a_traced_alpha_is_that_of_the_number():
+  # A population's member reads its alpha traced; its lambdas must be its single run's, bitwise.
+  key = jax.random.key(3)
+  traced = jax.jit(lambda key, alpha: augment.random_beta(key, alpha, (8,)))
+  for alpha in np.random.default_rng(0).uniform(0.05, 5, 24).astype(np.float32):
+    number = jax.jit(lambda key, alpha=float(alpha): augment.random_beta(key, alpha, (8,)))
+    np.testing.assert_array_equal(traced(key, alpha), number(key))
+
+
 def test_mixup_targets_follow_the_mixed_images():
   batch = 16
   # Image i is one-hot at pixel i, label i: the mix of images reveals lambda and the partner.

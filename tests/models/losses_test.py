@@ -64,6 +64,16 @@ def test_bfloat16_logits_are_reduced_in_float32():
   np.testing.assert_allclose(ours, expected, rtol=1e-6)
 
 
+def test_traced_label_smoothing_is_that_of_the_number():
+  # A population's member reads its smoothing traced; its loss must be its single run's, bitwise.
+  logits, labels = _batch()
+  args = (jnp.asarray(logits), jax.nn.one_hot(labels, NUM_CLASSES))
+  traced = jax.jit(losses.cross_entropy)
+  for eps in np.random.default_rng(0).uniform(0.001, 0.5, 24).astype(np.float32):
+    number = jax.jit(lambda *args, eps=float(eps): losses.cross_entropy(*args, eps))
+    assert traced(*args, eps) == number(*args)
+
+
 def test_label_smoothing_out_of_range_names_the_key():
   logits, labels = _batch()
   with pytest.raises(errors.UserError, match=r'config\.label_smoothing'):

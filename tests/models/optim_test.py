@@ -320,6 +320,35 @@ def test_onecycle_matches_torch_step_by_step(case):
                              atol=1e-12)
 
 
+@pytest.mark.parametrize('schedule, values', [
+    (dict(name='onecycle', max_lr=0.3), {'schedule.max_lr': 0.23}),
+    (dict(name='onecycle', three_phase=True, anneal_strategy='linear'),
+     {'optim.learning_rate': 0.037}),
+    (dict(name='warmup_cosine', warmup_epochs=2, min_lr=1e-3), {'optim.learning_rate': 0.037}),
+    (dict(name='exponential', gamma=0.7), {'optim.learning_rate': 0.037})])
+def test_traced_values_give_the_rates_of_a_config_holding_them(schedule, values):
+  config = _config(num_epochs=NUM_EPOCHS, optim=dict(learning_rate=BASE_LR), schedule=schedule)
+  holding = _config(num_epochs=NUM_EPOCHS, optim=dict(learning_rate=BASE_LR),
+                    schedule={**schedule, 'max_lr': values.get('schedule.max_lr', 0.0)})
+  holding.optim.learning_rate = values.get('optim.learning_rate', BASE_LR)
+  steps = np.arange(NUM_EPOCHS * STEPS_PER_EPOCH)  # Traced, as a step's state.step is.
+  traced = jax.jit(lambda steps, values: optim.create_optimizer(
+      config, STEPS_PER_EPOCH, values).learning_rate(steps, None))(
+          steps, {key: jnp.float32(value) for key, value in values.items()})
+  expected = jax.jit(optim.create_optimizer(holding, STEPS_PER_EPOCH).learning_rate)(steps, None)
+  np.testing.assert_array_equal(traced, expected)
+  assert not np.array_equal(traced, optim.create_optimizer(config, STEPS_PER_EPOCH).learning_rate(
+      steps, None))
+
+
+def test_values_are_refused_for_plateau_and_unknown_keys():
+  with pytest.raises(errors.UserError, match=r"config\.schedule\.name='plateau'"):
+    optim.create_optimizer(_config(schedule=dict(name='plateau')), 10,
+                           {'optim.learning_rate': 0.1})
+  with pytest.raises(ValueError, match='optim.b1'):
+    optim.create_optimizer(_config(), 10, {'optim.b1': 0.5})
+
+
 @pytest.mark.parametrize('mode, metrics, min_lr', [
     ('min', [1.0, 0.9, 0.95, 0.91, 0.92, 0.85, 0.86, 0.86, 0.87, 0.84, 0.845, 0.9, 0.9, 0.9], 0.0),
     ('max', [0.5, 0.6, 0.6, 0.605, 0.59, 0.7, 0.69, 0.69, 0.69, 0.71, 0.7, 0.7, 0.7, 0.7], 0.03),

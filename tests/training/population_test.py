@@ -25,12 +25,21 @@ from resnet_jax.training import population
 from conftest import assert_trees_equal, config_file, host_devices_env, with_overrides  # pylint: disable=g-bad-import-order
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SEEDS = (0, 1, 2, 3)
 # 288 images at batch 64: 4 full steps and a partial batch of 32, two steps a call.
 OVERRIDES = {'data.source': 'synthetic', 'data.train_subset': 288, 'data.test_subset': 128,
              'eval_batch_size': 64, 'steps_per_call': 2, 'log_every_steps': 1,
              'checkpoint_min_seconds': 0.0, 'write_plots': False}
 STEPS_AN_EPOCH = 5
+# The members of the runs compared: each its seed, and scalars that differ among them.
+MEMBERS = [{'seed': 0, 'optim.learning_rate': 0.05, 'optim.weight_decay': 5e-4,
+            'label_smoothing': 0.1},
+           {'seed': 1, 'optim.learning_rate': 0.05, 'optim.weight_decay': 1e-3,
+            'label_smoothing': 0.2},
+           {'seed': 2, 'optim.learning_rate': 0.1, 'optim.weight_decay': 5e-4,
+            'label_smoothing': 0.1},
+           {'seed': 3, 'optim.learning_rate': 0.2, 'optim.weight_decay': 2e-4,
+            'label_smoothing': 0.05}]
+SEEDS = tuple(member['seed'] for member in MEMBERS)
 
 
 def smoke_config(seed=0, **overrides):
@@ -112,14 +121,15 @@ def test_the_command_trains_a_population_with_one_console_and_a_summary(tmp_path
 
 
 def _worker(out_path: str, workdir: str) -> None:
-  """The runs the tests compare, on 8 host devices: a population of 4 seeds; each seed's single
-  run on 2 devices; the population stopped by SIGTERM and resumed; the population crashed in the
-  middle of its members' saves and resumed."""
+  """The runs the tests compare, on 8 host devices: a population of 4 members (`MEMBERS`: their
+  seeds and scalar hyperparameters differ); each member's single run on 2 devices; the
+  population stopped by SIGTERM and resumed; the population crashed in the middle of its members'
+  saves and resumed."""
   import jax  # pylint: disable=g-import-not-at-top
   from resnet_jax.reporting import writers  # pylint: disable=g-import-not-at-top
   from resnet_jax.training import checkpoints, progress, runs, train  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
-  configs = [smoke_config(seed) for seed in SEEDS]
+  configs = [smoke_config(**member) for member in MEMBERS]
   out = {}
 
   def train_population(name):
@@ -130,11 +140,10 @@ def _worker(out_path: str, workdir: str) -> None:
   def read(folders):
     """Per folder: every logged call's (step, loss), the final test accuracy, the parameters."""
     found = []
-    for folder in folders:
+    for folder, config in zip(folders, configs):
       records = writers.read_jsonl(os.path.join(folder, 'metrics.jsonl'))
       losses = [(r['step'], r['train_loss']) for r in records if 'epoch' not in r]
       results = json.loads(pathlib.Path(folder, 'results.json').read_text())
-      config = smoke_config(int(pathlib.Path(folder).name.split('_')[1]))
       state, _ = runs.restore(runs.setup_run(config, folder, devices=jax.devices()[:1]))
       found.append((losses, results['final_test_accuracy'],
                     jax.tree.map(np.asarray, jax.device_get(state.params))))
