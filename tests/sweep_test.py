@@ -13,7 +13,6 @@ import sys
 
 import pytest
 
-from resnet_jax import defaults
 from resnet_jax import models
 from resnet_jax import sweep
 from resnet_jax.errors import UserError
@@ -387,15 +386,7 @@ def test_seed_study_sweeps_build_every_point(name, num_points, over_budget):
   assert sum(not within for _, within in counts.values()) == over_budget
 
 
-# Populations. A stand-in for population.why_not_together until the members may differ in scalar
-# hyperparameters: points that differ only in the learning rate or the seed train together.
-def _why_not_together(configs):
-  flat = [defaults.flat_json(config) for config in configs]
-  apart = set().union(*(run_config.changed(flat[0], other, ('optim.learning_rate', 'seed'))
-                        for other in flat[1:]))
-  return f'they differ in {sorted(apart)}' if apart else None
-
-
+# Populations: the tiny sweep's points that differ only in the learning rate train together.
 def _on_devices(count):
   """population.members_per_round on `count` devices."""
   return functools.partial(population.members_per_round, devices=[None] * count)
@@ -405,7 +396,6 @@ def _groups(config, population_size=0, devices=2):
   """The names of group_points' groups of config's points, on `devices` devices."""
   points = sweep.sweep_points(config)
   groups = sweep.group_points(points, sweep.parameter_counts(points), population_size,
-                              why_not_together=_why_not_together,
                               members_per_round=_on_devices(devices))
   return [[point.name for point in group] for group in groups]
 
@@ -455,7 +445,6 @@ def recorded_populations(monkeypatch):
     return [{'final_val_accuracy': 0.5} for _ in configs]
 
   monkeypatch.setattr(population, 'train_population', train_population)
-  monkeypatch.setattr(population, 'why_not_together', _why_not_together)
   monkeypatch.setattr(population, 'members_per_round', _on_devices(2))
   _forbid_training(monkeypatch)
   return calls
