@@ -25,7 +25,7 @@ COMMAND_FLAGS = {
     'sweep': _RUN | {'process_index', 'process_count', 'population_size'},
     'benchmark': {'config', 'verbose', 'output', 'batch_sizes', 'dtypes', 'steps_per_call',
                   'calls', 'variants', 'only_variants', 'check_numerics', 'torch_steps',
-                  'torch_compile', 'extras', 'end_to_end_epochs'},
+                  'torch_compile', 'extras', 'end_to_end_epochs', 'population_members'},
     'platform_check': {'expect', 'verbose'},
     'models': {'name', 'verbose'},
     'compile_check': {'config', 'verbose', 'output', 'topology', 'gpu', 'gpus'},
