@@ -90,7 +90,8 @@ def test_command_line_mistakes_are_one_line(tmp_path, trained_run):
   corrupt = tmp_path / 'corrupt'
   corrupt.mkdir()
   (corrupt / 'config.json').write_text('{"seed": 0,')
-  empty = f'--workdir={tmp_path}'
+  (tmp_path / 'empty').mkdir()
+  empty = f"--workdir={tmp_path / 'empty'}"
   smoke = str(REPO / 'configs' / 'smoke.py')
   trained = f'--workdir={trained_run[1]}'
   mistakes = [  # (arguments, what the one line on stderr says)
@@ -103,6 +104,9 @@ def test_command_line_mistakes_are_one_line(tmp_path, trained_run):
       ([], '--workdir is required'),
       ([f'--workdir={corrupt}'], 'config.json cannot be read (Expecting'),
       ([empty], 'config.json: check --workdir'),
+      # A folder of runs (a population's, a sweep's) given as one.
+      ([f'--workdir={tmp_path}'], f'{tmp_path} holds 1 run (corrupt) but is not one itself: give '
+                                  f"one as --workdir, e.g. --workdir={corrupt}"),
   ]
   with concurrent.futures.ThreadPoolExecutor(len(mistakes)) as pool:
     results = list(pool.map(lambda mistake: run_inspect(*mistake[0]), mistakes))

@@ -82,7 +82,8 @@ def saved_config(workdir: epath.PathLike) -> config_dict.ConfigDict:
     inner = runs_inside(workdir)
     if inner:  # A population's or a sweep's folder.
       shown = ', '.join(inner[:4]) + (', ...' if len(inner) > 4 else '')
-      raise UserError(f'{workdir} holds {len(inner)} runs ({shown}), not one: give one as '
+      runs = f'{len(inner)} run' + ('s' if len(inner) > 1 else '')
+      raise UserError(f'{workdir} holds {runs} ({shown}) but is not one itself: give one as '
                       f'--workdir, e.g. --workdir={files.as_path(workdir) / inner[0]}')
     raise UserError(f'no {path}: check --workdir, or pass --config=<the config file the run was '
                     'trained with>')

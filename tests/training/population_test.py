@@ -116,7 +116,8 @@ def test_the_command_trains_a_population_with_one_console_and_a_summary(tmp_path
                         timeout=300, check=False)
   assert done.returncode == 2
   assert done.stderr.splitlines()[-1] == (
-      f'error: {workdir} holds 2 runs (seed_4, seed_7), not one: give one as --workdir, e.g. '
+      f'error: {workdir} holds 2 runs (seed_4, seed_7) but is not one itself: give one as '
+      '--workdir, e.g. '
       f'--workdir={workdir / "seed_4"}')
 
 
