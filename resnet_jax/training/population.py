@@ -45,6 +45,11 @@ def member_label(config: ml_collections.ConfigDict) -> str:
   return f'seed_{config.seed}'
 
 
+def workdir_label(workdir: str) -> str:
+  """A member's name in the population's lines and summary: its folder's."""
+  return os.path.basename(os.path.normpath(workdir))
+
+
 def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
   """The members of a config with population.seeds: the config at each seed, as a single run."""
   configs = []
@@ -307,8 +312,7 @@ def log_start(layout, num_members: int) -> None:
   count, devices = len(layout.members), layout.mesh.devices.size
   logging.info('population: %s of %s (%s) on %s, one program%s',
                report.counted(count, 'member'), num_members,
-               ', '.join(os.path.basename(os.path.normpath(run.workdir))
-                         for run in layout.members),
+               ', '.join(workdir_label(run.workdir) for run in layout.members),
                report.counted(devices, 'device'),
                f', {devices // count} a member' if count > 1 else ' (one at a time: more '
                'devices train more members at once)')
@@ -364,6 +368,6 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
         return [r or trained[0] for r in results]
     if jax.process_index() == 0:
       population_report.write_population_report(
-          workdir, {os.path.basename(os.path.normpath(w)): w for w in workdirs}, resume_command,
+          workdir, {workdir_label(w): w for w in workdirs}, resume_command,
           write_plots=configs[0].write_plots)
   return results
